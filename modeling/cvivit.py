@@ -1,0 +1,175 @@
+"""C-ViViT: the causal video tokenizer of Phenaki (sec. 2.1, appendix B.1).
+
+A video of 1 + t_x frames is cut into w_p x h_p patches for the first frame and t_p x w_p x h_p tubelets for
+the rest, each linearly projected to width D. Spatial transformer layers attend all-to-all within each latent
+frame, then temporal layers attend *causally* along time at each spatial location, so latent frame t only
+sees frames <= t: the first frame is encoded as an image and tokens never depend on the future. No CLS
+tokens. The decoder mirrors it: code embeddings -> temporal (causal) -> spatial -> one linear map to pixels.
+
+Axes: B batch, C channels, T frames, H/W pixels, t latent frames (= 1 + T' / t_p), h/w token grid,
+D model width. Position embeddings are learned tables indexed by position (never convolutions over
+neighbours, which is how a re-implementation leaked future frames into past tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from modeling.quantizer import FactorizedQuantizer
+from modeling.transformer import Stack
+
+
+@dataclass
+class CViViTConfig:
+    image_size: int = 128  # h_x = w_x
+    patch_size: int = 8  # h_p = w_p
+    temporal_patch_size: int = 2  # t_p
+    channels: int = 3
+    dim: int = 512  # hidden size
+    spatial_depth: int = 4
+    temporal_depth: int = 4
+    heads: int = 8
+    mlp_dim: int = 2048
+    code_dim: int = 32  # embedding dimension after the factorized projection
+    codebook_size: int = 8192
+    commitment_weight: float = 0.25
+    codebook_update: str = "ema"  # "ema" or "loss" (see modeling/quantizer.py)
+    max_latent_frames: int = 64  # temporal position table size: up to 1 + 63 * t_p input frames
+    dropout: float = 0.0
+
+    @property
+    def grid(self) -> int:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class CViViTOutput:
+    recon: torch.Tensor  # (B, C, T, H, W)
+    indices: torch.Tensor  # (B, t, h, w)
+    vq_loss: torch.Tensor
+    commit_loss: torch.Tensor
+    perplexity: torch.Tensor
+    used_codes: torch.Tensor
+    latents: torch.Tensor  # (B, t, h, w, D) pre-quantization encoder output (for dead-code restarts)
+
+
+class CViViT(nn.Module):
+    def __init__(self, cfg: CViViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        p, pt, c, d = cfg.patch_size, cfg.temporal_patch_size, cfg.channels, cfg.dim
+        g = cfg.grid
+        self.first_frame_in = nn.Linear(c * p * p, d)
+        self.tubelet_in = nn.Linear(c * pt * p * p, d)
+        self.enc_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
+        self.enc_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
+        self.enc_spatial = Stack(d, cfg.spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
+        self.enc_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
+        self.quantizer = FactorizedQuantizer(
+            d, cfg.code_dim, cfg.codebook_size,
+            commitment_weight=cfg.commitment_weight, codebook_update=cfg.codebook_update,
+        )
+        self.dec_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
+        self.dec_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
+        self.dec_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
+        self.dec_spatial = Stack(d, cfg.spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
+        self.first_frame_out = nn.Linear(d, c * p * p)
+        self.tubelet_out = nn.Linear(d, c * pt * p * p)
+
+    # ---- shapes -------------------------------------------------------------------------------------------
+    def latent_frames(self, num_frames: int) -> int:
+        pt = self.cfg.temporal_patch_size
+        if num_frames < 1 or (num_frames - 1) % pt:
+            raise ValueError(
+                f"C-ViViT takes 1 + k*{pt} frames (first frame alone, then tubelets of {pt}); got {num_frames}"
+            )
+        t = 1 + (num_frames - 1) // pt
+        if t > self.cfg.max_latent_frames:
+            raise ValueError(f"{num_frames} frames need {t} latent frames > max_latent_frames={self.cfg.max_latent_frames}")
+        return t
+
+    def num_frames(self, latent_frames: int) -> int:
+        return 1 + (latent_frames - 1) * self.cfg.temporal_patch_size
+
+    def token_grid(self, num_frames: int) -> tuple[int, int, int]:
+        g = self.cfg.grid
+        return self.latent_frames(num_frames), g, g
+
+    # ---- encoder ------------------------------------------------------------------------------------------
+    def _patchify(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, t, h, w, D)."""
+        cfg = self.cfg
+        if video.shape[-1] != cfg.image_size or video.shape[-2] != cfg.image_size:
+            raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} frames, got {tuple(video.shape[-2:])}")
+        self.latent_frames(video.shape[2])
+        p, pt = cfg.patch_size, cfg.temporal_patch_size
+        first = rearrange(video[:, :, :1], "b c 1 (h p1) (w p2) -> b 1 h w (c p1 p2)", p1=p, p2=p)
+        tokens = [self.first_frame_in(first)]
+        if video.shape[2] > 1:
+            rest = rearrange(video[:, :, 1:], "b c (t pt) (h p1) (w p2) -> b t h w (c pt p1 p2)", pt=pt, p1=p, p2=p)
+            tokens.append(self.tubelet_in(rest))
+        return torch.cat(tokens, dim=1)
+
+    def _add_positions(self, x: torch.Tensor, space: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        _, t, h, w, _ = x.shape
+        return x + space.view(1, 1, h, w, -1) + time[:t].view(1, t, 1, 1, -1)
+
+    def _space_time(self, x: torch.Tensor, spatial: Stack, temporal: Stack, spatial_first: bool) -> torch.Tensor:
+        """Run the factorised transformer on (B, t, h, w, D)."""
+        b, t, h, w, _ = x.shape
+
+        def run_spatial(y: torch.Tensor) -> torch.Tensor:
+            y = spatial(rearrange(y, "b t h w d -> (b t) (h w) d"))
+            return rearrange(y, "(b t) (h w) d -> b t h w d", b=b, h=h)
+
+        def run_temporal(y: torch.Tensor) -> torch.Tensor:
+            y = temporal(rearrange(y, "b t h w d -> (b h w) t d"), is_causal=True)
+            return rearrange(y, "(b h w) t d -> b t h w d", b=b, h=h, w=w)
+
+        return run_temporal(run_spatial(x)) if spatial_first else run_spatial(run_temporal(x))
+
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) in [-1, 1] -> continuous encoder output (B, t, h, w, D)."""
+        x = self._add_positions(self._patchify(video), self.enc_space_pos, self.enc_time_pos)
+        return self._space_time(x, self.enc_spatial, self.enc_temporal, spatial_first=True)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> token ids (B, t, h, w)."""
+        return self.quantizer(self.encode_latents(video)).indices
+
+    # ---- decoder ------------------------------------------------------------------------------------------
+    def decode_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        """(B, t, h, w, D) quantized embeddings -> video (B, C, T, H, W)."""
+        cfg = self.cfg
+        p, pt = cfg.patch_size, cfg.temporal_patch_size
+        x = self._add_positions(emb, self.dec_space_pos, self.dec_time_pos)
+        x = self._space_time(x, self.dec_spatial, self.dec_temporal, spatial_first=False)
+        frames = [rearrange(self.first_frame_out(x[:, :1]), "b 1 h w (c p1 p2) -> b c 1 (h p1) (w p2)", p1=p, p2=p)]
+        if x.shape[1] > 1:
+            rest = self.tubelet_out(x[:, 1:])
+            frames.append(rearrange(rest, "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p))
+        return torch.cat(frames, dim=2)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, t, h, w) -> video (B, C, 1 + (t-1)*t_p, H, W)."""
+        return self.decode_embeddings(self.quantizer.codes_to_embeddings(indices))
+
+    def forward(self, video: torch.Tensor) -> CViViTOutput:
+        latents = self.encode_latents(video)
+        q = self.quantizer(latents)
+        return CViViTOutput(
+            recon=self.decode_embeddings(q.quantized),
+            indices=q.indices,
+            vq_loss=q.vq_loss,
+            commit_loss=q.commit_loss,
+            perplexity=q.perplexity,
+            used_codes=q.used_codes,
+            latents=latents,
+        )

@@ -1,0 +1,76 @@
+"""YAML presets, dotted command-line overrides, and typed dataclass construction.
+
+A config file has top-level sections (prepare, tokenizer, tokenizer_train, transformer, transformer_train,
+sampling, text_encoder); `section.key=value` overrides any leaf, with the value parsed as YAML
+(`tokenizer_train.steps=10`, `transformer.dim=256`, `sampling.guidance_scale=6.0`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+T = TypeVar("T")
+
+
+def resolve_config_path(path_or_name: str | Path) -> Path:
+    """A file path, or a preset name from configs/ ("demo", "phenaki-1.8b", ...)."""
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    named = CONFIG_DIR / f"{path_or_name}.yaml"
+    if named.exists():
+        return named
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"config {str(path_or_name)!r} is neither a file nor a preset (presets: {available})")
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return config
+
+
+def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:
+    config = yaml.safe_load(resolve_config_path(path_or_name).read_text()) or {}
+    return apply_overrides(config, list(overrides or []))
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return value if value is None or len(args) != 1 else _coerce(value, args[0])
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return build_dataclass(annotation, value)
+    return value
+
+
+def build_dataclass(cls: type[T], values: dict | None) -> T:
+    """Build `cls` from a dict, rejecting unknown keys with the list of known ones (typos fail loudly)."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})

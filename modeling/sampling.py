@@ -1,0 +1,102 @@
+"""MaskGIT iterative decoding with classifier-free guidance (MaskGIT sec. 3.2; Phenaki sec. 2.2).
+
+All unknown tokens start as [MASK]. At step i of T every masked position gets a sampled token; the
+ceil-free count n_i = floor(gamma((i+1)/T) * n_0) of least confident new tokens is re-masked, where
+confidence is the sampled token's log-probability plus Gumbel noise whose temperature anneals linearly to
+zero ("choice temperature"; Phenaki's showcase uses 8.0). Fixed tokens (story mode, image animation) have
+infinite confidence and are never re-masked, so they come back bit-exact.
+
+Guidance: logits = cond + lambda * (cond - uncond), so lambda = 0 is exactly the conditional model. The
+conditional and unconditional rows run as one batch of 2B through one forward pass per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from modeling.masking import SCHEDULES
+from modeling.maskgit import MaskGIT
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device="cpu").clamp_(1e-20, 1.0)
+    return (-torch.log(-torch.log(u))).to(device)
+
+
+def num_masked_after_step(step: int, steps: int, num_unknown: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
+    """How many of the n_0 initially unknown tokens stay masked after `step` (0-based) of `steps`.
+
+    Always reveals at least one token per step and ends with none masked.
+    """
+    if step >= steps - 1:
+        return torch.zeros_like(num_unknown)
+    ratio = (step + 1) / steps
+    n = torch.floor(SCHEDULES[schedule](ratio) * num_unknown).long()
+    return torch.clamp(torch.minimum(n, num_unknown - (step + 1)), min=0)
+
+
+def guided_logits(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """logits (2B, N, K) = [cond; uncond] -> (B, N, K) guided."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return cond + guidance_scale * (cond - uncond)
+
+
+@torch.no_grad()
+def maskgit_sample(
+    model: MaskGIT,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    seq_len: int,
+    *,
+    steps: int = 12,
+    guidance_scale: float = 0.0,
+    temperature: float = 4.5,
+    sample_temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    fixed_tokens: torch.Tensor | None = None,
+    schedule: str = "cosine",
+) -> torch.Tensor:
+    """text (B, L, Dt), text_mask (B, L) -> tokens (B, seq_len) long.
+
+    `fixed_tokens` (B, seq_len) long: values >= 0 are kept as given, -1 marks tokens to generate.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    b = text.shape[0]
+    device = text.device
+    mask_id = model.mask_token_id
+    if fixed_tokens is None:
+        fixed_tokens = torch.full((b, seq_len), -1, dtype=torch.long, device=device)
+    if fixed_tokens.shape != (b, seq_len):
+        raise ValueError(f"fixed_tokens must be {(b, seq_len)}, got {tuple(fixed_tokens.shape)}")
+    fixed = fixed_tokens >= 0
+    tokens = torch.where(fixed, fixed_tokens, torch.full_like(fixed_tokens, mask_id))
+    num_unknown = (~fixed).sum(dim=1)
+
+    guided = guidance_scale != 0.0
+    if guided:
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(device)
+        context = model.encode_text(text.repeat(2, 1, 1), text_mask.repeat(2, 1), drop)
+    else:
+        context = model.encode_text(text, text_mask)
+
+    for step in range(steps):
+        masked = tokens == mask_id
+        if not masked.any():
+            break
+        logits = model.forward_with_context(tokens.repeat(2, 1) if guided else tokens, context).float()
+        if guided:
+            logits = guided_logits(logits, guidance_scale)
+        log_probs = torch.log_softmax(logits / max(sample_temperature, 1e-6), dim=-1)  # (B, N, K)
+        sampled = (log_probs + gumbel_noise(tuple(log_probs.shape), generator, device)).argmax(dim=-1)
+        sampled = torch.where(masked, sampled, tokens)
+        confidence = torch.gather(log_probs, -1, sampled.unsqueeze(-1)).squeeze(-1)
+        anneal = temperature * (1 - (step + 1) / steps)
+        confidence = confidence + anneal * gumbel_noise(tuple(confidence.shape), generator, device)
+        confidence = confidence.masked_fill(~masked, math.inf)  # known tokens are never re-masked
+        keep_masked = num_masked_after_step(step, steps, num_unknown, schedule)  # (B,)
+        rank = confidence.argsort(dim=1).argsort(dim=1)
+        tokens = torch.where(rank < keep_masked[:, None], torch.full_like(sampled, mask_id), sampled)
+    return tokens
