@@ -1,0 +1,254 @@
+"""Contract tests every model passes, plus the Phenaki invariants (DESIGN.md: 'Invariants worth a test')."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modeling.checkpoint import load_checkpoint, save_checkpoint
+from modeling.cvivit import CViViT, CViViTConfig
+from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
+from modeling.maskgit import MaskGIT, MaskGITConfig
+from modeling.masking import cosine_schedule, mvtm_loss, random_training_mask
+from modeling.presets import apply_overrides, build_dataclass, load_config
+from modeling.quantizer import FactorizedQuantizer
+from modeling.sampling import guided_logits, maskgit_sample, num_masked_after_step
+
+TINY_CVIVIT = CViViTConfig(
+    image_size=32, patch_size=8, temporal_patch_size=2, dim=32, spatial_depth=1, temporal_depth=2,
+    heads=4, mlp_dim=64, code_dim=8, codebook_size=32,
+)
+TINY_MASKGIT = MaskGITConfig(
+    codebook_size=32, seq_len=80, tokens_per_frame=16, dim=32, depth=2, heads=4, mlp_dim=64, text_dim=24
+)
+
+
+def video(b: int = 2, t: int = 9, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, t, 32, 32, generator=g) * 2 - 1
+
+
+def text(b: int = 2, length: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(b, length, dtype=torch.bool)
+    mask[0, 3:] = False
+    return torch.randn(b, length, 24, generator=g), mask
+
+
+@pytest.fixture
+def cvivit() -> CViViT:
+    torch.manual_seed(0)
+    return CViViT(TINY_CVIVIT).eval()
+
+
+@pytest.fixture
+def maskgit() -> MaskGIT:
+    torch.manual_seed(0)
+    return MaskGIT(TINY_MASKGIT).eval()
+
+
+# ---- C-ViViT ------------------------------------------------------------------------------------------------
+
+
+def test_cvivit_shapes_and_token_grid(cvivit):
+    out = cvivit(video())
+    assert out.recon.shape == (2, 3, 9, 32, 32)
+    assert out.indices.shape == (2, 5, 4, 4) == (2, *cvivit.token_grid(9))
+    assert cvivit.decode(out.indices).shape == (2, 3, 9, 32, 32)
+    with pytest.raises(ValueError, match="1 \\+ k\\*2"):
+        cvivit.encode(video(t=8))
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 4])
+def test_cvivit_is_causal_in_time(cvivit, t):
+    """Perturbing frames belonging to latent frames >= t leaves every token of latent frames < t unchanged."""
+    x = video(t=9)
+    first_changed_frame = 1 + (t - 1) * TINY_CVIVIT.temporal_patch_size
+    y = x.clone()
+    y[:, :, first_changed_frame:] = torch.rand_like(y[:, :, first_changed_frame:]) * 2 - 1
+    before = cvivit.encode_latents(x)
+    after = cvivit.encode_latents(y)
+    assert torch.equal(before[:, :t], after[:, :t])
+    assert not torch.allclose(before[:, t:], after[:, t:])
+
+
+def test_cvivit_decoder_is_causal_in_time(cvivit):
+    idx = cvivit.encode(video())
+    changed = idx.clone()
+    changed[:, 3:] = (changed[:, 3:] + 1) % TINY_CVIVIT.codebook_size
+    a, b = cvivit.decode(idx), cvivit.decode(changed)
+    frames_before = 1 + 2 * TINY_CVIVIT.temporal_patch_size
+    assert torch.equal(a[:, :, :frames_before], b[:, :, :frames_before])
+
+
+def test_image_is_one_frame_video(cvivit):
+    x = video(t=9)
+    image_tokens = cvivit.encode(x[:, :, :1])
+    assert image_tokens.shape == (2, 1, 4, 4)
+    assert torch.equal(image_tokens[:, 0], cvivit.encode(x)[:, 0])  # first frame encoded alone
+    assert cvivit.decode(image_tokens).shape == (2, 3, 1, 32, 32)
+
+
+def test_cvivit_gradients_reach_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = CViViT(TINY_CVIVIT).train()
+    x = video()
+    out = model(x)
+    (torch.nn.functional.mse_loss(out.recon, x) + out.vq_loss).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    # Temporal positions beyond the clip length are legitimately unused.
+    assert missing == [], missing
+
+
+# ---- quantizer ----------------------------------------------------------------------------------------------
+
+
+def test_quantizer_picks_nearest_normalized_code_and_passes_gradients_straight_through():
+    torch.manual_seed(0)
+    q = FactorizedQuantizer(16, 4, 8, codebook_update="loss").eval()
+    x = torch.randn(10, 16, requires_grad=True)
+    out = q(x)
+    z = torch.nn.functional.normalize(q.project_in(x), dim=-1)
+    expected = ((z[:, None] - q.normalized_codebook()[None]) ** 2).sum(-1).argmin(-1)
+    assert torch.equal(out.indices, expected)
+    out.quantized.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_dead_code_restart_reseeds_unused_codes_from_encoder_outputs():
+    torch.manual_seed(0)
+    q = FactorizedQuantizer(16, 4, 8)
+    q.usage.zero_()
+    q.usage[:2] = 1.0
+    x = torch.randn(50, 16)
+    restarted = q.restart_dead_codes(x, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    assert restarted == 6
+    assert torch.all(q.usage == 1.0)
+    assert torch.allclose(q.codebook.norm(dim=-1), torch.ones(8), atol=1e-5)
+
+
+def test_ema_codebook_moves_towards_assigned_inputs():
+    torch.manual_seed(0)
+    q = FactorizedQuantizer(8, 4, 4, ema_decay=0.5).train()
+    x = torch.randn(64, 8)
+    before = q.codebook.clone()
+    q(x)
+    assert not torch.allclose(before, q.codebook)
+
+
+# ---- masking and loss ---------------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_endpoints_and_monotone():
+    r = torch.linspace(0, 1, 11)
+    g = cosine_schedule(r)
+    assert g[0] == 1.0 and abs(float(g[-1])) < 1e-6
+    assert torch.all(g[1:] <= g[:-1])
+
+
+def test_training_mask_counts_follow_schedule_and_respect_image_rows():
+    num_scored = torch.tensor([80, 16, 80, 16])
+    mask = random_training_mask(num_scored, 80, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 80)
+    assert not mask[1, 16:].any() and not mask[3, 16:].any()  # images: only the first frame's tokens
+    assert torch.all(mask.sum(1) >= 1)
+    # Reproduce the count from the same random stream.
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(4, generator=g)
+    expected = torch.minimum(torch.ceil(cosine_schedule(r) * num_scored).long().clamp(min=1), num_scored)
+    assert torch.equal(mask.sum(1), expected)
+
+
+def test_mvtm_loss_scores_only_masked_tokens(maskgit):
+    tokens = torch.randint(0, 32, (2, 80))
+    tokens[1, 16:] = -1  # image row, padded
+    emb, m = text()
+    loss, metrics = mvtm_loss(maskgit.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and loss > 0
+    assert 0 < metrics["mask_fraction"] <= 1
+    loss.backward()
+    assert maskgit.head.weight.grad is not None
+
+
+# ---- guidance and sampling ----------------------------------------------------------------------------------
+
+
+def test_guidance_scale_zero_equals_conditional_model(maskgit):
+    emb, m = text()
+    tokens = torch.randint(0, 33, (2, 80))
+    both = maskgit(tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True]))
+    assert torch.allclose(guided_logits(both, 0.0), maskgit(tokens, emb, m), atol=1e-5)
+
+
+def test_batched_guidance_forward_equals_two_separate_passes(maskgit):
+    emb, m = text()
+    tokens = torch.randint(0, 33, (2, 80))
+    both = maskgit(tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True]))
+    cond = maskgit(tokens, emb, m, torch.tensor([False, False]))
+    uncond = maskgit(tokens, emb, m, torch.tensor([True, True]))
+    assert torch.allclose(both[:2], cond, atol=1e-5) and torch.allclose(both[2:], uncond, atol=1e-5)
+    assert torch.allclose(guided_logits(both, 3.0), cond + 3.0 * (cond - uncond), atol=1e-4)
+
+
+def test_dropped_text_ignores_the_prompt(maskgit):
+    emb, m = text()
+    tokens = torch.randint(0, 33, (2, 80))
+    a = maskgit(tokens, emb, m, torch.tensor([True, True]))
+    b = maskgit(tokens, torch.randn_like(emb), m, torch.tensor([True, True]))
+    assert torch.allclose(a, b)
+
+
+def test_sampler_schedule_reveals_every_token():
+    n0 = torch.tensor([80, 64])
+    counts = [num_masked_after_step(i, 12, n0) for i in range(12)]
+    assert torch.equal(counts[-1], torch.zeros(2, dtype=torch.long))
+    assert all(torch.all(a >= b) for a, b in zip(counts, counts[1:], strict=False))
+    assert counts[0][0] == math.floor(math.cos(math.pi / 2 / 12) * 80)
+
+
+def test_sampler_is_deterministic_under_seed_and_keeps_fixed_tokens(maskgit):
+    emb, m = text()
+    fixed = torch.full((2, 80), -1)
+    fixed[:, :16] = torch.randint(0, 32, (2, 16))
+    run = lambda seed: maskgit_sample(  # noqa: E731
+        maskgit, emb, m, 80, steps=6, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), fixed_tokens=fixed
+    )
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a[:, :16], fixed[:, :16])
+    assert a.min() >= 0 and a.max() < 32
+
+
+# ---- discriminator, checkpoints, presets --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_discriminator_judges_frames_or_clips(dims):
+    d = StyleGANDiscriminator(DiscriminatorConfig(image_size=32, base_channels=8, max_channels=16, dims=dims))
+    out = d(video(b=2, t=5))
+    assert out.shape == ((10,) if dims == 2 else (2,))
+
+
+@pytest.mark.parametrize("kind", ["cvivit", "maskgit"])
+def test_checkpoint_round_trip(tmp_path, cvivit, maskgit, kind):
+    model, cfg = (cvivit, TINY_CVIVIT) if kind == "cvivit" else (maskgit, TINY_MASKGIT)
+    digest = save_checkpoint(tmp_path / "ckpt", model, cfg, {"note": "x"})
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.kind == kind and loaded.digest == digest and loaded.extra == {"note": "x"}
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))
+
+
+def test_presets_overrides_and_typo_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("tokenizer:\n  dim: 32\n")
+    cfg = load_config(path, ["tokenizer.dim=64", "sampling.guidance_scale=6"])
+    assert cfg == {"tokenizer": {"dim": 64}, "sampling": {"guidance_scale": 6}}
+    assert build_dataclass(CViViTConfig, cfg["tokenizer"]).dim == 64
+    with pytest.raises(ValueError, match="unknown CViViTConfig field"):
+        build_dataclass(CViViTConfig, {"dimm": 3})
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides({}, ["nokey"])
