@@ -1,0 +1,46 @@
+"""`phenaki prepare`: Ray Data turns video-text and image-text sources into clip shards."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs.runtime import add_ray_arguments, init_ray, log, setup_logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", action="append", required=True, metavar="URI",
+                        help="WebVid CSV or LAION parquet (local, file://, gs://, http(s)://); repeatable")
+    parser.add_argument("--out", required=True, help="output directory (local or gs://) for shards + manifest.json")
+    parser.add_argument("--config", default=None, help="config preset or YAML file (its `prepare` section is used)")
+    parser.add_argument("--format", default=None, choices=["webvid", "laion"], help="force the source format")
+    parser.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
+    add_ray_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prepare.size=32")
+
+
+def main(args: argparse.Namespace) -> int:
+    from modeling.presets import apply_overrides, build_dataclass, load_config
+    from pipelines.prepare import PrepareConfig, prepare
+
+    setup_logging()
+    config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
+    section = dict(config.get("prepare") or {})
+    if args.format:
+        section["source_format"] = args.format
+    if args.strict:
+        section["strict"] = True
+    cfg = build_dataclass(PrepareConfig, section)
+    init_ray(args.address)
+    manifest = prepare(args.source, args.out, cfg)
+    log.info("clip shards: %s (%s samples %s, skipped %s)", args.out, manifest["num_samples"], manifest["counts"], manifest["skips"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.prepare", description=__doc__)
+    add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(build_parser().parse_args()))
