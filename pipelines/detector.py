@@ -1,0 +1,280 @@
+"""A deterministic adherence detector for the synthetic world (numpy image analysis, no learning).
+
+`detect(frames)` reads back the colour, shape and motion of the one shape in a video;
+`parse_caption(text)` reads the same attributes out of a caption or prompt; `adherence` compares
+them. It is validated on ground-truth renders after a real H.264 round trip (tests/test_detector.py,
+benchmarks/detector_accuracy.py), so it can score what a model generates.
+
+Method, per frame (T, H, W, 3):
+- background = the frame's per-channel median (the shape covers well under half the frame);
+- contrast = max-channel distance from background; foreground = the largest 4-connected blob with
+  contrast above half the shape's own contrast (half-coverage is where an anti-aliased edge sits);
+- soft coverage alpha = contrast / shape contrast, clipped to [0, 1], on that blob grown by one pixel.
+Colour: nearest palette entry to the median colour of the fully covered pixels, compared by chroma
+(RGB minus its mean) plus half-weighted brightness, since H.264's 4:2:0 chroma shifts colours a little.
+Shape: two scale-free features of alpha, voted over frames by majority:
+  fill = area / (soft width x soft height): circle pi/4, square 1, triangle 1/2;
+  skew of the row profile (mass per row): 0 for circle and square, -0.57 for an upright triangle.
+Motion: least-squares slope of the alpha centroid over frames, times the clip length; the dominant
+axis gives the direction; under `MIN_DISPLACEMENT_PX` of travel it is "static".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.synth import PALETTE, SHAPE_WORDS, SHAPES
+
+MIN_DISPLACEMENT_PX = 2.0
+MIN_CONTRAST = 40.0  # max-channel distance below which nothing counts as a shape
+MIN_AREA_PX = 12  # blobs smaller than this are noise, not a shape
+# (fill, row-profile skew) of each ideal shape, and the spread used to normalise distances to them.
+_SHAPE_PROTOTYPES: dict[str, tuple[float, float]] = {
+    "circle": (np.pi / 4, 0.0),
+    "square": (1.0, 0.0),
+    "triangle": (0.5, -0.566),
+}
+_FEATURE_SCALE = (0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class Detection:
+    colour: str | None  # palette name, None if no shape was found
+    shape: str | None  # "circle" | "square" | "triangle" | None
+    motion: str | None  # "left" | "right" | "up" | "down" | "static"; None with < 2 usable frames
+    frames_with_shape: int  # frames where a blob was found
+    median_rgb: tuple[int, int, int] | None  # median colour of fully covered pixels
+    fill: float | None  # median fill ratio over frames
+    skew: float | None  # median row-profile skew over frames
+    displacement: tuple[float, float] | None  # (dx, dy) px over the clip, y down
+    shape_votes: dict[str, int]  # per-frame shape votes
+
+
+@dataclass(frozen=True)
+class Attributes:
+    colour: str | None
+    shape: str | None
+    motion: str | None
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def _neighbour_min(x: np.ndarray, fill: int | bool) -> np.ndarray:
+    """(T, H, W) -> elementwise min of x and its four 4-neighbours (out-of-frame cells read `fill`)."""
+    t, h, w = x.shape
+    padded = np.full((t, h + 2, w + 2), fill, dtype=x.dtype)
+    padded[:, 1:-1, 1:-1] = x
+    out = x.copy()
+    for view in (padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]):
+        np.minimum(out, view, out=out)
+    return out
+
+
+def largest_components(mask: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool -> (T, H, W) bool: each frame's largest 4-connected component.
+
+    Min-label propagation, vectorised over all frames. A label is the flat index of a pixel in the
+    same component; each pass takes the smallest label among a pixel and its neighbours, then
+    jumps to that pixel's own label (pointer jumping), so it settles in a handful of passes rather
+    than one per pixel of blob diameter. Labels are flat indices, so they never cross frames.
+    """
+    t, h, w = mask.shape
+    big = t * h * w  # background label; also the sentinel slot appended for the jump
+    labels = np.where(mask, np.arange(big, dtype=np.int32).reshape(t, h, w), np.int32(big))
+    while True:
+        new = np.where(mask, _neighbour_min(labels, big), np.int32(big))
+        new = np.append(new.ravel(), np.int32(big))[new]  # jump: label of the label
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    counts = np.bincount(labels[mask], minlength=big).reshape(t, h * w)  # pixels per label, per frame
+    best = np.argmax(counts, axis=1) + np.arange(t) * h * w  # (T,) largest label of each frame
+    return mask & (labels == best[:, None, None])
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """(T, H, W) bool, grown by one pixel (4-neighbourhood)."""
+    # A pixel stays background only if it and all its neighbours are: min over "is background".
+    return ~_neighbour_min(~mask, True)
+
+
+@dataclass(frozen=True)
+class _FrameShape:
+    alpha: np.ndarray  # (H, W) float coverage in [0, 1]
+    core_rgb: np.ndarray  # (N, 3) float colours of fully covered pixels
+
+
+def _frame_shapes(frames: np.ndarray) -> list[_FrameShape | None]:
+    """(T, H, W, 3) uint8 -> per frame, the shape found in it or None."""
+    rgb = frames.astype(np.float32)
+    t = rgb.shape[0]
+    background = np.median(rgb.reshape(t, -1, 3), axis=1)  # (T, 3)
+    contrast = np.abs(rgb - background[:, None, None, :]).max(axis=-1)  # (T, H, W)
+    strong = contrast > MIN_CONTRAST
+    # The shape's own contrast: a high percentile of its strong pixels (interior, not edges).
+    full = np.array(
+        [
+            np.percentile(c[m], 75) if m.sum() >= MIN_AREA_PX else np.inf
+            for c, m in zip(contrast, strong, strict=True)
+        ]
+    )
+    blob = largest_components(contrast > full[:, None, None] / 2)
+    alpha = np.where(_dilate(blob), np.clip(contrast / full[:, None, None], 0.0, 1.0), 0.0)
+    core = blob & (contrast > 0.85 * full[:, None, None])
+    out: list[_FrameShape | None] = []
+    for i in range(t):
+        if blob[i].sum() < MIN_AREA_PX:
+            out.append(None)
+            continue
+        core_rgb = rgb[i][core[i]] if core[i].any() else rgb[i][blob[i]]
+        out.append(_FrameShape(alpha=alpha[i], core_rgb=core_rgb))
+    return out
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def shape_features(alpha: np.ndarray) -> tuple[float, float]:
+    """(H, W) coverage -> (fill ratio, row-profile skew); both independent of size and position.
+
+    Soft extents (sum over columns of the column's max coverage) count a half-covered edge column
+    as half a pixel, so fill does not jump with sub-pixel position.
+    """
+    area = alpha.sum()
+    width = alpha.max(axis=0).sum()
+    height = alpha.max(axis=1).sum()
+    fill = float(area / max(width * height, 1e-6))
+    rows = alpha.sum(axis=1)  # (H,) mass per row
+    y = np.arange(rows.size, dtype=np.float64)
+    mean = (rows * y).sum() / area
+    var = (rows * (y - mean) ** 2).sum() / area
+    skew = float((rows * (y - mean) ** 3).sum() / area / max(var, 1e-6) ** 1.5)
+    return fill, skew
+
+
+def classify_shape(fill: float, skew: float) -> str:
+    """Nearest prototype in (fill, skew), each feature scaled by its expected spread."""
+
+    def dist(proto: tuple[float, float]) -> float:
+        return ((fill - proto[0]) / _FEATURE_SCALE[0]) ** 2 + ((skew - proto[1]) / _FEATURE_SCALE[1]) ** 2
+
+    return min(_SHAPE_PROTOTYPES, key=lambda s: dist(_SHAPE_PROTOTYPES[s]))
+
+
+def _chroma_luma(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rgb = np.asarray(rgb, dtype=np.float64)
+    luma = rgb.mean(axis=-1, keepdims=True)
+    return rgb - luma, luma
+
+
+def nearest_colour(rgb: tuple[float, float, float] | np.ndarray) -> str:
+    """Palette name nearest to `rgb`: chroma distance + half the brightness difference."""
+    names = list(PALETTE)
+    pal_chroma, pal_luma = _chroma_luma(np.array([PALETTE[n] for n in names]))  # (P, 3), (P, 1)
+    chroma, luma = _chroma_luma(np.asarray(rgb)[None])
+    d = np.linalg.norm(pal_chroma - chroma, axis=-1) + 0.5 * np.abs(pal_luma - luma)[:, 0]
+    return names[int(np.argmin(d))]
+
+
+def _centroid(alpha: np.ndarray) -> tuple[float, float]:
+    h, w = alpha.shape
+    total = alpha.sum()
+    return float((alpha.sum(axis=0) * np.arange(w)).sum() / total), float(
+        (alpha.sum(axis=1) * np.arange(h)).sum() / total
+    )
+
+
+def motion_from_centroids(t: np.ndarray, xy: np.ndarray, num_frames: int) -> tuple[str, tuple[float, float]]:
+    """Frame indices (N,), centroids (N, 2) -> (direction, (dx, dy) over the clip).
+
+    A least-squares slope uses every frame, so one noisy frame cannot flip the direction.
+    """
+    tc = t - t.mean()
+    slope = (tc[:, None] * (xy - xy.mean(axis=0))).sum(axis=0) / max((tc**2).sum(), 1e-9)  # (2,) px/frame
+    dx, dy = (float(v) for v in slope * (num_frames - 1))
+    if max(abs(dx), abs(dy)) < MIN_DISPLACEMENT_PX:
+        return "static", (dx, dy)
+    if abs(dx) >= abs(dy):
+        return ("right" if dx > 0 else "left"), (dx, dy)
+    return ("down" if dy > 0 else "up"), (dx, dy)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def detect(frames: np.ndarray) -> Detection:
+    """(T, H, W, 3) or (H, W, 3) uint8 -> what the video shows."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (T, H, W, 3) frames, got {frames.shape}")
+    found = [(i, s) for i, s in enumerate(_frame_shapes(frames)) if s is not None]
+    if not found:
+        return Detection(None, None, None, 0, None, None, None, None, {})
+    median_rgb = np.median(np.concatenate([s.core_rgb for _, s in found]), axis=0)
+    features = [shape_features(s.alpha) for _, s in found]
+    votes: dict[str, int] = {}
+    for fill, skew in features:
+        label = classify_shape(fill, skew)
+        votes[label] = votes.get(label, 0) + 1
+    # Majority vote; ties go to the class of the median features.
+    fill_med, skew_med = (float(v) for v in np.median(np.array(features), axis=0))
+    best = max(votes.values())
+    tied = [s for s in SHAPES if votes.get(s) == best]
+    shape = tied[0] if len(tied) == 1 else classify_shape(fill_med, skew_med)
+    motion, displacement = None, None
+    if len(found) >= 2:
+        t = np.array([i for i, _ in found], dtype=np.float64)
+        xy = np.array([_centroid(s.alpha) for _, s in found])
+        motion, displacement = motion_from_centroids(t, xy, frames.shape[0])
+    return Detection(
+        colour=nearest_colour(median_rgb),
+        shape=shape,
+        motion=motion,
+        frames_with_shape=len(found),
+        median_rgb=tuple(int(round(v)) for v in median_rgb),
+        fill=fill_med,
+        skew=skew_med,
+        displacement=displacement,
+        shape_votes=votes,
+    )
+
+
+_COLOUR_WORDS = {c: c for c in PALETTE} | {"violet": "purple"}
+_SHAPE_LOOKUP = {w: s for s, words in SHAPE_WORDS.items() for w in words} | {
+    "disk": "circle",
+    "dot": "circle",
+    "cube": "square",
+    "rectangle": "square",
+}
+_MOTION_LOOKUP = {
+    **{w: "left" for w in ("left", "leftward", "leftwards")},
+    **{w: "right" for w in ("right", "rightward", "rightwards")},
+    **{w: "up" for w in ("up", "upward", "upwards", "rising", "rises")},
+    **{w: "down" for w in ("down", "downward", "downwards", "falling", "falls")},
+}
+
+
+def parse_caption(text: str) -> Attributes:
+    """The first colour, shape and direction words in `text` (captions, synonyms, user prompts)."""
+    words = re.findall(r"[a-z]+", text.lower())
+
+    def first(lookup: dict[str, str]) -> str | None:
+        return next((lookup[w] for w in words if w in lookup), None)
+
+    return Attributes(colour=first(_COLOUR_WORDS), shape=first(_SHAPE_LOOKUP), motion=first(_MOTION_LOOKUP))
+
+
+def adherence(prompt: str, frames: np.ndarray) -> dict[str, bool | None]:
+    """Does the video show what the prompt asks? One entry per attribute, None if the prompt is silent."""
+    want = parse_caption(prompt)
+    got = detect(frames)
+    return {
+        name: (None if wanted is None else wanted == getattr(got, name))
+        for name, wanted in (("colour", want.colour), ("shape", want.shape), ("motion", want.motion))
+    }

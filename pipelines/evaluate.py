@@ -1,0 +1,110 @@
+"""Prompt adherence of generated videos, scored with the deterministic detector.
+
+A record is `{"prompts": [str, ...], "file": path}` and optionally `"segments": [[start, end], ...]`:
+half-open frame ranges, one per prompt, for a story whose segments were generated from successive
+prompts. With segments, each is scored against its own prompt; without, the first prompt is scored
+against the whole video (the other prompts are ignored). A file that cannot be decoded scores False
+on everything its prompts ask for, since a model that writes garbage did not follow the prompt.
+
+The summary gives, over all scored segments, the fraction whose colour / shape / motion match (each
+over the segments whose prompt names that attribute) and the fraction where all named ones match.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines.detector import adherence, detect, parse_caption
+from pipelines.media import MediaError, decode_video
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+def _segments(record: dict[str, Any], num_frames: int) -> list[tuple[str, int, int]]:
+    """(prompt, start, end) to score for one record."""
+    prompts: Sequence[str] = record["prompts"]
+    if not prompts:
+        raise ValueError(f"record for {record.get('file')!r} has no prompts")
+    bounds = record.get("segments")
+    if bounds is None:
+        return [(prompts[0], 0, num_frames)]
+    if len(bounds) != len(prompts):
+        raise ValueError(f"{len(bounds)} segments for {len(prompts)} prompts in {record.get('file')!r}")
+    return [(p, int(s), int(e)) for p, (s, e) in zip(prompts, bounds, strict=True)]
+
+
+def _failed(prompt: str) -> dict[str, bool | None]:
+    want = parse_caption(prompt)
+    return {a: (None if getattr(want, a) is None else False) for a in ATTRIBUTES}
+
+
+def evaluate_record(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-segment results: prompt, file, start, end, colour/shape/motion (bool | None), detected, error."""
+    path = os.fspath(record["file"])
+    try:
+        frames: np.ndarray | None = decode_video(path).frames
+        error = None
+    except (MediaError, FileNotFoundError) as e:
+        frames, error = None, str(e)
+    if frames is None:
+        # Undecodable: score the prompts as they would be split, with everything they ask failing.
+        segs = _segments(record, 0)
+        return [
+            {"file": path, "prompt": p, "start": s, "end": e, **_failed(p), "detected": None, "error": error}
+            for p, s, e in segs
+        ]
+    results = []
+    for prompt, start, end in _segments(record, len(frames)):
+        clip = frames[start:end]
+        if len(clip) == 0:
+            results.append(
+                {"file": path, "prompt": prompt, "start": start, "end": end, **_failed(prompt),
+                 "detected": None, "error": f"empty segment [{start}, {end}) of {len(frames)} frames"}
+            )  # fmt: skip
+            continue
+        det = detect(clip)
+        results.append(
+            {"file": path, "prompt": prompt, "start": start, "end": end, **adherence(prompt, clip),
+             "detected": {"colour": det.colour, "shape": det.shape, "motion": det.motion}, "error": None}
+        )  # fmt: skip
+    return results
+
+
+def summarise(segments: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fractions over segments: per attribute (where asked), and all asked attributes at once."""
+
+    def fraction(values: list[bool]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    summary: dict[str, Any] = {"num_segments": len(segments)}
+    for a in ATTRIBUTES:
+        asked = [bool(s[a]) for s in segments if s[a] is not None]
+        summary[a] = fraction(asked)
+        summary[f"num_{a}"] = len(asked)
+    summary["all"] = fraction(
+        [
+            all(s[a] for a in ATTRIBUTES if s[a] is not None)
+            for s in segments
+            if any(s[a] is not None for a in ATTRIBUTES)
+        ]
+    )
+    return summary
+
+
+def evaluate_videos(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score generated videos against their prompts; see the module docstring for the record format.
+
+    Returns the `summarise` fractions plus `num_videos`, `num_errors` (segments that could not be
+    decoded or were empty; they count as failures) and the per-segment results under `segments`.
+    """
+    segments = [seg for record in records for seg in evaluate_record(record)]
+    return {
+        "num_videos": len(records),
+        "num_errors": sum(s["error"] is not None for s in segments),
+        **summarise(segments),
+        "segments": segments,
+    }
