@@ -1,0 +1,445 @@
+"""`phenaki serve`: the text-to-video sampler as a Ray Serve HTTP endpoint (FastAPI ingress).
+
+Routes: `GET /` a self-contained web page, `GET /healthz`, `GET /info` (model facts and sampling defaults),
+`POST /generate` with JSON `{"prompts": [...], "seed": 0, "steps": 12, "guidance_scale": 6.0,
+"temperature": 4.5, "context_frames": 5, "image_b64": null, "format": "mp4" | "gif"}` -> the video bytes with
+headers `X-Phenaki-Seconds` (generation wall time), `X-Phenaki-Duration` (video seconds), `X-Phenaki-Frames`,
+`X-Phenaki-Fps` and `X-Phenaki-Segments` (JSON list of `{"prompt", "start", "end"}` frame ranges).
+Several prompts make a story; `image_b64` animates a still. Bad input gets a 4xx with a message.
+
+From Python: `url = start(checkpoint, port=8000)` ... `stop()`.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real request-model class in the route
+# signatures of the (pickled-by-value) deployment class, not a string it cannot resolve in the replica.
+import argparse
+import base64
+import binascii
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from jobs.runtime import WORKER_ENV, log, setup_logging
+from modeling.masking import SCHEDULES
+
+APP_NAME = "phenaki"
+MAX_IMAGE_B64_CHARS = 16 * 1024 * 1024
+_started_ray = False
+
+# The page is defined before the deployment class: Serve pickles the class with the globals it sees.
+INDEX_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>phenaki-ray</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:15px/1.45 system-ui,sans-serif;max-width:880px;margin:2em auto;padding:0 1em;color:#222;background:#fafafa}
+ h1{font-size:1.5em;margin-bottom:.2em} .sub{color:#666;margin-top:0}
+ textarea{width:100%;box-sizing:border-box;font:inherit;padding:.5em}
+ fieldset{border:1px solid #ddd;border-radius:6px;margin:1em 0} label{margin-right:1em;white-space:nowrap}
+ input[type=number]{width:5.5em} button{font:inherit;padding:.5em 1.4em;border-radius:6px;border:0;
+ background:#2d5be3;color:#fff;cursor:pointer} button:disabled{background:#999}
+ #out{margin-top:1.2em} #out video,#out img{width:384px;image-rendering:pixelated;background:#000;border-radius:4px}
+ .err{color:#b00020;white-space:pre-wrap} table{border-collapse:collapse;margin-top:.6em}
+ td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left} small{color:#666}
+</style></head><body>
+<h1>phenaki-ray</h1>
+<p class="sub">Text to video with a masked transformer over C-ViViT tokens. One prompt per line: several lines
+tell a story, each line one segment continued from the last frames of the one before.</p>
+<form id="f">
+<textarea id="prompts" rows="4" placeholder="a red circle moving left&#10;a blue square moving down"></textarea>
+<fieldset><legend>sampling</legend>
+ <label>seed <input type="number" id="seed" value="0"></label>
+ <label>steps <input type="number" id="steps" min="1"></label>
+ <label>guidance <input type="number" id="guidance_scale" step="0.5"></label>
+ <label>temperature <input type="number" id="temperature" step="0.5" min="0"></label>
+ <label>format <select id="format"><option>mp4</option><option>gif</option></select></label>
+ <br><label>animate an image (optional) <input type="file" id="image" accept="image/*"></label>
+</fieldset>
+<button id="go" type="submit">Generate</button> <small id="facts"></small>
+</form>
+<div id="out"></div>
+<script>
+const $ = id => document.getElementById(id);
+fetch('info').then(r => r.json()).then(info => {
+  const d = info.defaults || {};
+  for (const k of ['steps', 'guidance_scale', 'temperature']) if (d[k] !== undefined) $(k).placeholder = d[k];
+  $('facts').textContent = `${info.num_frames} frames/segment at ${info.fps} fps, ${info.image_size}px, ` +
+    `text encoder ${info.text_encoder}, up to ${info.max_segments} segments`;
+}).catch(() => {});
+const readImage = file => new Promise((ok, fail) => {
+  const r = new FileReader(); r.onload = () => ok(r.result); r.onerror = fail; r.readAsDataURL(file);
+});
+$('f').addEventListener('submit', async ev => {
+  ev.preventDefault();
+  const prompts = $('prompts').value.split('\\n').map(s => s.trim()).filter(Boolean);
+  const body = {prompts, seed: parseInt($('seed').value || '0'), format: $('format').value};
+  for (const k of ['steps', 'guidance_scale', 'temperature']) if ($(k).value !== '') body[k] = Number($(k).value);
+  if ($('image').files.length) body.image_b64 = await readImage($('image').files[0]);
+  $('go').disabled = true; $('out').textContent = 'generating...';
+  try {
+    const r = await fetch('generate', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                       body: JSON.stringify(body)});
+    if (!r.ok) {
+      const t = await r.text(); let msg = t;
+      try { const j = JSON.parse(t); msg = typeof j.detail === 'string' ? j.detail : JSON.stringify(j.detail, null, 1); } catch (e) {}
+      $('out').innerHTML = ''; const p = document.createElement('p'); p.className = 'err';
+      p.textContent = `error ${r.status}: ${msg}`; $('out').appendChild(p); return;
+    }
+    const url = URL.createObjectURL(await r.blob());
+    const segs = JSON.parse(r.headers.get('X-Phenaki-Segments') || '[]');
+    const el = document.createElement(body.format === 'gif' ? 'img' : 'video');
+    el.src = url; if (el.tagName === 'VIDEO') { el.controls = el.loop = el.muted = el.autoplay = true; }
+    const table = document.createElement('table');
+    table.innerHTML = '<tr><th>segment</th><th>frames</th><th>prompt</th></tr>';
+    segs.forEach((s, i) => { const tr = table.insertRow(); [i + 1, `${s.start}-${s.end - 1}`, s.prompt]
+      .forEach(v => { tr.insertCell().textContent = v; }); });
+    const info = document.createElement('p');
+    info.textContent = `${r.headers.get('X-Phenaki-Frames')} frames, ${r.headers.get('X-Phenaki-Duration')} s ` +
+      `of video, generated in ${r.headers.get('X-Phenaki-Seconds')} s. `;
+    const a = document.createElement('a'); a.href = url; a.download = `phenaki-${body.seed}.${body.format}`;
+    a.textContent = 'download'; info.appendChild(a);
+    $('out').replaceChildren(el, info, table);
+  } catch (e) { $('out').textContent = 'request failed: ' + e; }
+  finally { $('go').disabled = false; }
+});
+</script></body></html>
+"""
+
+app = FastAPI(
+    title="phenaki-ray", description="Phenaki text-to-video (MaskGIT over C-ViViT tokens) on Ray Serve"
+)
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(description="one prompt: a clip; several: a story, one segment each")
+    seed: int = 0
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = None
+    temperature: float | None = Field(default=None, ge=0)
+    sample_temperature: float | None = Field(default=None, gt=0)
+    context_frames: int | None = Field(default=None, ge=1)
+    schedule: str | None = None
+    image_b64: str | None = Field(default=None, description="a still to animate (base64, data: URL accepted)")
+    format: Literal["mp4", "gif"] = "mp4"
+
+
+def decode_b64_image(data: str):
+    """Base64 (optionally a `data:image/...;base64,` URL) -> (H, W, 3) uint8; ValueError with a reason."""
+    from pipelines.media import decode_image
+
+    if len(data) > MAX_IMAGE_B64_CHARS:
+        raise ValueError(f"image_b64 is larger than {MAX_IMAGE_B64_CHARS} characters")
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"image_b64 is not valid base64: {e}") from e
+    if not raw:
+        raise ValueError("image_b64 is empty")
+    return decode_image(raw)
+
+
+def encode_video(frames, fps: float, fmt: str) -> tuple[bytes, str]:
+    from pipelines.media import encode_mp4, write_gif
+
+    if fmt == "mp4":
+        return encode_mp4(frames, fps), "video/mp4"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_gif(frames, Path(tmp) / "video.gif", fps)
+        return path.read_bytes(), "image/gif"
+
+
+@serve.deployment(max_ongoing_requests=8, health_check_period_s=10, health_check_timeout_s=60)
+@serve.ingress(app)
+class PhenakiServer:
+    """One replica = one loaded VideoGenerator; requests are served one at a time per replica."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        *,
+        max_segments: int = 8,
+        max_steps: int = 64,
+        device: str | None = None,
+        num_threads: int | None = None,
+    ):
+        import torch
+
+        from modeling.generation import VideoGenerator
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.generator = VideoGenerator.from_checkpoint(checkpoint, device=device)
+        _ = self.generator.text_encoder  # load it now, not on the first request
+        self.max_segments = max_segments
+        self.max_steps = max_steps
+        # One request at a time per replica: HF fast tokenizers are not thread-safe, and CPU is scarce.
+        self.lock = threading.Lock()
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(self) -> str:
+        return INDEX_HTML
+
+    @app.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    def info(self) -> dict:
+        return {
+            **self.generator.info(),
+            "max_segments": self.max_segments,
+            "max_steps": self.max_steps,
+            "formats": ["mp4", "gif"],
+        }
+
+    @app.post("/generate")
+    def generate(self, req: GenerateRequest) -> Response:
+        prompts = [p.strip() for p in req.prompts]
+        if not prompts:
+            raise HTTPException(400, "prompts must hold at least one prompt")
+        if any(not p for p in prompts):
+            raise HTTPException(400, "prompts must not be empty strings")
+        if len(prompts) > self.max_segments:
+            raise HTTPException(
+                400, f"{len(prompts)} prompts: at most {self.max_segments} segments per request"
+            )
+        if req.steps is not None and req.steps > self.max_steps:
+            raise HTTPException(400, f"steps={req.steps}: at most {self.max_steps}")
+        try:
+            cfg = self.generator.defaults.replace(
+                seed=req.seed,
+                steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                temperature=req.temperature,
+                sample_temperature=req.sample_temperature,
+                context_frames=req.context_frames,
+                schedule=req.schedule,
+            )
+            if len(prompts) > 1:
+                self.generator.check_context_frames(cfg.context_frames)
+            if cfg.schedule not in SCHEDULES:
+                raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {cfg.schedule!r}")
+            image = decode_b64_image(req.image_b64) if req.image_b64 is not None else None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from e
+        with self.lock:
+            video = self.generator.generate(prompts, cfg, image=image)
+        body, media_type = encode_video(video.frames, video.fps, req.format)
+        segments = [{"prompt": p, "start": s, "end": e} for p, s, e in video.segments]
+        headers = {
+            "X-Phenaki-Seconds": f"{video.seconds:.3f}",
+            "X-Phenaki-Duration": f"{video.duration:.3f}",
+            "X-Phenaki-Frames": str(len(video.frames)),
+            "X-Phenaki-Fps": f"{video.fps:g}",
+            "X-Phenaki-Seed": str(cfg.seed),
+            "X-Phenaki-Segments": json.dumps(segments),  # ASCII-escaped, so header-safe
+            "Content-Disposition": f'inline; filename="phenaki-{cfg.seed}.{req.format}"',
+        }
+        return Response(content=body, media_type=media_type, headers=headers)
+
+
+def build_app(
+    checkpoint: str | os.PathLike,
+    *,
+    max_replicas: int = 1,
+    num_cpus: float = 0.5,
+    max_segments: int = 8,
+    max_steps: int = 64,
+    device: str | None = None,
+    num_gpus: float = 0.0,
+) -> serve.Application:
+    """The Serve application: autoscaled replicas (1..max_replicas, ~2 ongoing requests each)."""
+    if max_replicas < 1:
+        raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
+    checkpoint = Path(checkpoint).resolve()
+    if not (checkpoint / "config.yaml").exists():
+        raise FileNotFoundError(f"{checkpoint} is not a transformer checkpoint (no config.yaml)")
+    return PhenakiServer.options(
+        autoscaling_config={
+            "min_replicas": 1,
+            "initial_replicas": 1,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": 2,
+            "upscale_delay_s": 10,
+            "downscale_delay_s": 120,
+        },
+        ray_actor_options={
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "runtime_env": {"env_vars": dict(WORKER_ENV)},
+        },
+    ).bind(
+        str(checkpoint),
+        max_segments=max_segments,
+        max_steps=max_steps,
+        device=device,
+        num_threads=max(1, math.ceil(num_cpus)),
+    )
+
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"{url}/healthz did not answer within {timeout_s:.0f} s (last error: {last}). If Serve was already "
+        "running on this Ray cluster with other HTTP options, call stop() (serve.shutdown()) first."
+    )
+
+
+def start(
+    checkpoint: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_replicas: int = 1,
+    num_cpus: float = 0.5,
+    max_segments: int = 8,
+    max_steps: int = 64,
+    device: str | None = None,
+    num_gpus: float = 0.0,
+    address: str | None = None,
+    timeout_s: float = 300.0,
+) -> str:
+    """Start Serve (on the connected Ray, else a new local one) with the app at `/`; returns the base URL
+    once `/healthz` answers."""
+    global _started_ray
+    import ray
+
+    from jobs.runtime import init_ray
+
+    if not ray.is_initialized():
+        init_ray(address)
+        _started_ray = True
+    serve.start(http_options={"host": host, "port": port})
+    running = _running_http_options()
+    if running is not None and (running[0], running[1]) != (host, port):
+        raise RuntimeError(
+            f"Serve already runs on this Ray cluster with HTTP on {running[0]}:{running[1]}, not {host}:{port}; "
+            "call jobs.serve.stop() first (or start with that host and port)"
+        )
+    serve.run(
+        build_app(
+            checkpoint,
+            max_replicas=max_replicas,
+            num_cpus=num_cpus,
+            max_segments=max_segments,
+            max_steps=max_steps,
+            device=device,
+            num_gpus=num_gpus,
+        ),
+        name=APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    wait_healthy(url, timeout_s)
+    return url
+
+
+def _running_http_options() -> tuple[str, int] | None:
+    """(host, port) Serve's proxies were started with; None if unknown (a private Serve API, used defensively)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        return str(config.host), int(config.port)
+    except Exception:  # noqa: BLE001 - best effort only
+        return None
+
+
+def stop() -> None:
+    """Shut Serve down (all its apps); also Ray if `start` started it."""
+    global _started_ray
+    import ray
+
+    if ray.is_initialized():
+        serve.shutdown()
+        if _started_ray:
+            ray.shutdown()
+            _started_ray = False
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="transformer checkpoint dir (holds tokenizer/)")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound")
+    parser.add_argument("--num-cpus", type=float, default=0.5, help="CPUs reserved per replica")
+    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (0: CPU)")
+    parser.add_argument(
+        "--max-segments", type=int, default=8, help="most prompts (story segments) per request"
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging()
+    url = start(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_replicas=args.max_replicas,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        max_segments=args.max_segments,
+        device="cuda" if args.num_gpus > 0 else None,
+        address=args.address,
+    )
+    body = json.dumps({"prompts": ["a red circle moving left"], "seed": 0})
+    print(f"Phenaki is serving at {url}/  (open it in a browser; Ctrl-C stops)")
+    print(
+        f"  curl -s -X POST {url}/generate -H 'Content-Type: application/json' -d '{body}' -o video.mp4 -D -"
+    )
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill`, `ray job stop`, container shutdown: stop cleanly too
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, interrupt)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.serve", description=__doc__)
+    add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(build_parser().parse_args()))

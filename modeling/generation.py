@@ -1,0 +1,461 @@
+"""Text-to-video generation: text encoder -> MaskGIT sampler -> C-ViViT decoder (Phenaki sec. 3.2-3.3).
+
+One prompt gives one clip of `num_frames` frames. Several prompts tell a *story* (sec. 3.3): after the first
+clip, the last K decoded frames are re-encoded by C-ViViT as a new clip (their first frame becomes the image
+frame), their tokens are held fixed, the rest of the window is sampled under the next prompt, the whole
+window is decoded and its frames after the K context frames are appended. `animate` primes the first latent
+frame with the tokens of a still image instead.
+
+Axes: T frames, H/W pixels, t latent frames, h/w token grid, N = t*h*w tokens, L text tokens, D text width.
+All randomness comes from one `torch.Generator` seeded with `SamplingConfig.seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from modeling.checkpoint import load_checkpoint, save_checkpoint
+from modeling.cvivit import CViViT, CViViTConfig
+from modeling.maskgit import MaskGIT, MaskGITConfig
+from modeling.sampling import maskgit_sample
+from modeling.text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder, load_text_encoder
+
+log = logging.getLogger(__name__)
+
+TextInput = tuple[torch.Tensor, torch.Tensor]  # (emb (B, L, D) float, mask (B, L) bool)
+
+
+@dataclass
+class SamplingConfig:
+    steps: int = 12
+    guidance_scale: float = 6.0  # lambda in cond + lambda * (cond - uncond); 0 = conditional model only
+    temperature: float = 4.5  # choice (Gumbel) temperature on confidences, annealed linearly to 0
+    sample_temperature: float = 1.0  # softmax temperature of the token distribution
+    context_frames: int = 5  # K frames carried into the next story segment; 1 + j * t_p
+    seed: int = 0
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.temperature < 0 or self.sample_temperature <= 0:
+            raise ValueError("temperature must be >= 0 and sample_temperature > 0")
+        if self.context_frames < 1:
+            raise ValueError(f"context_frames must be >= 1, got {self.context_frames}")
+
+    def replace(self, **changes) -> SamplingConfig:
+        """A copy with the non-None `changes` applied (handy for optional CLI/HTTP fields)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> SamplingConfig:
+        """Known keys only; unknown ones (other samplers' settings in a shared `sampling` section) are logged."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(values) - known):
+            log.warning("ignoring unknown sampling setting(s) %s", unknown)
+        types = {"steps": int, "seed": int, "context_frames": int, "schedule": str}
+        return cls(**{k: types.get(k, float)(v) for k, v in values.items() if k in known})
+
+
+@dataclass
+class GeneratedVideo:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    fps: float
+    segments: list[tuple[str, int, int]]  # (prompt, start_frame, end_frame) per segment, end exclusive
+    tokens: list[torch.Tensor]  # per segment: the sampled window (t, h, w) long
+    # per segment: the tokens held fixed while sampling it (re-encoded context or image), (k, h, w); None if free
+    fixed_tokens: list[torch.Tensor | None] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the call that produced it (a batch's total for generate_batch)
+
+    @property
+    def duration(self) -> float:
+        return len(self.frames) / self.fps
+
+    @property
+    def prompts(self) -> list[str]:
+        return [s[0] for s in self.segments]
+
+
+# ---- pixel conversions ------------------------------------------------------------------------------------------
+def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float in [-1, 1]."""
+    x = torch.as_tensor(np.ascontiguousarray(frames))
+    return x.permute(3, 0, 1, 2).unsqueeze(0).float().div(127.5).sub(1.0)
+
+
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """(B, 3, T, H, W) float in [-1, 1] -> (B, T, H, W, 3) uint8."""
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: resize the short side to `size` (antialiased), centre-crop."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image.copy()
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    x = x[0, :, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
+
+
+# ---- the generator ----------------------------------------------------------------------------------------------
+class VideoGenerator:
+    """A loaded transformer + tokenizer (+ lazily loaded text encoder). Not thread-safe: serialise calls."""
+
+    def __init__(
+        self,
+        transformer: MaskGIT,
+        tokenizer: CViViT,
+        *,
+        num_frames: int,
+        fps: float,
+        text_encoder: str | TextEncoder = DEFAULT_TEXT_ENCODER,
+        defaults: SamplingConfig | None = None,
+        device: str | torch.device = "cpu",
+        meta: dict | None = None,
+        max_text_length: int = 32,
+    ):
+        self.device = torch.device(device)
+        self.transformer = transformer.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.num_frames = int(num_frames)
+        self.fps = float(fps)
+        self.defaults = defaults or SamplingConfig()
+        self.meta = dict(meta or {})
+        self.max_text_length = int(max_text_length)
+        self._text_encoder = text_encoder if isinstance(text_encoder, TextEncoder) else None
+        self.text_encoder_name = (
+            text_encoder.name if isinstance(text_encoder, TextEncoder) else str(text_encoder)
+        )
+        if tokenizer.cfg.codebook_size != transformer.cfg.codebook_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.cfg.codebook_size} codes but the transformer predicts "
+                f"{transformer.cfg.codebook_size}"
+            )
+        self.grid = tokenizer.token_grid(self.num_frames)  # (t, h, w); validates num_frames
+        if self.seq_len > transformer.cfg.seq_len:
+            raise ValueError(
+                f"{self.num_frames} frames make {self.seq_len} tokens > the transformer's seq_len "
+                f"{transformer.cfg.seq_len}"
+            )
+        self.check_context_frames(self.defaults.context_frames)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> VideoGenerator:
+        """Load `<path>` (MaskGIT) and `<path>/tokenizer` (C-ViViT).
+
+        The transformer's `extra` must hold `num_frames` and `fps`; `text_encoder` (default "minilm"),
+        `max_text_length` (default 32, as used when the token cache was built) and `sampling` (defaults for
+        `SamplingConfig`) are optional.
+        """
+        path = Path(path)
+        loaded = load_checkpoint(path, device)
+        if loaded.kind != "maskgit":
+            raise ValueError(
+                f"{path} holds a {loaded.kind!r} checkpoint; generation needs a transformer (maskgit)"
+            )
+        tok_dir = path / "tokenizer"
+        if not (tok_dir / "config.yaml").exists():
+            raise FileNotFoundError(
+                f"{path} has no tokenizer/ subdirectory: a transformer checkpoint must hold its C-ViViT"
+            )
+        tok = load_checkpoint(tok_dir, device)
+        if tok.kind != "cvivit":
+            raise ValueError(f"{tok_dir} holds a {tok.kind!r} checkpoint, expected a C-ViViT tokenizer")
+        extra = loaded.extra
+        missing = [k for k in ("num_frames", "fps") if k not in extra]
+        if missing:
+            raise ValueError(f"{path}/config.yaml extra lacks {missing} (needed to generate)")
+        meta = {
+            "checkpoint": str(path.resolve()),
+            "digest": loaded.digest,
+            "tokenizer_digest": tok.digest,
+            "train_step": extra.get("step"),
+        }
+        return cls(
+            loaded.model,
+            tok.model,
+            num_frames=int(extra["num_frames"]),
+            fps=float(extra["fps"]),
+            text_encoder=str(extra.get("text_encoder", DEFAULT_TEXT_ENCODER)),
+            defaults=SamplingConfig.from_dict(extra.get("sampling")),
+            device=device,
+            meta=meta,
+            max_text_length=int(extra.get("max_text_length", 32)),
+        )
+
+    # ---- facts ----------------------------------------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[1] * self.grid[2]
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.cfg.image_size
+
+    def check_context_frames(self, k: int) -> int:
+        """K context frames -> their number of latent frames; K must be 1 + j*t_p and leave a frame to generate."""
+        pt = self.tokenizer.cfg.temporal_patch_size
+        if k < 1 or (k - 1) % pt or k > self.num_frames - pt:
+            raise ValueError(
+                f"context_frames must be 1 + j*{pt} and at most {self.num_frames - pt} (segments are "
+                f"{self.num_frames} frames), got {k}"
+            )
+        return self.tokenizer.latent_frames(k)
+
+    def num_output_frames(self, num_segments: int, context_frames: int | None = None) -> int:
+        k = self.defaults.context_frames if context_frames is None else context_frames
+        return self.num_frames + (num_segments - 1) * (self.num_frames - k)
+
+    def info(self) -> dict:
+        t, h, w = self.grid
+        return {
+            **self.meta,
+            "text_encoder": self.text_encoder_name,
+            "max_text_length": self.max_text_length,
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "clip_seconds": self.num_frames / self.fps,
+            "image_size": self.image_size,
+            "token_grid": [t, h, w],
+            "seq_len": self.seq_len,
+            "codebook_size": self.transformer.cfg.codebook_size,
+            "temporal_patch_size": self.tokenizer.cfg.temporal_patch_size,
+            "transformer_params": sum(p.numel() for p in self.transformer.parameters()),
+            "tokenizer_params": sum(p.numel() for p in self.tokenizer.parameters()),
+            "defaults": dataclasses.asdict(self.defaults),
+            "device": str(self.device),
+        }
+
+    # ---- text ----------------------------------------------------------------------------------------------
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            self._text_encoder = load_text_encoder(self.text_encoder_name, self.max_text_length)
+            self._text_encoder.to(self.device)
+        return self._text_encoder
+
+    def encode_text(self, prompts: list[str]) -> TextInput:
+        emb, mask = self.text_encoder.encode(list(prompts))
+        return emb.to(self.device), mask.to(self.device)
+
+    def _text(self, prompts: list[str], text: TextInput | None) -> TextInput:
+        if text is None:
+            emb, mask = self.encode_text(prompts)
+        else:
+            emb, mask = (
+                torch.as_tensor(text[0]).float().to(self.device),
+                torch.as_tensor(text[1]).bool().to(self.device),
+            )
+            if emb.ndim != 3 or mask.shape != emb.shape[:2] or emb.shape[0] != len(prompts):
+                raise ValueError(
+                    f"text must be (emb (B, L, D), mask (B, L)) with B = {len(prompts)} prompts, got "
+                    f"{tuple(emb.shape)} and {tuple(mask.shape)}"
+                )
+        if emb.shape[-1] != self.transformer.cfg.text_dim:
+            raise ValueError(
+                f"text embeddings are {emb.shape[-1]}-d, the transformer expects {self.transformer.cfg.text_dim}"
+            )
+        return emb, mask
+
+    # ---- tokens <-> frames ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 at the tokenizer's size -> tokens (t, h, w) long (a one-frame video for T = 1)."""
+        return self.tokenizer.encode(frames_to_video(frames).to(self.device))[0]
+
+    @torch.no_grad()
+    def decode_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        """(B, t, h, w) -> (B, T, H, W, 3) uint8."""
+        return video_to_frames(self.tokenizer.decode(tokens.to(self.device)))
+
+    def _sample(
+        self, emb, mask, fixed: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator
+    ) -> torch.Tensor:
+        tokens = maskgit_sample(
+            self.transformer,
+            emb,
+            mask,
+            self.seq_len,
+            steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            temperature=cfg.temperature,
+            sample_temperature=cfg.sample_temperature,
+            generator=gen,
+            fixed_tokens=fixed,
+            schedule=cfg.schedule,
+        )
+        return tokens.view(-1, *self.grid)
+
+    def _primed(self, primer: torch.Tensor) -> torch.Tensor:
+        """Tokens (k, h, w) of the first k latent frames -> fixed_tokens (1, N) with -1 for the rest."""
+        fixed = torch.full((1, self.seq_len), -1, dtype=torch.long, device=self.device)
+        flat = primer.reshape(-1).to(self.device)
+        fixed[0, : flat.numel()] = flat
+        return fixed
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str] | str,
+        cfg: SamplingConfig | None = None,
+        *,
+        text: TextInput | None = None,
+        image: np.ndarray | None = None,
+    ) -> GeneratedVideo:
+        """One prompt: one clip. Several: a story, one segment per prompt. `image` primes the first frame."""
+        start = time.perf_counter()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        cfg = cfg or self.defaults
+        k_lat = self.check_context_frames(cfg.context_frames) if len(prompts) > 1 else 0
+        emb, mask = self._text(prompts, text)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        primer = None
+        if image is not None:
+            primer = self.encode_frames(fit_image(image, self.image_size)[None])  # (1, h, w)
+        tokens = self._sample(emb[:1], mask[:1], None if primer is None else self._primed(primer), cfg, gen)
+        window = self.decode_tokens(tokens)[0]
+        pieces, all_tokens = [window], [tokens[0].cpu()]
+        all_fixed = [None if primer is None else primer.cpu()]
+        segments = [(prompts[0], 0, len(window))]
+        total = len(window)
+
+        k = cfg.context_frames
+        for i in range(1, len(prompts)):
+            # Sec. 3.3: re-encode the last K output frames as a fresh clip; their tokens are kept bit-exact.
+            context = np.concatenate(pieces, axis=0)[-k:] if len(pieces[-1]) < k else pieces[-1][-k:]
+            primer = self.encode_frames(context)  # (k_lat, h, w)
+            assert primer.shape[0] == k_lat
+            tokens = self._sample(emb[i : i + 1], mask[i : i + 1], self._primed(primer), cfg, gen)
+            new = self.decode_tokens(tokens)[0][k:]
+            pieces.append(new)
+            all_tokens.append(tokens[0].cpu())
+            all_fixed.append(primer.cpu())
+            segments.append((prompts[i], total, total + len(new)))
+            total += len(new)
+
+        return GeneratedVideo(
+            frames=np.concatenate(pieces, axis=0),
+            fps=self.fps,
+            segments=segments,
+            tokens=all_tokens,
+            fixed_tokens=all_fixed,
+            seconds=time.perf_counter() - start,
+        )
+
+    @torch.no_grad()
+    def generate_batch(
+        self, prompts: list[str], cfg: SamplingConfig | None = None, *, text: TextInput | None = None
+    ) -> list[GeneratedVideo]:
+        """Independent one-clip prompts in one batched sampler call (text encoded once for all).
+
+        The rows share one generator, so row b depends on the batch it came in; a batch of one equals
+        `generate([prompt], cfg)`.
+        """
+        start = time.perf_counter()
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        cfg = cfg or self.defaults
+        emb, mask = self._text(prompts, text)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        tokens = self._sample(emb, mask, None, cfg, gen)
+        frames = self.decode_tokens(tokens)
+        seconds = time.perf_counter() - start
+        return [
+            GeneratedVideo(
+                frames=frames[b],
+                fps=self.fps,
+                segments=[(p, 0, frames.shape[1])],
+                tokens=[tokens[b].cpu()],
+                fixed_tokens=[None],
+                seconds=seconds,
+            )
+            for b, p in enumerate(prompts)
+        ]
+
+    def animate(
+        self,
+        image: np.ndarray,
+        prompt: str | list[str],
+        cfg: SamplingConfig | None = None,
+        *,
+        text: TextInput | None = None,
+    ) -> GeneratedVideo:
+        """Animate a still: its tokens fix the first latent frame; several prompts continue it as a story."""
+        return self.generate(prompt, cfg, text=text, image=image)
+
+
+# ---- a random debug checkpoint ------------------------------------------------------------------------------
+def write_debug_checkpoint(
+    directory: str | Path,
+    *,
+    image_size: int = 32,
+    patch_size: int = 8,
+    temporal_patch_size: int = 2,
+    num_frames: int = 9,
+    fps: float = 8.0,
+    codebook_size: int = 64,
+    text_encoder: str = DEFAULT_TEXT_ENCODER,
+    text_dim: int = 384,
+    sampling: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """An untrained, tiny transformer checkpoint with its tokenizer inside (tests, smoke runs of serve/generate)."""
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    tok_cfg = CViViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        temporal_patch_size=temporal_patch_size,
+        dim=32,
+        spatial_depth=1,
+        temporal_depth=1,
+        heads=4,
+        mlp_dim=64,
+        code_dim=8,
+        codebook_size=codebook_size,
+    )
+    tok = CViViT(tok_cfg).eval()
+    t, h, w = tok.token_grid(num_frames)
+    mg_cfg = MaskGITConfig(
+        codebook_size=codebook_size,
+        seq_len=t * h * w,
+        tokens_per_frame=h * w,
+        dim=32,
+        depth=2,
+        heads=4,
+        mlp_dim=64,
+        text_dim=text_dim,
+    )
+    mg = MaskGIT(mg_cfg).eval()
+    extra = {"text_encoder": text_encoder, "num_frames": num_frames, "fps": fps, "sampling": sampling or {}}
+    save_checkpoint(directory, mg, mg_cfg, extra)
+    save_checkpoint(directory / "tokenizer", tok, tok_cfg, {"num_frames": num_frames, "fps": fps})
+    return directory
