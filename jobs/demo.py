@@ -116,7 +116,8 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     from pipelines.gallery import write_gallery
     from pipelines.prepare import PrepareConfig, prepare
     from pipelines.synth import synthesize
-    from pipelines.tokenize import TokenizeConfig, tokenize
+    from jobs.tokenize import tokenize_config_from
+    from pipelines.tokenize import tokenize
 
     config = load_config(config_name, (FAST_OVERRIDES if fast else []) + overrides)
     demo = config.get("demo", {})
@@ -137,10 +138,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     with stage("train-tokenizer: Ray Train + DeepSpeed, C-ViViT", timings):
         tokenizer_eval = train_tokenizer(config, str(out / "clips"), str(out / "tokenizer"))
     with stage("tokenize: Ray Data -> token cache", timings):
-        text = config.get("text_encoder", {})
-        tokenize(str(out / "tokenizer"), str(out / "clips"), str(out / "tokens"),
-                 build_dataclass(TokenizeConfig, {"text_encoder": text.get("name", "minilm"),
-                                                  **({"max_text_length": text["max_length"]} if "max_length" in text else {})}))
+        tokenize(str(out / "tokenizer"), str(out / "clips"), str(out / "tokens"), tokenize_config_from(config))
     with stage("train-transformer: Ray Train + DeepSpeed, MaskGIT", timings):
         train_transformer(config, str(out / "tokens"), str(out / "tokenizer"), str(out / "transformer"))
     with stage("serve: Ray Serve endpoint + HTTP requests", timings):

@@ -64,6 +64,12 @@ def resolve_text_encoder(name_or_path: str) -> tuple[str, Path, str]:
     return (f"t5:{path.resolve()}" if family == "t5" else str(path.resolve())), path, family
 
 
+def text_encoder_identity(name_or_path: str) -> tuple[str, str]:
+    """(canonical name, weights digest) without loading the model: what a token cache records."""
+    name, path, _ = resolve_text_encoder(name_or_path)
+    return name, _weights_digest(str(path))
+
+
 class TextEncoder(nn.Module):
     def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 32):
         super().__init__()

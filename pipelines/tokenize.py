@@ -239,19 +239,19 @@ class TokenizeWorker:
 def model_identity(tokenizer_ckpt: str, text_encoder: str) -> dict[str, Any]:
     """Tokenizer digest + config (from config.yaml) and text-encoder name + digest, without loading models."""
     from modeling.checkpoint import read_checkpoint_meta
-    from modeling.text_encoder import _weights_digest, resolve_text_encoder
+    from modeling.text_encoder import text_encoder_identity
 
     meta = read_checkpoint_meta(local_path(tokenizer_ckpt))
     if meta.get("kind") != "cvivit":
         raise ValueError(
             f"{tokenizer_ckpt} holds a {meta.get('kind')!r} checkpoint, not a tokenizer (cvivit)"
         )
-    te_name, te_path, _ = resolve_text_encoder(text_encoder)
+    te_name, te_digest = text_encoder_identity(text_encoder)
     return {
         "tokenizer_digest": meta["digest"],
         "tokenizer_config": meta["config"],
         "text_encoder": te_name,
-        "text_encoder_digest": _weights_digest(str(te_path)),
+        "text_encoder_digest": te_digest,
     }
 
 
