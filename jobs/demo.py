@@ -110,13 +110,13 @@ def reuse_commands(out: Path) -> str:
 def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, address: str | None) -> dict:
     from jobs.serve import start as start_serve
     from jobs.serve import stop as stop_serve
+    from jobs.tokenize import tokenize_config_from
     from jobs.train_tokenizer import run as train_tokenizer
     from jobs.train_transformer import run as train_transformer
     from modeling.presets import build_dataclass, load_config
     from pipelines.gallery import write_gallery
     from pipelines.prepare import PrepareConfig, prepare
     from pipelines.synth import synthesize
-    from jobs.tokenize import tokenize_config_from
     from pipelines.tokenize import tokenize
 
     config = load_config(config_name, (FAST_OVERRIDES if fast else []) + overrides)

@@ -54,7 +54,8 @@ def file_digest(path: str | Path) -> str:
 def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, extra: dict | None = None) -> str:
     """Write atomically (temp dir, then rename): a reader never sees a half-written checkpoint.
 
-    Returns the digest. An existing directory is replaced, keeping any subdirectory such as `tokenizer/`.
+    Returns the digest. An existing directory is replaced; anything else in it (a `tokenizer/` subdirectory,
+    training logs) is carried over.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, extra:
         (tmp / "digest.txt").write_text(digest + "\n")
         if directory.exists():
             for child in directory.iterdir():
-                if child.is_dir() and not (tmp / child.name).exists():
+                if not (tmp / child.name).exists():
                     shutil.move(str(child), str(tmp / child.name))
             shutil.rmtree(directory)
         os.replace(tmp, directory)

@@ -14,6 +14,7 @@ neighbours, which is how a re-implementation leaked future frames into past toke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from einops import rearrange
@@ -48,8 +49,8 @@ class CViViTConfig:
         return self.image_size // self.patch_size
 
 
-@dataclass
-class CViViTOutput:
+class CViViTOutput(NamedTuple):
+    # A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks only see tensors inside tuples/lists/dicts.
     recon: torch.Tensor  # (B, C, T, H, W)
     indices: torch.Tensor  # (B, t, h, w)
     vq_loss: torch.Tensor

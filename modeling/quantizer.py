@@ -14,7 +14,7 @@ all-reduced across data-parallel ranks so every rank holds the same codebook.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass
-class QuantizerOutput:
+class QuantizerOutput(NamedTuple):
+    # A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks only see tensors inside tuples/lists/dicts.
     quantized: torch.Tensor  # (..., D) straight-through quantized vectors, back in model width
     indices: torch.Tensor  # (...) long code ids
     vq_loss: torch.Tensor  # scalar: codebook term (0 with EMA) + beta * commitment term

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from modeling.masking import SCHEDULES
 from modeling.maskgit import MaskGIT
+from modeling.masking import SCHEDULES
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

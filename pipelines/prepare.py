@@ -18,6 +18,7 @@ Output layout (`out_dir`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,6 +32,7 @@ import fsspec
 import numpy as np
 
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4, resize_center_crop
+from pipelines.ray_utils import iter_rows_released
 from pipelines.shards import (
     absolute_uri,
     check_no_foreign_shards,
@@ -274,6 +276,8 @@ class ShardWorker:
 
 # --------------------------------------------------------------------------------------------- driver
 def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterator[dict]:
+    if not pending:
+        return
     import ray
     import ray.data
 
@@ -287,7 +291,7 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
         compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.num_workers, len(pending)))),
         num_cpus=1,
     )
-    for row in ds.iter_rows():
+    for row in iter_rows_released(ds):
         yield json.loads(row["state"])
 
 
@@ -372,16 +376,17 @@ def prepare(sources: list[str], out_dir: str, cfg: PrepareConfig | None = None) 
 
     if pending:
         log.info("prepare: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
-    for n, st in enumerate(_run_shards(pending, out_dir, cfg) if pending else (), start=1):
-        states[st["index"]] = st
-        log.info(
-            "prepare: shard %s done (%d samples, skips %s) [%d/%d]",
-            st["name"],
-            st["num_samples"],
-            st["skips"],
-            n,
-            len(pending),
-        )
+    with contextlib.closing(_run_shards(pending, out_dir, cfg)) as finished:
+        for n, st in enumerate(finished, start=1):
+            states[st["index"]] = st
+            log.info(
+                "prepare: shard %s done (%d samples, skips %s) [%d/%d]",
+                st["name"],
+                st["num_samples"],
+                st["skips"],
+                n,
+                len(pending),
+            )
 
     manifest = build_manifest(
         sources, cfg, plan_digest, [states[i] for i in sorted(states)], len(records), duplicates

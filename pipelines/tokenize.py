@@ -13,6 +13,7 @@ clip dataset, tokenizer, text encoder and config) marks a finished shard; `manif
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.ray_utils import iter_rows_released
 from pipelines.shards import (
     PlanMismatchError,
     absolute_uri,
@@ -258,6 +260,8 @@ def model_identity(tokenizer_ckpt: str, text_encoder: str) -> dict[str, Any]:
 def _run(
     pending: list[dict], tokenizer_ckpt: str, out_dir: str, cfg: TokenizeConfig, identity: dict
 ) -> Iterator[dict]:
+    if not pending:
+        return
     import ray
     import ray.data
 
@@ -278,7 +282,7 @@ def _run(
         num_gpus=1 if gpus else 0,
         num_cpus=1,
     )
-    for row in ds.iter_rows():
+    for row in iter_rows_released(ds):
         yield json.loads(row["state"])
 
 
@@ -327,16 +331,17 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
             return old
     if pending:
         log.info("tokenize: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
-    for n, st in enumerate(_run(pending, tokenizer_ckpt, out_dir, cfg, identity) if pending else (), start=1):
-        states[st["index"]] = st
-        log.info(
-            "tokenize: shard %s done (%d samples, skips %s) [%d/%d]",
-            st["name"],
-            st["num_samples"],
-            st["skips"],
-            n,
-            len(pending),
-        )
+    with contextlib.closing(_run(pending, tokenizer_ckpt, out_dir, cfg, identity)) as finished:
+        for n, st in enumerate(finished, start=1):
+            states[st["index"]] = st
+            log.info(
+                "tokenize: shard %s done (%d samples, skips %s) [%d/%d]",
+                st["name"],
+                st["num_samples"],
+                st["skips"],
+                n,
+                len(pending),
+            )
 
     ordered = [states[i] for i in sorted(states)]
     counts: Counter[str] = Counter()

@@ -1,0 +1,351 @@
+"""Ray Train + DeepSpeed glue shared by the tokenizer and transformer training jobs.
+
+Driver side: `launch` builds a `TorchTrainer` (Ray Train V2) whose storage lives under `<out>/ray/<run>`, so
+re-running a job with the same --out resumes from its last reported checkpoint. Worker side: the helpers
+below wrap a plain `nn.Module` in a DeepSpeed engine (`modeling/` never sees DeepSpeed), set the learning
+rate from the pure schedule, save/restore engine state through `ray.train.report`/`get_checkpoint`, log
+metrics, and export a serving checkpoint (`modeling.checkpoint`).
+
+DeepSpeed is imported inside worker functions only: the driver and `modeling/` never need it, and the
+import is slow and pulls in accelerator probing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from jobs.runtime import WORKER_ENV, init_ray
+from modeling.lr_schedule import warmup_cosine
+
+STATE_FILE = "state.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILES = ("model.safetensors", "config.yaml", "digest.txt")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run settings common to both trainers (defaults: Phenaki tables 6-7)."""
+
+    steps: int = 1000  # optimizer steps
+    peak_lr: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 10.0
+    batch_size: int = 8  # per worker micro batch (tokenizer: videos; transformer: mixed samples)
+    grad_accum: int = 1
+    zero_stage: int = 2  # 0-3
+    precision: str = "fp32"  # "fp32" | "bf16" (DeepSpeed refuses fp16 on CPU)
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has one per worker
+    checkpoint_every: int = 500  # steps between resumable checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    max_failures: int = 1  # worker-group restarts (from the last checkpoint) before giving up
+    log_every: int = 10
+    seed: int = 0
+    time_budget_s: float | None = None  # stop early after this long (still checkpoints and exports)
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(
+                f"precision must be 'fp32' or 'bf16' (fp16 is refused on CPU), got {self.precision!r}"
+            )
+        if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.num_workers < 1:
+            raise ValueError("steps >= 0, batch_size >= 1, grad_accum >= 1 and num_workers >= 1 are required")
+
+
+# --------------------------------------------------------------------------------------------- driver
+def deepspeed_config(
+    cfg: TrainConfig, world: int, *, zero_stage: int | None = None, backwards_per_step: int = 1
+) -> dict:
+    """The DeepSpeed config for `world` data-parallel workers.
+
+    The optimizer is DeepSpeed-built torch AdamW (`torch_adam`): FusedAdam needs CUDA and a JIT build, and
+    torch's AdamW is what every backend has. The learning rate in it is overwritten each step by
+    `set_lr` from the pure schedule, so there is no scheduler state to checkpoint.
+
+    `backwards_per_step`: forward/backward pairs per micro batch. ZeRO-3 cannot run two forwards of one
+    module before a backward, so a step with a video and an image batch is two DeepSpeed micro steps.
+    """
+    stage = cfg.zero_stage if zero_stage is None else zero_stage
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum * backwards_per_step,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * backwards_per_step * world,
+        "gradient_clipping": cfg.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": cfg.peak_lr,
+                "betas": list(cfg.betas),
+                "eps": 1e-8,
+                "weight_decay": cfg.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 2**31 - 1,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+
+
+def resolve_use_gpu(cfg: TrainConfig) -> bool:
+    if cfg.use_gpu is not None:
+        return bool(cfg.use_gpu)
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= cfg.num_workers
+
+
+def launch(
+    train_loop: Callable[[dict], None], loop_config: dict, cfg: TrainConfig, out_dir: str, run_name: str
+):
+    """Run `train_loop(loop_config)` on `cfg.num_workers` Ray Train workers; returns the `ray.train.Result`.
+
+    Storage is `<abs out_dir>/ray/<run_name>`: a second launch with the same out_dir and name resumes from
+    the latest checkpoint there (Ray Train V2 restores its checkpoint manager from storage).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    init_ray()  # no-op when already connected
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    use_gpu = resolve_use_gpu(cfg)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={**loop_config, "out_dir": str(out), "use_gpu": use_gpu},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            storage_path=str(out / "ray"),
+            name=run_name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.keep_checkpoints, 1)),
+            worker_runtime_env={"env_vars": dict(WORKER_ENV)},
+        ),
+    )
+    return trainer.fit()
+
+
+# --------------------------------------------------------------------------------------------- worker
+def worker_print(message: str) -> None:
+    """One console line from a Ray Train worker.
+
+    Ray Train V2 patches `print` in workers to log through its logger *and* tee to the wrapped stdout, so a
+    plain print shows up twice on the driver; a write to the process's real stdout is forwarded once.
+    """
+    print(message, file=sys.__stdout__, flush=True)
+
+
+@dataclass
+class Worker:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_worker(cfg: TrainConfig) -> Worker:
+    """Per-worker setup: threads sized to the cores this worker shares, the torch device, seeds."""
+    import ray.train
+    import ray.train.torch
+
+    os.environ.update(WORKER_ENV)  # for subprocesses; this process got it from the runtime env
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // max(ctx.get_local_world_size(), 1)))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DeepSpeed also broadcasts)
+    return Worker(ctx.get_world_rank(), ctx.get_world_size(), device)
+
+
+def build_engine(
+    model: nn.Module,
+    cfg: TrainConfig,
+    world: int,
+    *,
+    zero_stage: int | None = None,
+    backwards_per_step: int = 1,
+):
+    """Wrap a plain module in a DeepSpeed engine with our AdamW and ZeRO stage."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    config = deepspeed_config(cfg, world, zero_stage=zero_stage, backwards_per_step=backwards_per_step)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    return engine
+
+
+def engine_dtype(engine) -> torch.dtype:
+    return torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+
+
+def schedule_lr(cfg: TrainConfig, step: int) -> float:
+    return warmup_cosine(
+        step,
+        peak_lr=cfg.peak_lr,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=cfg.steps,
+        min_ratio=cfg.min_lr_ratio,
+    )
+
+
+def set_lr(engine, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def restore(engines: dict[str, Any]) -> dict | None:
+    """Load the latest reported checkpoint into `engines` (all ranks); returns its state.json or None."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        for name, engine in engines.items():
+            path, _ = engine.load_checkpoint(os.path.join(d, name), tag="state")
+            if path is None:
+                raise RuntimeError(f"checkpoint {checkpoint.path} has no DeepSpeed state for {name!r}")
+        return json.loads(Path(d, STATE_FILE).read_text())
+
+
+def save_and_report(engines: dict[str, Any], state: dict, metrics: dict, worker: Worker) -> None:
+    """Save every engine's DeepSpeed state (each rank writes its shards) and report it: a collective."""
+    import ray.train
+
+    tmp = tempfile.mkdtemp(prefix="phenaki-ckpt-")
+    try:
+        for name, engine in engines.items():
+            engine.save_checkpoint(os.path.join(tmp, name), tag="state")
+        if worker.is_main:
+            Path(tmp, STATE_FILE).write_text(json.dumps(state))
+        # Ray merges the workers' directories into one checkpoint directory in storage.
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint-{int(state['step']):08d}",
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reduce_metrics(metrics: dict[str, float], stop: bool, worker: Worker) -> tuple[dict[str, float], bool]:
+    """Average metrics over ranks and OR the stop flags, in one small all-reduce.
+
+    Every rank must pass the same metric names: the reduced vector is built in sorted-name order.
+    """
+    names = sorted(metrics)
+    if worker.world_size == 1 or not dist.is_initialized():
+        return {k: float(metrics[k]) for k in names}, stop
+    vec = torch.tensor([float(metrics[k]) for k in names] + [1.0 if stop else 0.0], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        vec = vec.to(worker.device)
+    dist.all_reduce(vec)
+    vec = vec.cpu()
+    values = (vec[:-1] / worker.world_size).tolist()
+    return dict(zip(names, values, strict=True)), bool(vec[-1] > 0)
+
+
+class MetricsLog:
+    """Rank 0 appends one JSON line per step to `<out>/metrics.jsonl` and prints every `log_every` steps."""
+
+    def __init__(self, out_dir: str, worker: Worker, log_every: int, total_steps: int, run: str):
+        self.path = Path(out_dir) / METRICS_FILE
+        self.enabled = worker.is_main
+        self.log_every = max(int(log_every), 1)
+        self.total = total_steps
+        self.run = run
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"run": self.run, "step": step, "time": time.time(), **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if step % self.log_every == 0 or step == self.total:
+            parts = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            worker_print(f"[{self.run}] step {step}/{self.total} {parts}")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+class StepClock:
+    """Step timing and the time budget (measured from the first training step, not from startup)."""
+
+    def __init__(self, budget_s: float | None):
+        self.budget_s = budget_s
+        self.start = time.perf_counter()
+        self.last = self.start
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        return dt
+
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
+
+
+def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 CPU weights of the engine's module, on every rank (a collective under ZeRO-3)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def export_serving(
+    engine,
+    build: Callable[[], nn.Module],
+    config: Any,
+    directory: str,
+    worker: Worker,
+    zero_stage: int,
+    extra: dict | None = None,
+) -> str | None:
+    """Write a serving checkpoint from rank 0 (all ranks must call: ZeRO-3 gathers). Returns the digest there.
+
+    Weights go into a freshly built fp32 model so the export is independent of training precision and of
+    DeepSpeed's parameter wrappers.
+    """
+    from modeling.checkpoint import save_checkpoint
+
+    state = gathered_state_dict(engine, zero_stage)
+    digest = None
+    if worker.is_main:
+        model = build()
+        model.load_state_dict(state)
+        # save_checkpoint carries over the run's own files (metrics.jsonl, run_config.yaml) in `directory`.
+        digest = save_checkpoint(directory, model, config, extra)
+    if dist.is_initialized():
+        dist.barrier()
+    return digest

@@ -1,0 +1,303 @@
+"""`phenaki train-tokenizer`: train C-ViViT on clip shards with Ray Train + DeepSpeed.
+
+Loss (Phenaki sec. 2.1): L_VQ + 0.1 L_adv + 1.0 L_2 (+ perceptual terms when their weights are supplied, see
+`modeling.losses`). Every step takes one video batch and, when the data has stills, one image batch (a
+one-frame video), so the first-frame encoder also learns from images. The StyleGAN discriminator is a second
+DeepSpeed engine, trained from `tokenizer_loss.disc_start` on.
+
+Config sections: `tokenizer` (CViViTConfig), `tokenizer_train` (TokenizerTrainConfig), `tokenizer_loss`
+(TokenizerLossConfig), `discriminator` (DiscriminatorConfig; image_size comes from `tokenizer`).
+Writes `<out>/model.safetensors, config.yaml, digest.txt` (serving checkpoint), `<out>/metrics.jsonl`,
+`<out>/eval.json` (held-out reconstruction PSNR) and `<out>/ray/` (resumable training state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from jobs.runtime import add_ray_arguments, init_ray
+from jobs.train_common import (
+    MetricsLog,
+    StepClock,
+    TrainConfig,
+    build_engine,
+    engine_dtype,
+    export_serving,
+    launch,
+    reduce_metrics,
+    restore,
+    save_and_report,
+    schedule_lr,
+    set_lr,
+    setup_worker,
+    worker_print,
+)
+from modeling.cvivit import CViViT, CViViTConfig
+from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
+from modeling.losses import TokenizerLossConfig, discriminator_loss, generator_loss, perceptual_status, psnr
+from modeling.presets import build_dataclass, load_config
+
+RUN_NAME = "tokenizer"
+
+
+@dataclass
+class TokenizerTrainConfig(TrainConfig):
+    image_batch_size: int = 4  # stills per worker per step (0: videos only)
+    num_frames: int | None = None  # crop clips to 1 + k*t_p frames; None: the clips' own length
+    eval_clips: int = 8  # videos held out for the final reconstruction PSNR
+    restart_every: int = 50  # dead-code restart interval in steps (0: off)
+    restart_threshold: float = 0.03  # a code is dead when its averaged usage falls below this
+
+
+@dataclass
+class TokenizerJob:
+    data: str
+    model: CViViTConfig
+    train: TokenizerTrainConfig
+    loss: TokenizerLossConfig
+    disc: DiscriminatorConfig
+
+
+def job_from_config(config: dict, data: str) -> TokenizerJob:
+    model = build_dataclass(CViViTConfig, config.get("tokenizer"))
+    disc = build_dataclass(
+        DiscriminatorConfig,
+        {**(config.get("discriminator") or {}), "image_size": model.image_size, "channels": model.channels},
+    )
+    train = build_dataclass(TokenizerTrainConfig, config.get("tokenizer_train"))
+    return TokenizerJob(
+        data=data,
+        model=model,
+        train=train,
+        loss=build_dataclass(TokenizerLossConfig, config.get("tokenizer_loss")),
+        disc=disc,
+    )
+
+
+# --------------------------------------------------------------------------------------------- worker
+def _restart_dead_codes(model: CViViT, latents: torch.Tensor, job: TokenizerJob, step: int) -> int:
+    """Re-seed dead codes; all ranks call it with the same generator (rank 0's picks are broadcast)."""
+    quantizer = model.quantizer
+    if isinstance(quantizer.codebook, torch.nn.Parameter):
+        # ZeRO keeps its own master copy of parameters and would undo the write on the next step
+        return 0
+    gen = torch.Generator().manual_seed(job.train.seed * 1_000_003 + step)
+    if job.train.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(quantizer.project_in.parameters()), modifier_rank=None):
+            return quantizer.restart_dead_codes(latents, job.train.restart_threshold, gen)
+    return quantizer.restart_dead_codes(latents, job.train.restart_threshold, gen)
+
+
+def _train_step(job, engines, batches, step, worker, vgg):
+    """One micro step: each batch is its own generator forward/backward, then the discriminator's turn.
+
+    Each batch is one DeepSpeed micro step (ZeRO-3 cannot run two forwards before a backward); its loss is
+    scaled by the number of batches so the step's gradient is that of the summed loss.
+    """
+    tok = engines["tokenizer"]
+    disc = engines.get("discriminator")
+    use_adv = disc is not None and step >= job.loss.disc_start
+    dtype = engine_dtype(tok)
+    videos = [b["video"].to(worker.device, dtype) for b in batches]
+    if disc is not None:
+        disc.module.requires_grad_(False)  # G's adversarial gradient must not reach D's ZeRO hooks
+    metrics: dict[str, float] = {"loss": 0.0}
+    fakes, latents = [], None
+    for i, video in enumerate(videos):
+        out = tok(video)
+        loss, m = generator_loss(out, video, disc.module if use_adv else None, job.loss, step, vgg)
+        tok.backward(loss * len(videos))
+        tok.step()
+        metrics["loss"] += float(loss.detach())
+        metrics.update({("" if i == 0 else "img_") + k: v for k, v in m.items()})
+        fakes.append(out.recon.detach())
+        latents = out.latents.detach() if latents is None else latents
+    if use_adv:
+        disc.module.requires_grad_(True)
+        d_loss = None
+        for video, fake in zip(videos, fakes, strict=True):
+            part, m = discriminator_loss(disc, video, fake, job.loss)
+            d_loss = part if d_loss is None else d_loss + part
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v / len(videos)
+        disc.backward(d_loss)
+        disc.step()
+    return metrics, latents
+
+
+def train_loop(config: dict) -> None:
+    import deepspeed  # noqa: F401  (imported here, in the worker, never in the driver or modeling/)
+
+    from pipelines.loaders import ClipBatches, ClipLoaderConfig
+
+    job: TokenizerJob = config["job"]
+    cfg = job.train
+    worker = setup_worker(cfg)
+    loader = ClipBatches(
+        job.data,
+        ClipLoaderConfig(
+            video_batch_size=cfg.batch_size,
+            image_batch_size=cfg.image_batch_size,
+            num_frames=cfg.num_frames,
+            seed=cfg.seed,
+            holdout=cfg.eval_clips,
+        ),
+        rank=worker.rank,
+        world_size=worker.world_size,
+    )
+    batches_per_step = 2 if loader.has_images else 1
+    engines = {
+        "tokenizer": build_engine(
+            CViViT(job.model), cfg, worker.world_size, backwards_per_step=batches_per_step
+        )
+    }
+    if job.loss.adv_weight > 0:
+        # ZeRO-3 would partition D's weights, which G's adversarial pass uses outside D's engine
+        engines["discriminator"] = build_engine(
+            StyleGANDiscriminator(job.disc), cfg, worker.world_size, zero_stage=min(cfg.zero_stage, 2)
+        )
+    vgg = None
+    if job.loss.image_perceptual_weights and job.loss.image_perceptual_weight > 0:
+        from modeling.losses import VGGFeatures
+
+        vgg = VGGFeatures.from_file(job.loss.image_perceptual_weights).to(
+            worker.device, engine_dtype(engines["tokenizer"])
+        )
+    state = restore(engines) or {"step": 0}
+    step = int(state["step"])
+    log = MetricsLog(config["out_dir"], worker, cfg.log_every, cfg.steps, RUN_NAME)
+    if worker.is_main:
+        worker_print(
+            f"[{RUN_NAME}] frames {loader.frame_shape}, images {loader.has_images}, start step {step}, "
+            f"perceptual: {perceptual_status(job.loss)}"
+        )
+    samples_per_step = (cfg.batch_size + (cfg.image_batch_size if loader.has_images else 0)) * cfg.grad_accum
+    clock = StepClock(cfg.time_budget_s)
+    last_saved = step
+    while step < cfg.steps:
+        lr = schedule_lr(cfg, step)
+        for engine in engines.values():
+            set_lr(engine, lr)
+        for micro in range(cfg.grad_accum):
+            metrics, latents = _train_step(
+                job, engines, loader.step_batches(step * cfg.grad_accum + micro), step, worker, vgg
+            )
+        step += 1
+        if cfg.restart_every and step % cfg.restart_every == 0:
+            metrics["restarted_codes"] = float(
+                _restart_dead_codes(engines["tokenizer"].module, latents, job, step)
+            )
+        dt = clock.lap()
+        metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
+        metrics.update(lr=lr, step_s=dt, samples_per_s=samples_per_step * worker.world_size / max(dt, 1e-9))
+        log.write(step, metrics)
+        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
+            save_and_report(engines, {"step": step}, metrics, worker)
+            last_saved = step
+        if stop:
+            if worker.is_main:
+                worker_print(f"[{RUN_NAME}] time budget {cfg.time_budget_s}s reached at step {step}")
+            break
+    if step != last_saved or step == 0:
+        save_and_report(engines, {"step": step}, {"step": step}, worker)
+
+    out_dir = config["out_dir"]
+    t, _, _ = loader.frame_shape
+    extra = {
+        "step": step,
+        "fps": loader.fps,
+        "num_frames": t,
+        "token_grid": [1 + (t - 1) // job.model.temporal_patch_size, job.model.grid, job.model.grid],
+        "data": job.data,
+        "perceptual": perceptual_status(job.loss),
+    }
+    export_serving(
+        engines["tokenizer"], lambda: CViViT(job.model), job.model, out_dir, worker, cfg.zero_stage, extra
+    )
+    if worker.is_main:
+        evaluate(out_dir, loader.holdout_videos(), step)
+
+
+def evaluate(out_dir: str, videos: torch.Tensor | None, step: int) -> dict:
+    """Held-out reconstruction PSNR of the exported checkpoint (so it also proves the export loads)."""
+    from modeling.checkpoint import load_checkpoint
+
+    result: dict = {"step": step, "clips": 0, "psnr_db": None}
+    if videos is not None:
+        model = load_checkpoint(out_dir).model
+        with torch.no_grad():
+            out = model(videos)
+        result.update(
+            clips=int(videos.shape[0]),
+            psnr_db=float(psnr(out.recon, videos)),
+            perplexity=float(out.perplexity),
+            used_codes=int(out.used_codes),
+        )
+    Path(out_dir, "eval.json").write_text(json.dumps(result, indent=2))
+    worker_print(f"[{RUN_NAME}] held-out reconstruction: {result}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------- driver
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, help="YAML config file or preset name (configs/<name>.yaml)"
+    )
+    parser.add_argument("--data", required=True, help="clip-shard directory (written by `phenaki prepare`)")
+    parser.add_argument("--out", required=True, help="output directory: checkpoint, metrics, eval, ray state")
+    add_ray_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tokenizer_train.steps=10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phenaki train-tokenizer", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def run(config: dict, data: str, out_dir: str) -> dict:
+    """Train from a loaded config dict; returns the held-out evaluation (also in `<out>/eval.json`)."""
+    # Import the loop under its module name, so Ray pickles it by reference even under `python -m`.
+    from jobs.train_tokenizer import train_loop as loop
+
+    job = job_from_config(config, data)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": data,
+                "tokenizer": dataclasses.asdict(job.model),
+                "tokenizer_train": dataclasses.asdict(job.train),
+                "tokenizer_loss": dataclasses.asdict(job.loss),
+                "discriminator": dataclasses.asdict(job.disc),
+            },
+            sort_keys=False,
+        )
+    )
+    result = launch(loop, {"job": job}, job.train, str(out), RUN_NAME)
+    if result.error is not None:
+        raise result.error
+    return json.loads((out / "eval.json").read_text())
+
+
+def main(args: argparse.Namespace) -> int:
+    init_ray(args.address)
+    evaluation = run(load_config(args.config, args.overrides), args.data, args.out)
+    print(
+        f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(build_parser().parse_args()))
