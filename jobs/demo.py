@@ -84,12 +84,14 @@ def request_videos(url: str, requests_: list[dict], samples: int, sampling: dict
     return records
 
 
-def summarise_by_kind(records: list[dict]) -> dict:
+def summarise_by_kind(records: list[dict], out: Path) -> dict:
+    """Adherence per request kind; record files are relative to `out` (the gallery's links)."""
     from pipelines.evaluate import evaluate_videos
 
     summary = {}
     for kind in sorted({r["kind"] for r in records}):
-        report = evaluate_videos([r for r in records if r["kind"] == kind])
+        chosen = [{**r, "file": str(out / r["file"])} for r in records if r["kind"] == kind]
+        report = evaluate_videos(chosen)
         summary[kind] = {k: v for k, v in report.items() if k != "segments"}
     return summary
 
@@ -149,7 +151,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
         finally:
             stop_serve()
     with stage("eval: detector adherence", timings):
-        adherence = summarise_by_kind(records)
+        adherence = summarise_by_kind(records, out)
     timings["total"] = round(time.perf_counter() - started, 2)
     results = {"records": records, "adherence": adherence, "tokenizer_eval": tokenizer_eval, "timings_s": timings,
                "config": config_name, "fast": fast}

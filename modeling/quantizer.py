@@ -65,8 +65,9 @@ class FactorizedQuantizer(nn.Module):
             self.register_buffer("codebook", init)
             self.register_buffer("ema_sum", init.clone())
             self.register_buffer("ema_count", torch.ones(codebook_size))
-        # Exponentially averaged usage, for dead-code detection (a code "dies" when no input picks it).
-        self.register_buffer("usage", torch.ones(codebook_size))
+        # Exponentially averaged picks per step, for dead-code detection (a code "dies" when no input picks
+        # it). Starts at 0 so codes that never won an input are restartable at the first check.
+        self.register_buffer("usage", torch.zeros(codebook_size))
 
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook, dim=-1)
@@ -124,7 +125,16 @@ class FactorizedQuantizer(nn.Module):
         if num_dead == 0:
             return 0
         z = F.normalize(self.project_in(x.detach()), dim=-1).reshape(-1, self.codebook.shape[-1])
-        pick = torch.randint(0, z.shape[0], (num_dead,), generator=generator, device="cpu").to(z.device)
+        # k-means++-style seeding: draw candidates in proportion to their squared distance from the nearest
+        # live code. Uniform draws mostly pick the plain background (most positions), and such a code is
+        # dead again at the next check; far-away vectors are the objects the codebook does not cover yet.
+        live = self.normalized_codebook()[~dead]
+        if live.shape[0]:
+            distance = (2 - 2 * (z @ live.t()).max(dim=-1).values).clamp(min=0)
+        else:
+            distance = torch.ones(z.shape[0], device=z.device)
+        weights = (distance.square() + 1e-12).float().cpu()
+        pick = torch.multinomial(weights, num_dead, replacement=True, generator=generator).to(z.device)
         fresh = z[pick] + 0.01 * torch.randn(num_dead, z.shape[-1], generator=generator, device="cpu").to(z.device)
         fresh = F.normalize(fresh, dim=-1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -133,5 +143,6 @@ class FactorizedQuantizer(nn.Module):
         if self.codebook_update == "ema":
             self.ema_sum[dead] = fresh
             self.ema_count[dead] = 1.0
-        self.usage[dead] = 1.0
+        # A grace period: a fresh code that wins nothing is restarted again after 1-2 more checks, not ~300 steps.
+        self.usage[dead] = 2 * threshold
         return num_dead

@@ -125,8 +125,27 @@ def test_dead_code_restart_reseeds_unused_codes_from_encoder_outputs():
     x = torch.randn(50, 16)
     restarted = q.restart_dead_codes(x, threshold=0.5, generator=torch.Generator().manual_seed(0))
     assert restarted == 6
-    assert torch.all(q.usage == 1.0)
+    assert torch.all(q.usage >= 0.5)  # restarted codes get a grace period above the threshold
     assert torch.allclose(q.codebook.norm(dim=-1), torch.ones(8), atol=1e-5)
+
+
+def test_dead_code_restart_prefers_vectors_the_live_codes_do_not_cover():
+    """k-means++-style seeding: with 95% of inputs on one live code (a plain background), restarted codes
+    come from the rare far-away inputs (the objects), not from near-copies of the background."""
+    torch.manual_seed(0)
+    q = FactorizedQuantizer(4, 4, 8)
+    with torch.no_grad():
+        q.project_in.weight.copy_(torch.eye(4))
+        q.project_in.bias.zero_()
+    background = torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 0.0, 0.0]), dim=0)
+    q.codebook[0] = background
+    q.usage.zero_()
+    q.usage[0] = 10.0
+    objects = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]).repeat(5, 1)
+    x = torch.cat([background.repeat(190, 1), objects])
+    q.restart_dead_codes(x, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    similarity_to_background = q.codebook[1:] @ background
+    assert torch.all(similarity_to_background < 0.5)
 
 
 def test_ema_codebook_moves_towards_assigned_inputs():
