@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 
+from benchmarks.machine import describe_machine
 from pipelines.detector import detect
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.synth import MOTIONS, PALETTE, SHAPES, render_image, sample_image_params, sample_video
@@ -32,14 +30,7 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "detector_accuracy.json"
 
 
 def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "av": av.__version__,
-    }
+    return describe_machine(("numpy", "av"))
 
 
 def degrade(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

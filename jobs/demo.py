@@ -17,19 +17,6 @@ from pathlib import Path
 
 from jobs.runtime import add_ray_arguments, init_ray, log, setup_logging, stage
 
-# --fast: the smallest run that still exercises every stage for real (used by the end-to-end test).
-FAST_OVERRIDES = [
-    "demo.videos=40", "demo.images=20", "demo.samples_per_prompt=1",
-    "prepare.samples_per_shard=32",
-    "tokenizer.dim=32", "tokenizer.mlp_dim=64", "tokenizer.spatial_depth=1", "tokenizer.temporal_depth=1",
-    "tokenizer_train.steps=4", "tokenizer_train.time_budget_s=null", "tokenizer_train.log_every=2",
-    "tokenizer_train.eval_clips=2", "tokenizer_train.batch_size=4", "tokenizer_train.image_batch_size=2",
-    "transformer.dim=32", "transformer.depth=1", "transformer.mlp_dim=64",
-    "transformer_train.steps=4", "transformer_train.time_budget_s=null", "transformer_train.log_every=2",
-    "transformer_train.batch_size=4", "sampling.steps=4",
-]
-
-
 def demo_prompts(fast: bool) -> list[dict]:
     """Held-out compositions (never seen as video), purple (seen only in stills), and a story."""
     from pipelines.synth import HELD_OUT, caption_for
@@ -121,7 +108,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     from pipelines.synth import synthesize
     from pipelines.tokenize import tokenize
 
-    config = load_config(config_name, (FAST_OVERRIDES if fast else []) + overrides)
+    config = load_config(config_name, overrides)
     demo = config.get("demo", {})
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo-config.json").write_text(json.dumps(config, indent=2))
@@ -163,8 +150,8 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", help="output directory (every artifact is kept here)")
-    parser.add_argument("--fast", action="store_true", help="a tiny run of every stage (minutes; used by tests)")
-    parser.add_argument("--config", default="demo", help="config preset or YAML file")
+    parser.add_argument("--fast", action="store_true", help="a tiny run of every stage with the `debug` preset (~1 min)")
+    parser.add_argument("--config", default=None, help="config preset or YAML file (default: demo; debug with --fast)")
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transformer_train.time_budget_s=600")
 
@@ -173,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
     setup_logging()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(args.out).resolve()
-    results = run_demo(out, args.config, args.overrides, args.fast, args.address)
+    config = args.config or ("debug" if args.fast else "demo")
+    results = run_demo(out, config, args.overrides, args.fast, args.address)
     lines = [f"  {stage_name:<50} {seconds:>8.1f} s" for stage_name, seconds in results["timings_s"].items()]
     adherence = results["adherence"]
     def fmt(value: float | None) -> str:
