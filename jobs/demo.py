@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jobs.runtime import add_ray_arguments, init_ray, log, setup_logging, stage
 
+
 def demo_prompts(fast: bool) -> list[dict]:
     """Held-out compositions (never seen as video), purple (seen only in stills), and a story."""
     from pipelines.synth import HELD_OUT, caption_for
