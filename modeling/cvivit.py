@@ -49,6 +49,16 @@ class CViViTConfig:
         return self.image_size // self.patch_size
 
 
+def cvivit_debug(**overrides) -> CViViTConfig:
+    """The tiny named debug preset (torchtitan's `llama3_debugmodel` idea): 32x32, 8x8 patches, 80 tokens per
+    9-frame clip, width 32; real code paths in milliseconds. `configs/debug.yaml` holds the same values."""
+    values = dict(
+        image_size=32, patch_size=8, temporal_patch_size=2, dim=32, spatial_depth=1, temporal_depth=1,
+        heads=4, mlp_dim=64, code_dim=8, codebook_size=64, max_latent_frames=16,
+    )  # fmt: skip
+    return CViViTConfig(**{**values, **overrides})
+
+
 class CViViTOutput(NamedTuple):
     # A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks only see tensors inside tuples/lists/dicts.
     recon: torch.Tensor  # (B, C, T, H, W)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling.checkpoint import load_checkpoint, save_checkpoint
-from modeling.cvivit import CViViT, CViViTConfig
-from modeling.maskgit import MaskGIT, MaskGITConfig
+from modeling.cvivit import CViViT, cvivit_debug
+from modeling.maskgit import MaskGIT, maskgit_debug
 from modeling.sampling import maskgit_sample
 from modeling.text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder, load_text_encoder
 
@@ -430,30 +430,13 @@ def write_debug_checkpoint(
     """An untrained, tiny transformer checkpoint with its tokenizer inside (tests, smoke runs of serve/generate)."""
     directory = Path(directory)
     torch.manual_seed(seed)
-    tok_cfg = CViViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        temporal_patch_size=temporal_patch_size,
-        dim=32,
-        spatial_depth=1,
-        temporal_depth=1,
-        heads=4,
-        mlp_dim=64,
-        code_dim=8,
+    tok_cfg = cvivit_debug(
+        image_size=image_size, patch_size=patch_size, temporal_patch_size=temporal_patch_size,
         codebook_size=codebook_size,
-    )
+    )  # fmt: skip
     tok = CViViT(tok_cfg).eval()
     t, h, w = tok.token_grid(num_frames)
-    mg_cfg = MaskGITConfig(
-        codebook_size=codebook_size,
-        seq_len=t * h * w,
-        tokens_per_frame=h * w,
-        dim=32,
-        depth=2,
-        heads=4,
-        mlp_dim=64,
-        text_dim=text_dim,
-    )
+    mg_cfg = maskgit_debug(codebook_size=codebook_size, seq_len=t * h * w, tokens_per_frame=h * w, text_dim=text_dim)
     mg = MaskGIT(mg_cfg).eval()
     extra = {"text_encoder": text_encoder, "num_frames": num_frames, "fps": fps, "sampling": sampling or {}}
     save_checkpoint(directory, mg, mg_cfg, extra)

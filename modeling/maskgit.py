@@ -35,6 +35,12 @@ class MaskGITConfig:
     dropout: float = 0.0
 
 
+def maskgit_debug(**overrides) -> MaskGITConfig:
+    """The tiny named debug preset: width 32, 2 layers, sized for `cvivit_debug` tokens (80 per clip)."""
+    values = dict(codebook_size=64, seq_len=80, tokens_per_frame=16, dim=32, depth=2, heads=4, mlp_dim=64, text_dim=384)
+    return MaskGITConfig(**{**values, **overrides})
+
+
 @dataclass
 class TextContext:
     """Per-request text conditioning: cross-attention K/V for every block, computed once."""

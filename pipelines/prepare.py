@@ -70,7 +70,7 @@ class PrepareConfig:
     fps: float = 8.0  # clips are resampled to this rate by timestamp
     samples_per_shard: int = 64  # source records per shard (a shard holds up to this * clips_per_video)
     clips_per_video: int = 1  # consecutive clips cut from each video, from its start
-    num_workers: int = 2  # Ray actors in the map stage
+    num_workers: int = 2  # concurrent Ray Data tasks in the map stage
     strict: bool = False  # raise on the first bad input instead of skipping and counting it
     # accept videos with at least this many frames, padded by holding the last; None = num_frames
     min_frames: int | None = None
@@ -261,17 +261,15 @@ def process_shard(
     return state
 
 
-class ShardWorker:
-    """Ray Data actor: one input row = one shard plan (records as JSON) -> one row of stats."""
+def make_shard(row: dict[str, Any], *, out_dir: str, cfg: dict) -> dict[str, Any]:
+    """Ray Data task: one input row = one shard plan (records as JSON) -> one row of stats.
 
-    def __init__(self, out_dir: str, cfg: dict) -> None:
-        self.out_dir = out_dir
-        self.cfg = PrepareConfig(**cfg)
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        records = [SourceRecord(**r) for r in json.loads(row["records"])]
-        state = process_shard(int(row["index"]), records, row["digest"], self.out_dir, self.cfg)
-        return {"index": state["index"], "state": json.dumps(state)}
+    A task, not an actor: the work holds no state worth keeping (no model), and a task returns its CPU the
+    moment it ends, whereas a pool actor can outlive an aborted stream and starve the next Ray Train job.
+    """
+    records = [SourceRecord(**r) for r in json.loads(row["records"])]
+    state = process_shard(int(row["index"]), records, row["digest"], out_dir, PrepareConfig(**cfg))
+    return {"index": state["index"], "state": json.dumps(state)}
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -283,12 +281,12 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
 
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)  # joins RAY_ADDRESS when set, else starts a local instance
-    # One block per shard, so the actor pool spreads shards over its actors.
+    # One block per shard, so shards spread over up to `num_workers` concurrent tasks.
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map(
-        ShardWorker,
-        fn_constructor_kwargs={"out_dir": out_dir, "cfg": asdict(cfg)},
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(cfg.num_workers, len(pending)))),
+        make_shard,
+        fn_kwargs={"out_dir": out_dir, "cfg": asdict(cfg)},
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(cfg.num_workers, len(pending)))),
         num_cpus=1,
     )
     for row in iter_rows_released(ds):

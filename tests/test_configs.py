@@ -42,3 +42,9 @@ def test_demo_presets_are_consistent(preset):
     assert config["prepare"]["size"] == config["tokenizer"]["image_size"]
     t, h, w = tokenizer.token_grid(config["prepare"]["num_frames"])
     assert (t, h, w) == (5, 4, 4)  # 80 tokens per clip (shared/calibration.md)
+
+
+def test_debug_yaml_matches_the_named_debug_preset():
+    from modeling.cvivit import cvivit_debug
+
+    assert build_dataclass(CViViTConfig, load_config("debug")["tokenizer"]) == cvivit_debug()

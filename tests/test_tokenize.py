@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modeling.checkpoint import save_checkpoint
-from modeling.cvivit import CViViT, CViViTConfig
+from modeling.cvivit import CViViT, cvivit_debug
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.shards import PlanMismatchError, list_shards, load_npy, read_manifest, read_shard
@@ -20,18 +20,7 @@ from pipelines.tokenize import TokenizeConfig, to_video_tensor, token_dtype, tok
 
 pytestmark = pytest.mark.ray
 
-TINY = CViViTConfig(
-    image_size=32,
-    patch_size=8,
-    temporal_patch_size=2,
-    dim=32,
-    spatial_depth=1,
-    temporal_depth=1,
-    heads=2,
-    mlp_dim=64,
-    code_dim=8,
-    codebook_size=64,
-)
+TINY = cvivit_debug()
 
 
 def _tokenizer(path: Path, seed: int) -> tuple[CViViT, str]:
