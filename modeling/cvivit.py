@@ -48,6 +48,22 @@ class CViViTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         return self.image_size // self.patch_size
 
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames t of a 1 + k*t_p frame clip: the first frame alone, then one per tubelet."""
+        pt = self.temporal_patch_size
+        if num_frames < 1 or (num_frames - 1) % pt:
+            raise ValueError(
+                f"C-ViViT takes 1 + k*{pt} frames (first frame alone, then tubelets of {pt}); got {num_frames}"
+            )
+        t = 1 + (num_frames - 1) // pt
+        if t > self.max_latent_frames:
+            raise ValueError(f"{num_frames} frames need {t} latent frames > max_latent_frames={self.max_latent_frames}")
+        return t
+
+    def token_grid(self, num_frames: int) -> tuple[int, int, int]:
+        """(t, h, w) tokens of a `num_frames` clip."""
+        return self.latent_frames(num_frames), self.grid, self.grid
+
 
 def cvivit_debug(**overrides) -> CViViTConfig:
     """The tiny named debug preset (torchtitan's `llama3_debugmodel` idea): 32x32, 8x8 patches, 80 tokens per
@@ -95,22 +111,13 @@ class CViViT(nn.Module):
 
     # ---- shapes -------------------------------------------------------------------------------------------
     def latent_frames(self, num_frames: int) -> int:
-        pt = self.cfg.temporal_patch_size
-        if num_frames < 1 or (num_frames - 1) % pt:
-            raise ValueError(
-                f"C-ViViT takes 1 + k*{pt} frames (first frame alone, then tubelets of {pt}); got {num_frames}"
-            )
-        t = 1 + (num_frames - 1) // pt
-        if t > self.cfg.max_latent_frames:
-            raise ValueError(f"{num_frames} frames need {t} latent frames > max_latent_frames={self.cfg.max_latent_frames}")
-        return t
+        return self.cfg.latent_frames(num_frames)
 
     def num_frames(self, latent_frames: int) -> int:
         return 1 + (latent_frames - 1) * self.cfg.temporal_patch_size
 
     def token_grid(self, num_frames: int) -> tuple[int, int, int]:
-        g = self.cfg.grid
-        return self.latent_frames(num_frames), g, g
+        return self.cfg.token_grid(num_frames)
 
     # ---- encoder ------------------------------------------------------------------------------------------
     def _patchify(self, video: torch.Tensor) -> torch.Tensor:

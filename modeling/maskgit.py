@@ -5,9 +5,15 @@ Video tokens (B, N) â€” the (t_z+1) x h_z x w_z grid flattened in raster order â
 self-attention, cross-attention to per-token text embeddings (padding masked out), and an MLP. The head
 predicts a distribution over the codebook at every position.
 
+Cross-attention keys/values are projected straight from the text encoder's width Dt (after a LayerNorm), as
+in a T5-conditioned decoder; there is no separate text-to-D projection. With T5-XXL's Dt = 4096 this is what
+makes table 7's shape (24 layers, 2048 wide, MLP 8192) come to the paper's 1.8B parameters
+(`phenaki describe --config phenaki-1.8b`; docs/presets.md has the arithmetic).
+
 Classifier-free guidance needs an unconditional model: rows with `drop_text=True` attend to a single learned
-null text token instead of the prompt. Text keys/values are computed once per request by `encode_text`
-and reused at every sampling step.
+null text token (in text space) instead of the prompt. Text keys/values are computed once per request by
+`encode_text` and reused at every sampling step; the position table is a plain learned parameter, so nothing
+position-related is recomputed per step either.
 
 Axes: B batch, N video tokens, L text tokens, Dt text width, D model width, K codebook size.
 """
@@ -59,10 +65,10 @@ class MaskGIT(nn.Module):
         self.mask_token_id = cfg.codebook_size
         self.token_emb = nn.Embedding(cfg.codebook_size + 1, cfg.dim)
         self.pos_emb = nn.Parameter(torch.randn(cfg.seq_len, cfg.dim) * 0.02)
-        self.text_proj = nn.Linear(cfg.text_dim, cfg.dim)
-        self.null_text = nn.Parameter(torch.randn(1, cfg.dim) * 0.02)
+        self.text_norm = nn.LayerNorm(cfg.text_dim)
+        self.null_text = nn.Parameter(torch.randn(1, cfg.text_dim) * 0.02)
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_dim, cross_attention=True, dropout=cfg.dropout)
+            Block(cfg.dim, cfg.heads, cfg.mlp_dim, context_dim=cfg.text_dim, cross_attention=True, dropout=cfg.dropout)
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim)
@@ -80,7 +86,7 @@ class MaskGIT(nn.Module):
         b = text.shape[0]
         if drop_text is None:
             drop_text = torch.zeros(b, dtype=torch.bool, device=text.device)
-        ctx = torch.cat([self.null_text.expand(b, 1, -1), self.text_proj(text)], dim=1)  # (B, L+1, D)
+        ctx = torch.cat([self.null_text.expand(b, 1, -1), self.text_norm(text)], dim=1)  # (B, L+1, Dt)
         keep_text = text_mask.bool() & ~drop_text[:, None]
         # Rows with no real text token left (dropped, or an empty prompt) fall back to the null token.
         use_null = ~keep_text.any(dim=1, keepdim=True)

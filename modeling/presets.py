@@ -3,6 +3,10 @@
 A config file has top-level sections (prepare, tokenizer, tokenizer_train, transformer, transformer_train,
 sampling, text_encoder); `section.key=value` overrides any leaf, with the value parsed as YAML
 (`tokenizer_train.steps=10`, `transformer.dim=256`, `sampling.guidance_scale=6.0`).
+
+A preset may start from others with `inherit: NAME` (or a list of names, applied in order): their sections
+are deep-merged under its own, so `phenaki-1.8b` takes its tokenizer from `cvivit-paper` instead of
+copying it.
 """
 
 from __future__ import annotations
@@ -46,9 +50,28 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     return config
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursing into sections that are dicts in both (neither input is modified)."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _load_with_parents(path_or_name: str | Path, chain: tuple[str, ...]) -> dict:
+    path = resolve_config_path(path_or_name)
+    if str(path.resolve()) in chain:
+        raise ValueError(f"config {path} inherits from itself: {' -> '.join(chain)} -> {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    parents = config.pop("inherit", None) or []
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = deep_merge(merged, _load_with_parents(parent, (*chain, str(path.resolve()))))
+    return deep_merge(merged, config)
+
+
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:
-    config = yaml.safe_load(resolve_config_path(path_or_name).read_text()) or {}
-    return apply_overrides(config, list(overrides or []))
+    return apply_overrides(_load_with_parents(path_or_name, ()), list(overrides or []))
 
 
 def _coerce(value: Any, annotation: Any) -> Any:

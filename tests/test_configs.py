@@ -8,6 +8,7 @@ from jobs.tokenize import tokenize_config_from
 from jobs.train_tokenizer import TokenizerTrainConfig
 from jobs.train_transformer import TransformerTrainConfig
 from modeling.cvivit import CViViT, CViViTConfig
+from modeling.discriminator import DiscriminatorConfig
 from modeling.generation import SamplingConfig
 from modeling.losses import TokenizerLossConfig
 from modeling.maskgit import MaskGITConfig
@@ -19,6 +20,7 @@ SECTIONS = {
     "tokenizer": CViViTConfig,
     "tokenizer_train": TokenizerTrainConfig,
     "tokenizer_loss": TokenizerLossConfig,
+    "discriminator": DiscriminatorConfig,
     "transformer_train": TransformerTrainConfig,
     "sampling": SamplingConfig,
 }

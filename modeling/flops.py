@@ -1,0 +1,44 @@
+"""Parameter and FLOP counts from configs alone, for `phenaki describe`, MFU estimates and the benchmarks.
+
+Counts are exact for our modules: `count_parameters` builds the model on the meta device (no memory is
+allocated, so the 1.8B preset is counted on a laptop), and `maskgit_forward_flops` adds up the matmuls of one
+MaskGIT forward (a multiply-add is 2 FLOPs; norms, softmax and activations are left out, as in the usual
+6·N·D training estimate). Axes: N video tokens, L text tokens (+1 null token), D width, Dt text width, M MLP
+width, K codebook size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modeling.maskgit import MaskGITConfig
+
+
+def count_parameters(build: type[nn.Module], cfg: object) -> int:
+    """Parameters of `build(cfg)`, constructed on the meta device (shapes only, no storage)."""
+    with torch.device("meta"):
+        model = build(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def maskgit_attention_flops(cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1) -> int:
+    """The attention-score and value matmuls alone: self 2·N²·D and cross 2·N·(L+1)·D per block.
+
+    Kept separate because torch's FlopCounterMode does not count the CPU flash-attention kernel."""
+    n = cfg.seq_len if seq_len is None else seq_len
+    return 2 * batch * cfg.depth * (2 * n * n * cfg.dim + 2 * n * (text_len + 1) * cfg.dim)
+
+
+def maskgit_forward_flops(cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1) -> int:
+    """Matmul FLOPs of one `MaskGIT.forward` over `batch` rows of `seq_len` tokens and `text_len` text tokens.
+
+    Per block: self-attention projections 4·N·D²; cross-attention projections 2·N·D² (q, out) + 2·(L+1)·Dt·D
+    (k, v); MLP 2·N·D·M; plus the attention matmuls (`maskgit_attention_flops`) and the head N·D·K.
+    """
+    n = cfg.seq_len if seq_len is None else seq_len
+    d, m, k = cfg.dim, cfg.mlp_dim, cfg.codebook_size
+    length = text_len + 1  # the learned null token is always a key
+    per_block = 6 * n * d * d + 2 * length * cfg.text_dim * d + 2 * n * d * m
+    projections = 2 * batch * (cfg.depth * per_block + n * d * k)
+    return projections + maskgit_attention_flops(cfg, n, text_len, batch)

@@ -1,0 +1,93 @@
+"""Paper presets: parameter counts (meta device), token shapes, FLOP counts, and preset inheritance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from jobs.describe import describe
+from modeling.flops import maskgit_attention_flops, maskgit_forward_flops
+from modeling.maskgit import MaskGIT, maskgit_debug
+from modeling.presets import load_config
+
+
+@pytest.mark.parametrize("preset, target", [("phenaki-1.8b", 1.8e9), ("phenaki-0.9b", 0.9e9)])
+def test_paper_transformer_presets_are_within_5_percent_of_the_paper(preset, target):
+    report = describe(load_config(preset))
+    params = report["transformer"]["parameters"]
+    assert abs(params / target - 1) < 0.05, f"{preset}: {params / 1e9:.3f}B vs {target / 1e9}B"
+    # table 7's sequence: an 11-frame 128x128 clip is 6 x 16 x 16 = 1536 tokens from an 8192-code book
+    assert report["tokenizer"]["token_grid"] == [6, 16, 16]
+    assert report["transformer"]["seq_len"] == 1536 and report["tokenizer"]["codebook_size"] == 8192
+    assert report["total_parameters"] == params + report["tokenizer"]["parameters"]
+
+
+def test_paper_presets_match_tables_6_and_7():
+    big, small, cvivit = load_config("phenaki-1.8b"), load_config("phenaki-0.9b"), load_config("cvivit-paper")
+    assert {k: big["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(depth=24, dim=2048, heads=32, mlp_dim=8192)
+    assert {k: small["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(depth=20, dim=1536, heads=24, mlp_dim=6144)
+    tok = cvivit["tokenizer"]
+    assert (tok["image_size"], tok["patch_size"], tok["temporal_patch_size"], tok["dim"], tok["spatial_depth"],
+            tok["temporal_depth"], tok["heads"], tok["mlp_dim"], tok["code_dim"], tok["codebook_size"]) == (
+        128, 8, 2, 512, 4, 4, 8, 2048, 32, 8192)
+    assert big["tokenizer"] == tok  # inherited, not copied
+    assert big["sampling"]["guidance_scale"] == 12.0 and big["sampling"]["steps"] == 48 and big["sampling"]["temperature"] == 8.0
+    for cfg in (big, cvivit):
+        train = cfg.get("transformer_train") or cfg["tokenizer_train"]
+        assert train["betas"] == [0.9, 0.99] and train["weight_decay"] == 1e-4 and train["grad_clip"] == 10.0
+    assert big["transformer_train"]["video_fraction"] == 0.8 and small["transformer_train"]["video_fraction"] == 0.5
+
+
+def test_cvivit_paper_preset_is_about_50m_parameters():
+    # appendix B.1: the encoder-decoder baselines have ~50M parameters
+    params = describe(load_config("cvivit-paper"))["tokenizer"]["parameters"]
+    assert 45e6 < params < 56e6
+
+
+def test_describe_allocates_no_weights():
+    # the 1.8B preset in fp32 is 7.4 GB; described on the meta device it needs no storage at all
+    import tracemalloc
+
+    tracemalloc.start()
+    describe(load_config("phenaki-1.8b"))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 200e6
+
+
+def test_describe_cli_prints_json(capsys):
+    from jobs.cli import main
+
+    assert main(["describe", "--config", "debug", "transformer.depth=3"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert report["config"] == "debug" and report["transformer"]["depth"] == 3
+    real = MaskGIT(maskgit_debug(depth=3, codebook_size=64, seq_len=80, tokens_per_frame=16))
+    assert report["transformer"]["parameters"] == sum(p.numel() for p in real.parameters())
+
+
+def test_forward_flops_match_pytorchs_flop_counter():
+    cfg = maskgit_debug(dim=64, depth=2, heads=4, mlp_dim=128, text_dim=48)
+    model = MaskGIT(cfg).eval()
+    b, n, length = 2, cfg.seq_len, 7
+    tokens = torch.randint(0, cfg.codebook_size, (b, n))
+    text, mask = torch.randn(b, length, cfg.text_dim), torch.ones(b, length, dtype=torch.bool)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(tokens, text, mask)
+    # FlopCounterMode counts every projection but not the CPU attention kernel, which we add analytically
+    counted = counter.get_total_flops() + maskgit_attention_flops(cfg, n, length, batch=b)
+    assert counted == maskgit_forward_flops(cfg, n, length, batch=b)
+
+
+def test_inherit_merges_sections_and_rejects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("transformer: {dim: 64, depth: 2}\nsampling: {steps: 12}\n")
+    (tmp_path / "child.yaml").write_text(f"inherit: {tmp_path / 'base.yaml'}\ntransformer: {{depth: 4}}\n")
+    config = load_config(tmp_path / "child.yaml", ["sampling.steps=24"])
+    assert config == {"transformer": {"dim": 64, "depth": 4}, "sampling": {"steps": 24}}
+    (tmp_path / "a.yaml").write_text(f"inherit: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"inherit: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ValueError, match="inherits from itself"):
+        load_config(tmp_path / "a.yaml")
