@@ -97,7 +97,7 @@ def _restart_dead_codes(model: CViViT, latents: torch.Tensor, job: TokenizerJob,
     return quantizer.restart_dead_codes(latents, job.train.restart_threshold, gen)
 
 
-def _train_step(job, engines, batches, step, worker, vgg):
+def _train_step(job, engines, batches, step, worker, vgg, i3d):
     """One micro step: each batch is its own generator forward/backward, then the discriminator's turn.
 
     Each batch is one DeepSpeed micro step (ZeRO-3 cannot run two forwards before a backward); its loss is
@@ -114,7 +114,7 @@ def _train_step(job, engines, batches, step, worker, vgg):
     fakes, latents = [], None
     for i, video in enumerate(videos):
         out = tok(video)
-        loss, m = generator_loss(out, video, disc.module if use_adv else None, job.loss, step, vgg)
+        loss, m = generator_loss(out, video, disc.module if use_adv else None, job.loss, step, vgg, i3d)
         tok.backward(loss * len(videos))
         tok.step()
         metrics["loss"] += float(loss.detach())
@@ -172,6 +172,13 @@ def train_loop(config: dict) -> None:
         vgg = VGGFeatures.from_file(job.loss.image_perceptual_weights).to(
             worker.device, engine_dtype(engines["tokenizer"])
         )
+    i3d = None  # loaded like VGG: a missing or mismatched file fails here, before the first step
+    if job.loss.video_perceptual_weights and job.loss.video_perceptual_weight > 0:
+        from modeling.i3d import InceptionI3d
+
+        i3d = InceptionI3d.from_file(job.loss.video_perceptual_weights).to(
+            worker.device, engine_dtype(engines["tokenizer"])
+        )
     state = restore(engines) or {"step": 0}
     step = int(state["step"])
     log = MetricsLog(config["out_dir"], worker, cfg.log_every, cfg.steps, RUN_NAME)
@@ -189,7 +196,7 @@ def train_loop(config: dict) -> None:
             set_lr(engine, lr)
         for micro in range(cfg.grad_accum):
             metrics, latents = _train_step(
-                job, engines, loader.step_batches(step * cfg.grad_accum + micro), step, worker, vgg
+                job, engines, loader.step_batches(step * cfg.grad_accum + micro), step, worker, vgg, i3d
             )
         step += 1
         if cfg.restart_every and step % cfg.restart_every == 0:

