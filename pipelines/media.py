@@ -1,30 +1,85 @@
-"""Video and image bytes <-> numpy arrays.
+"""Video and image bytes <-> numpy arrays: encode, decode (with limits), resize, GIF.
 
 Every array here is uint8 RGB: a video is `(T, H, W, 3)`, an image `(H, W, 3)`. Videos are
 H.264 (libx264, yuv420p) in MP4, the format WebVid serves and browsers play; images are JPEG.
 Decoding failures raise `MediaError` (a `ValueError`) with a message naming the problem, so data
 pipelines can catch one exception type and count the bad sample instead of crashing a worker.
+Inputs refused by a `DecodeLimits` check raise the subclass `MediaLimitError`; every `MediaError`
+carries a `.reason` ("undecodable" or the limit's name) that prepare uses as its skip-count key.
+
+Scraped media is untrusted: decoding only ever runs the demuxers / Pillow plugins we expect, checks
+frame sizes from headers before allocating pixels, and bounds frames, streams and wall time.
+
+Where things live: this module holds the codecs proper (encoding, frame decoding with seeking,
+resampling and the per-call decode budget, image decoding, resizing, GIFs). The limits, error
+types, format-restricted opening, header probing (`probe_video` / `probe_image`), skip filters
+and `clip_starts` live in `pipelines.media_probe`, which decides everything knowable before pixels
+are decoded; they are re-exported here (see `__all__`), so callers keep importing from this module.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-# Tolerance when comparing presentation times (seconds): pts are rationals, output times are
-# floats k/fps, and a frame exactly at t must count as "at or before t".
-_TIME_EPS = 1e-6
+# Public names are re-exported (`__all__`); the private ones are the openers and helpers the decoders share.
+from pipelines.media_probe import (
+    _TIME_EPS,
+    DEFAULT_LIMITS,
+    LIMIT_REASONS,
+    DecodeLimits,
+    ImageInfo,
+    MediaError,
+    MediaLimitError,
+    VideoInfo,
+    _check_pixels,
+    _open_image,
+    _open_video,
+    _src_rate,
+    _stream_duration,
+    check_image_filters,
+    check_video_filters,
+    clip_starts,
+    probe_image,
+    probe_video,
+)
 
+__all__ = [
+    "DEFAULT_LIMITS",
+    "LIMIT_REASONS",
+    "DecodeLimits",
+    "DecodedVideo",
+    "ImageInfo",
+    "MediaError",
+    "MediaLimitError",
+    "VideoInfo",
+    "check_image_filters",
+    "check_video_filters",
+    "clip_starts",
+    "decode_image",
+    "decode_video",
+    "encode_jpeg",
+    "encode_mp4",
+    "encode_mp4_file",
+    "probe_image",
+    "probe_video",
+    "resize_center_crop",
+    "write_gif",
+]
 
-class MediaError(ValueError):
-    """Input that cannot be decoded or encoded (corrupt bytes, zero frames, odd sizes...)."""
+# When a seek lands on a keyframe after start_sec (demuxers index by dts, or have no index), retry
+# this many seconds earlier; past the last one, decode from the start.
+_SEEK_BACKOFF_S = (2.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -87,82 +142,111 @@ def encode_mp4_file(frames: np.ndarray, path: str | os.PathLike, fps: float, crf
     return path
 
 
-def _open(src: bytes | str | os.PathLike) -> av.container.InputContainer:
-    try:
-        if isinstance(src, bytes | bytearray | memoryview):
-            return av.open(io.BytesIO(bytes(src)), mode="r")
-        return av.open(os.fspath(src), mode="r")
-    except av.FFmpegError as e:
-        raise MediaError(f"cannot open video: {e}") from e
+class _Budget:
+    """The limits that need decoding to check: frames decoded, wall time, output bytes (per call)."""
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.max_decode_s
+        self.decoded = 0
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise MediaLimitError("decode_timeout", f"decoding took over {self.limits.max_decode_s}s")
+
+    def frame(self, frame: av.VideoFrame) -> None:
+        self.tick()
+        self.decoded += 1
+        if self.decoded > self.limits.max_frames:
+            raise MediaLimitError("too_many_frames", f"decoded more than {self.limits.max_frames} frames")
+        _check_pixels(frame.width, frame.height, self.limits, "decoded frame")  # size changes mid-stream
+
+    def output(self, count: int, nbytes: int) -> None:
+        if count > self.limits.max_frames or count * nbytes > self.limits.max_output_bytes:
+            raise MediaLimitError("too_many_frames", f"{count} output frames of {nbytes} bytes")
 
 
-def decode_video(
-    src: bytes | str | os.PathLike,
-    *,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    start_sec: float = 0.0,
-) -> DecodedVideo:
-    """Decode a video to RGB frames.
+def _frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, budget: _Budget
+) -> Iterator[av.VideoFrame]:
+    # container.decode(stream), unrolled so the clock is checked on packets that yield no frame too.
+    for packet in container.demux(stream):
+        budget.tick()
+        for frame in packet.decode():
+            budget.frame(frame)
+            yield frame
 
-    Times are measured from the first decoded frame. Frames before `start_sec` are skipped.
-    With `fps`, output frame k shows time t_k = start_sec + k / fps and is the latest source frame
-    whose presentation time is <= t_k (the source is held, never blended); output stops at the
-    end of the source (last pts + one frame duration). At most `max_frames` frames are returned.
+
+def _timed(frames: Iterator[av.VideoFrame], src_rate: float | None) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(time relative to the first frame, frame), decoding from the start of the stream."""
+    t0: float | None = None
+    for index, frame in enumerate(frames):
+        t = frame.time if frame.time is not None else index / (src_rate or 1.0)
+        t0 = t if t0 is None else t0
+        yield t - t0, frame
+
+
+class _Overshoot(Exception):
+    """The seek cannot be trusted to give the frames a decode from the start gives."""
+
+
+def _after_keyframe(
+    frames: Iterator[av.VideoFrame], t0: float, start_sec: float
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(time relative to t0, frame) after a seek, from the first keyframe on.
+
+    Frames output before that keyframe may be leading pictures of an open GOP, which reference
+    frames before the seek point and would differ from a decode from the start: dropped. The
+    keyframe must be at or before start_sec, or frames between start_sec and it would be lost.
     """
-    if fps is not None and fps <= 0:
-        raise MediaError(f"fps must be positive, got {fps}")
-    if max_frames is not None and max_frames <= 0:
-        raise MediaError(f"max_frames must be positive, got {max_frames}")
-    if start_sec < 0:
-        raise MediaError(f"start_sec must be >= 0, got {start_sec}")
-    container = _open(src)
-    with container:
-        if not container.streams.video:
-            raise MediaError("no video stream in input")
-        stream = container.streams.video[0]
-        # No frame threading: at our sizes its start-up costs more than it saves, and loaders
-        # already decode many videos in parallel.
-        src_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-        try:
-            out, last_time = _decode_frames(container, stream, src_rate, fps, max_frames, start_sec)
-        except av.FFmpegError as e:
-            raise MediaError(f"cannot decode video: {e}") from e
-        duration = _stream_duration(container, stream, last_time, src_rate)
-    if not out:
-        raise MediaError(f"no frames decoded (start_sec={start_sec}, stream duration {duration:.3f}s)")
-    return DecodedVideo(frames=np.stack(out), fps=float(fps or src_rate or 0.0), duration=duration)
+    keyed = False
+    for frame in frames:
+        if frame.time is None:
+            raise _Overshoot("frame without a timestamp after seeking")
+        rel = frame.time - t0
+        if not keyed:
+            if rel > start_sec + _TIME_EPS:
+                raise _Overshoot(f"first frame after seeking is at {rel:.3f}s > {start_sec}s")
+            if not frame.key_frame:
+                continue
+            keyed = True
+        yield rel, frame
+    if not keyed:
+        raise _Overshoot("no keyframe after seeking")
 
 
-def _decode_frames(
-    container: av.container.InputContainer,
-    stream: av.video.stream.VideoStream,
+def _resample(
+    timed: Iterator[tuple[float, av.VideoFrame]],
     src_rate: float | None,
     fps: float | None,
     max_frames: int | None,
     start_sec: float,
+    budget: _Budget,
 ) -> tuple[list[np.ndarray], float | None]:
     """Returns (frames, presentation time of the last decoded frame, relative to the first)."""
     out: list[np.ndarray] = []
     full = max_frames if max_frames is not None else float("inf")
-    t0: float | None = None
     rel: float | None = None
     # Resampling state: the latest source frame with time <= the next output time, and its RGB
     # (converted lazily and cached, since one source frame may fill several output slots).
     held: tuple[float, av.VideoFrame] | None = None
     held_rgb: np.ndarray | None = None
-    for index, frame in enumerate(container.decode(stream)):
-        t = frame.time if frame.time is not None else index / (src_rate or 1.0)
-        t0 = t if t0 is None else t0
-        rel = t - t0
+
+    def emit(rgb: np.ndarray) -> None:
+        if out and rgb.shape != out[0].shape:  # legal in H.264 / VP9, but not one (T, H, W, 3) array
+            raise MediaError(f"frame size changed mid-stream: {out[0].shape[:2]} -> {rgb.shape[:2]}")
+        out.append(rgb)
+        budget.output(len(out), rgb.nbytes)
+
+    for rel, frame in timed:
         if fps is None:
             if rel + _TIME_EPS >= start_sec:
-                out.append(frame.to_ndarray(format="rgb24"))
+                emit(frame.to_ndarray(format="rgb24"))
         else:
             # This frame starts after the next output time(s): those show the held frame.
             while held is not None and len(out) < full and start_sec + len(out) / fps < rel - _TIME_EPS:
                 held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
-                out.append(held_rgb)
+                emit(held_rgb)
             held, held_rgb = (rel, frame), None
         if len(out) >= full:
             return out, rel
@@ -171,23 +255,93 @@ def _decode_frames(
         end = held[0] + 1.0 / (src_rate or fps)
         while len(out) < full and start_sec + len(out) / fps < end - _TIME_EPS:
             held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
-            out.append(held_rgb)
+            emit(held_rgb)
     return out, rel
 
 
-def _stream_duration(
+def _decode_seeking(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
-    last_time: float | None,
     src_rate: float | None,
-) -> float:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    if last_time is not None:
-        return last_time + (1.0 / src_rate if src_rate else 0.0)
-    return 0.0
+    fps: float | None,
+    max_frames: int | None,
+    start_sec: float,
+    budget: _Budget,
+) -> tuple[list[np.ndarray], float | None] | None:
+    """`_resample` from start_sec via a keyframe seek; None when only a decode from the start is exact.
+
+    Times stay relative to the stream's first frame (t0), so the first frame is decoded to learn t0
+    (cheap: the first keyframe) before seeking to the keyframe at or before t0 + start_sec.
+    """
+    frames = _frames(container, stream, budget)
+    first = next(frames, None)
+    frames.close()
+    if first is None or first.time is None or stream.time_base is None:
+        return None
+    t0 = first.time
+    for backoff in (0.0, *_SEEK_BACKOFF_S):
+        target = t0 + start_sec - backoff
+        if target <= t0:
+            return None
+        try:
+            container.seek(math.floor(target / stream.time_base), stream=stream, backward=True)
+            timed = _after_keyframe(_frames(container, stream, budget), t0, start_sec)
+            return _resample(timed, src_rate, fps, max_frames, start_sec, budget)
+        except _Overshoot:
+            continue
+        except av.error.ExitError:
+            raise
+        except av.FFmpegError:  # e.g. a demuxer that cannot seek here: decode from the start
+            return None
+    return None
+
+
+def decode_video(
+    src: bytes | str | os.PathLike,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start_sec: float = 0.0,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> DecodedVideo:
+    """Decode a video to RGB frames.
+
+    Times are measured from the first decoded frame. Frames before `start_sec` are skipped.
+    With `fps`, output frame k shows time t_k = start_sec + k / fps and is the latest source frame
+    whose presentation time is <= t_k (the source is held, never blended); output stops at the
+    end of the source (last pts + one frame duration). At most `max_frames` frames are returned.
+    With `start_sec` > 0 the decoder seeks to the keyframe before it; the frames are the same as
+    decoding from the start (it falls back to that when a seek cannot guarantee it).
+    Raises `MediaLimitError` when `limits` refuse the input, `MediaError` when it is undecodable.
+    """
+    if fps is not None and fps <= 0:
+        raise MediaError(f"fps must be positive, got {fps}")
+    if max_frames is not None and max_frames <= 0:
+        raise MediaError(f"max_frames must be positive, got {max_frames}")
+    if start_sec < 0:
+        raise MediaError(f"start_sec must be >= 0, got {start_sec}")
+    budget = _Budget(limits)
+    with _open_video(src, limits) as (container, stream):
+        # No frame threading: at our sizes its start-up costs more than it saves, and loaders
+        # already decode many videos in parallel.
+        src_rate = _src_rate(stream)
+        args = (src_rate, fps, max_frames, start_sec, budget)
+        try:
+            if start_sec <= 0:
+                got = _resample(_timed(_frames(container, stream, budget), src_rate), *args)
+            elif (got := _decode_seeking(container, stream, *args)) is None:
+                # The seek could not be made exact and this container was read from: start afresh.
+                with _open_video(src, limits) as (fresh, fresh_stream):
+                    got = _resample(_timed(_frames(fresh, fresh_stream, budget), src_rate), *args)
+        except av.error.ExitError as e:
+            raise MediaLimitError("decode_timeout", f"FFmpeg interrupted after {limits.max_decode_s}s") from e
+        except av.FFmpegError as e:
+            raise MediaError(f"cannot decode video: {e}") from e
+        out, last_time = got
+        duration = _stream_duration(container, stream, last_time, src_rate) or 0.0
+    if not out:
+        raise MediaError(f"no frames decoded (start_sec={start_sec}, stream duration {duration:.3f}s)")
+    return DecodedVideo(frames=np.stack(out), fps=float(fps or src_rate or 0.0), duration=duration)
 
 
 # ----------------------------------------------------------------------------- images
@@ -203,22 +357,45 @@ def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(src: bytes | str | os.PathLike) -> np.ndarray:
-    """Any Pillow-readable image (bytes or path) -> (H, W, 3) uint8 RGB.
+def decode_image(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """JPEG / PNG / WEBP / GIF / BMP (bytes or path; `limits.image_formats`) -> (H, W, 3) uint8 RGB.
 
+    EXIF orientation is applied (phones store portrait photos as rotated landscape pixels).
     Transparent images are composited on white: their RGB under alpha 0 is arbitrary (often
-    black), which would otherwise show up as junk around the subject.
+    black), which would otherwise show up as junk around the subject. Animated images: frame 0.
     """
+    with _open_image(src, limits) as im:
+        try:
+            im.load()  # truncated / corrupt data fails here (LOAD_TRUNCATED_IMAGES left as it is)
+            return _to_rgb(_exif_upright(im))
+        except MediaError:
+            raise
+        except Exception as e:
+            raise MediaError(f"cannot decode {im.format} image: {type(e).__name__}: {e}") from e
+
+
+def _exif_upright(im: Image.Image) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(bytes(src)) if isinstance(src, bytes | bytearray) else src) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, rgba)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise MediaError(f"cannot decode image: {e}") from e
+        return ImageOps.exif_transpose(im)
+    except Exception:  # malformed EXIF: the pixels are still good, keep them as stored
+        return im
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    elif im.mode.startswith("I") or im.mode == "F":
+        # 16-bit grey (PNG "I;16") or 32-bit int / float: convert("RGB") would clip at 255, not
+        # scale. "I;16*" is scaled 0..65535 -> 0..255; "I" / "F" only when values exceed 8 bits.
+        grey = np.asarray(im, dtype=np.float32)
+        if im.mode.startswith("I;16") or (grey.size and grey.max() > 255):
+            grey = grey / 257.0
+        grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:

@@ -1,14 +1,17 @@
-"""Prepare clip shards: source listings -> fetched, decoded, resampled, cropped, re-encoded clips.
+"""Prepare clip shards: sources -> fetched, decoded, resampled, cropped, re-encoded clips.
 
 Stages (the driver logs each):
-  1. read listings (`pipelines.sources`) and sort records by (key, url) — a fixed order;
-  2. plan: shard i gets records [i*S, (i+1)*S), so a shard's content depends only on the listings
+  1. read the sources (`pipelines.sources`: WebVid CSV, LAION parquet, img2dataset / video2dataset
+     WebDataset output, media folders; local, gs://, http(s)://; globs, brace lists, a weight each) and sort
+     records by (key, url) — a fixed order;
+  2. plan: shard i gets records [i*S, (i+1)*S), so a shard's content depends only on the sources
      and the config, and every rerun plans the same shards;
   3. skip shards already complete (their tar and progress record exist with the same plan digest);
-  4. a Ray Data map stage (actor pool, one block per shard) fetches via fsspec, decodes with PyAV /
-     Pillow, resamples to `fps`, keeps `num_frames` frames from the start, resizes + centre-crops to
-     `size`, re-encodes (H.264 mp4 / JPEG) and writes the shard tar atomically;
-  5. `manifest.json`, written last.
+  4. a Ray Data map stage (tasks, one block per shard, as many at once as the cluster has CPUs unless
+     `num_workers` says otherwise) runs `pipelines.clip_samples` per record — guarded fetch, probe,
+     filters, decode with seek and fps resampling, resize + centre-crop, re-encode (H.264 mp4 / JPEG) —
+     and writes the shard tar atomically;
+  5. `manifest.json`, written last, accounting for every input row (samples, skips by reason).
 
 Output layout (`out_dir`):
   shard-000000.tar ...         WebDataset tars, samples as in DESIGN.md (`mp4`|`jpg`, `txt`, `json`)
@@ -25,13 +28,13 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import fsspec
-import numpy as np
-
-from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4, resize_center_crop
+from modeling.presets import build_dataclass
+from pipelines.clip_samples import SkipSample, record_samples, skip_record
+from pipelines.fetch import FetchPolicy, check_scheme, resolve_and_check, url_scheme
+from pipelines.media import DecodeLimits
 from pipelines.ray_utils import iter_rows_released
 from pipelines.shards import (
     absolute_uri,
@@ -48,18 +51,13 @@ from pipelines.shards import (
     write_manifest,
     write_shard,
 )
-from pipelines.sources import SourceRecord, read_sources, split_format_prefix
+from pipelines.sources import SourceRecord, SourceSpec, parse_source_spec, read_sources_with_stats
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# Skip reasons (manifest `skips` keys).
-SKIP_EMPTY_CAPTION = "empty_caption"
-SKIP_MISSING = "missing"
-SKIP_FETCH_ERROR = "fetch_error"
-SKIP_UNDECODABLE = "undecodable"
-SKIP_TOO_FEW_FRAMES = "too_few_frames"
+SCHEMA_VERSION = 2  # 2: samples carry source_name/source_weight; clips start where clip_starts() says
 SKIP_DUPLICATE = "duplicate"
+SKIP_NO_MEDIA = "no_media"  # a WebDataset sample without a media member (counted when listing)
 _MAX_SKIP_EXAMPLES = 20
 
 
@@ -69,14 +67,23 @@ class PrepareConfig:
     num_frames: int = 9  # frames per clip; 1 + k * t_p for the tokenizer
     fps: float = 8.0  # clips are resampled to this rate by timestamp
     samples_per_shard: int = 64  # source records per shard (a shard holds up to this * clips_per_video)
-    clips_per_video: int = 1  # consecutive clips cut from each video, from its start
-    num_workers: int = 2  # concurrent Ray Data tasks in the map stage
+    clips_per_video: int = 1  # clips cut from each video
+    clip_mode: str = "consecutive"  # "consecutive" from the start, or "spread" evenly over the video
+    num_workers: int | None = None  # concurrent Ray Data tasks; None = the cluster's CPUs
     strict: bool = False  # raise on the first bad input instead of skipping and counting it
     # accept videos with at least this many frames, padded by holding the last; None = num_frames
     min_frames: int | None = None
     crf: int = 18  # H.264 quality of the re-encoded clips
     jpeg_quality: int = 95
-    source_format: str | None = None  # force "webvid" | "laion" for every listing
+    source_format: str | None = None  # force one format for every source
+    # filters (None = off): source duration, shorter side in pixels, long/short side ratio
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    min_side: int | None = None
+    max_aspect: float | None = None
+    max_caption_chars: int = 2000  # longer captions are skipped (a 1 MB "caption" is not a caption)
+    fetch: FetchPolicy = field(default_factory=FetchPolicy)  # timeouts, retries, size cap, address blocking
+    limits: DecodeLimits = field(default_factory=DecodeLimits)  # pixels, frames, streams, decode time, demuxers
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.size % 2:
@@ -87,27 +94,25 @@ class PrepareConfig:
             raise ValueError(
                 f"min_frames must be in [1, num_frames={self.num_frames}], got {self.min_frames}"
             )
+        if self.clip_mode not in ("consecutive", "spread"):
+            raise ValueError(f"clip_mode must be 'consecutive' or 'spread', got {self.clip_mode!r}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 or None (the cluster's CPUs), got {self.num_workers}")
 
     @property
     def required_frames(self) -> int:
         return self.num_frames if self.min_frames is None else self.min_frames
 
     def output_fields(self) -> dict[str, Any]:
-        """The fields that change shard bytes (worker count and strictness do not)."""
+        """The fields that change shard bytes (worker count, strictness and fetch policy do not)."""
         d = asdict(self)
-        for k in ("num_workers", "strict", "source_format"):
+        for k in ("num_workers", "strict", "source_format", "fetch"):
             d.pop(k)
         return d
 
 
 class PrepareError(RuntimeError):
     """A bad input under `strict=True`."""
-
-
-class SkipSample(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -145,85 +150,6 @@ def shard_digest(records: list[SourceRecord], cfg: PrepareConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-# --------------------------------------------------------------------------------------------- samples
-def fetch_bytes(url: str) -> bytes:
-    try:
-        with fsspec.open(url, "rb") as f:
-            return f.read()
-    except FileNotFoundError as e:
-        raise SkipSample(SKIP_MISSING, f"{url} not found") from e
-    except Exception as e:  # network, permissions, bad scheme: all "could not fetch"
-        raise SkipSample(SKIP_FETCH_ERROR, f"{url}: {type(e).__name__}: {e}") from e
-
-
-def cut_clips(frames: np.ndarray, cfg: PrepareConfig) -> list[np.ndarray]:
-    """(T, H, W, 3) -> clips of (num_frames, H, W, 3). The first clip may be short (>= required_frames)
-    and is padded by holding its last frame; later clips must be full."""
-    n = cfg.num_frames
-    if frames.shape[0] < cfg.required_frames:
-        raise SkipSample(
-            SKIP_TOO_FEW_FRAMES, f"{frames.shape[0]} frames at {cfg.fps} fps, need {cfg.required_frames}"
-        )
-    if frames.shape[0] < n:
-        pad = np.repeat(frames[-1:], n - frames.shape[0], axis=0)
-        return [np.concatenate([frames, pad])]
-    return [frames[i : i + n] for i in range(0, frames.shape[0] - n + 1, n)][: cfg.clips_per_video]
-
-
-def sample_json(r: SourceRecord, cfg: PrepareConfig, num_frames: int, fps: float, clip: int) -> dict:
-    return {
-        "kind": r.kind,
-        "source": r.source,
-        "source_key": r.source_key,
-        "fps": fps,
-        "num_frames": num_frames,
-        "height": cfg.size,
-        "width": cfg.size,
-        "clip_index": clip,
-        "start_sec": clip * cfg.num_frames / cfg.fps if r.kind == "video" else 0.0,
-        "meta": r.meta,
-    }
-
-
-def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
-    try:
-        decoded = decode_video(data, fps=cfg.fps, max_frames=cfg.num_frames * cfg.clips_per_video)
-        clips = [resize_center_crop(c, cfg.size) for c in cut_clips(decoded.frames, cfg)]
-        encoded = [encode_mp4(c, cfg.fps, cfg.crf) for c in clips]
-    except SkipSample:
-        raise
-    except Exception as e:  # MediaError and whatever a corrupt stream makes FFmpeg raise
-        raise SkipSample(SKIP_UNDECODABLE, f"{r.url}: {type(e).__name__}: {e}") from e
-    out = []
-    for j, mp4 in enumerate(encoded):
-        key = r.key if cfg.clips_per_video == 1 else f"{r.key}-c{j:03d}"
-        out.append(
-            {
-                "__key__": key,
-                "mp4": mp4,
-                "txt": r.caption,
-                "json": sample_json(r, cfg, cfg.num_frames, cfg.fps, j),
-            }
-        )
-    return out
-
-
-def image_sample(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> dict:
-    try:
-        jpg = encode_jpeg(resize_center_crop(decode_image(data), cfg.size), cfg.jpeg_quality)
-    except Exception as e:
-        raise SkipSample(SKIP_UNDECODABLE, f"{r.url}: {type(e).__name__}: {e}") from e
-    return {"__key__": r.key, "jpg": jpg, "txt": r.caption, "json": sample_json(r, cfg, 1, 0.0, 0)}
-
-
-def record_samples(r: SourceRecord, cfg: PrepareConfig) -> list[dict]:
-    """One source record -> its clip samples; raises SkipSample with a reason for bad inputs."""
-    if not r.caption:
-        raise SkipSample(SKIP_EMPTY_CAPTION, f"{r.url} has an empty caption")
-    data = fetch_bytes(r.url)
-    return video_samples(r, data, cfg) if r.kind == "video" else [image_sample(r, data, cfg)]
-
-
 def process_shard(
     index: int, records: list[SourceRecord], digest: str, out_dir: str, cfg: PrepareConfig
 ) -> dict:
@@ -242,7 +168,7 @@ def process_shard(
                     "Fix or remove this row in the source listing, or rerun without strict to skip and count it."
                 ) from s
             skips[s.reason] += 1
-            skipped.append({"key": r.key, "url": r.url, "reason": s.reason, "detail": s.detail[:300]})
+            skipped.append(skip_record(r, s))
             continue
         samples.extend(new)
         counts[r.kind] += len(new)
@@ -268,7 +194,7 @@ def make_shard(row: dict[str, Any], *, out_dir: str, cfg: dict) -> dict[str, Any
     moment it ends, whereas a pool actor can outlive an aborted stream and starve the next Ray Train job.
     """
     records = [SourceRecord(**r) for r in json.loads(row["records"])]
-    state = process_shard(int(row["index"]), records, row["digest"], out_dir, PrepareConfig(**cfg))
+    state = process_shard(int(row["index"]), records, row["digest"], out_dir, build_dataclass(PrepareConfig, cfg))
     return {"index": state["index"], "state": json.dumps(state)}
 
 
@@ -282,11 +208,12 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)  # joins RAY_ADDRESS when set, else starts a local instance
     # One block per shard, so shards spread over up to `num_workers` concurrent tasks.
+    workers = cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map(
         make_shard,
         fn_kwargs={"out_dir": out_dir, "cfg": asdict(cfg)},
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(cfg.num_workers, len(pending)))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(pending)))),
         num_cpus=1,
     )
     for row in iter_rows_released(ds):
@@ -294,15 +221,20 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
 
 
 def build_manifest(
-    sources: list[str],
+    sources: list[dict],
     cfg: PrepareConfig,
     plan_digest: str,
     states: list[dict],
     num_records: int,
     duplicates: int,
 ) -> dict:
+    """`sources` are the per-source listing stats; the manifest accounts for every input row:
+    num_records + duplicates + no_media == rows listed, and num_records == samples' records + skips."""
     counts: Counter[str] = Counter()
     skips: Counter[str] = Counter({SKIP_DUPLICATE: duplicates} if duplicates else {})
+    no_media = sum(int(s.get("dropped_no_media", 0)) for s in sources)
+    if no_media:
+        skips[SKIP_NO_MEDIA] += no_media
     examples: list[dict] = []
     for s in states:
         counts.update(s["counts"])
@@ -312,7 +244,7 @@ def build_manifest(
         "schema_version": SCHEMA_VERSION,
         "type": "clips",
         "producer": "pipelines.prepare",
-        "config": asdict(cfg),
+        "config": json.loads(json.dumps(asdict(cfg))),  # as it reads back (tuples become lists)
         "sources": list(sources),
         "plan_digest": plan_digest,
         "num_records": num_records,
@@ -329,18 +261,32 @@ def build_manifest(
     }
 
 
-def _absolute_source(uri: str) -> str:
-    """Absolute listing path (keeping a "<fmt>:" prefix), so relative media URLs resolve the same in workers."""
-    fmt, rest = split_format_prefix(uri)
-    return f"{fmt}:{absolute_uri(rest)}" if fmt else absolute_uri(rest)
+def _absolute_source(spec: str | SourceSpec) -> SourceSpec:
+    """Absolute listing path (format, weight and name kept), so relative media URLs resolve the same in workers."""
+    spec = parse_source_spec(spec) if isinstance(spec, str) else spec
+    return dataclasses.replace(spec, uri=absolute_uri(spec.uri))
 
 
-def prepare(sources: list[str], out_dir: str, cfg: PrepareConfig | None = None) -> dict:
-    """Build (or resume) a clip-shard dataset in `out_dir` from source listings. Returns the manifest."""
+def check_source_uri(uri: str, policy: FetchPolicy) -> None:
+    """Listings are fetched through fsspec on the driver: hold them to the same scheme and address rules."""
+    check_scheme(uri, policy)
+    if url_scheme(uri) in ("http", "https"):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri)
+        resolve_and_check(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), policy)
+
+
+def prepare(sources: list[str | SourceSpec], out_dir: str, cfg: PrepareConfig | None = None) -> dict:
+    """Build (or resume) a clip-shard dataset in `out_dir` from sources ("[fmt:]URI[::weight=W][::name=N]"
+    strings or SourceSpecs: listings, WebDataset folders, media folders; globs and brace lists allowed).
+    Returns the manifest."""
     cfg = cfg or PrepareConfig()
     sources = [_absolute_source(s) for s in sources]
+    for spec in sources:
+        check_source_uri(spec.uri, cfg.fetch)
     out_dir = absolute_uri(out_dir)
-    raw = read_sources(sources, cfg.source_format)
+    raw, source_stats = read_sources_with_stats(sources, cfg.source_format)
     records, duplicates = dedupe_records(raw)
     log.info(
         "prepare: read %d records from %d source(s) (%d duplicates dropped)",
@@ -387,7 +333,7 @@ def prepare(sources: list[str], out_dir: str, cfg: PrepareConfig | None = None) 
             )
 
     manifest = build_manifest(
-        sources, cfg, plan_digest, [states[i] for i in sorted(states)], len(records), duplicates
+        source_stats, cfg, plan_digest, [states[i] for i in sorted(states)], len(records), duplicates
     )
     write_manifest(out_dir, manifest)
     log.info(

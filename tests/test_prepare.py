@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.clip_samples import cut_clips
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import (
     PrepareConfig,
-    cut_clips,
     dedupe_records,
     plan_shards,
     prepare,
@@ -94,7 +94,7 @@ def test_prepare_counts_resume_and_idempotence(tmp_path, ray_local) -> None:
     assert m["num_records"] == 11
     assert m["counts"] == {"video": 4, "image": 2}
     assert m["skips"] == {"empty_caption": 1, "missing": 1, "too_few_frames": 1, "undecodable": 2}
-    assert m["num_samples"] == 6 and m["schema_version"] == 1
+    assert m["num_samples"] == 6 and m["schema_version"] == 2
     assert m["config"]["size"] == 32
     assert {e["reason"] for e in m["skipped_examples"]} == set(m["skips"])
     # 11 records sorted by key ("laion-..." < "webvid-..."), 3 per shard -> 4 shards; the last holds
@@ -179,12 +179,11 @@ def test_changed_inputs_refuse_to_mix(tmp_path) -> None:
 def test_cut_clips() -> None:
     f = np.zeros((12, 4, 4, 3), np.uint8)
     f[:, 0, 0, 0] = np.arange(12)
-    cfg = PrepareConfig(size=4, num_frames=5, clips_per_video=3)
-    clips = cut_clips(f, cfg)
-    assert [c.shape for c in clips] == [(5, 4, 4, 3)] * 2  # 12 frames -> 2 full clips, tail dropped
-    assert clips[1][0, 0, 0, 0] == 5
+    cfg = PrepareConfig(size=4, num_frames=5)
+    clip = cut_clips(f, cfg)  # frames decoded from a clip's start -> exactly num_frames of them
+    assert clip.shape == (5, 4, 4, 3) and list(clip[:, 0, 0, 0]) == [0, 1, 2, 3, 4]
     padded = cut_clips(f[:3], PrepareConfig(size=4, num_frames=5, min_frames=3))
-    assert padded[0].shape == (5, 4, 4, 3) and list(padded[0][:, 0, 0, 0]) == [0, 1, 2, 2, 2]
+    assert padded.shape == (5, 4, 4, 3) and list(padded[:, 0, 0, 0]) == [0, 1, 2, 2, 2]
     with pytest.raises(Exception, match="too_few_frames"):
         cut_clips(f[:3], PrepareConfig(size=4, num_frames=5))
 
