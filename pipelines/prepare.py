@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,10 @@ class PrepareConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # pixels, frames, streams, decode time, demuxers
 
     def __post_init__(self) -> None:
+        if isinstance(self.fetch, dict):  # PrepareConfig(fetch={...}) from code, as YAML would give it
+            self.fetch = build_dataclass(FetchPolicy, self.fetch)
+        if isinstance(self.limits, dict):
+            self.limits = build_dataclass(DecodeLimits, self.limits)
         if self.size <= 0 or self.size % 2:
             raise ValueError(f"size must be positive and even (H.264 yuv420p), got {self.size}")
         if self.num_frames < 1 or self.fps <= 0 or self.samples_per_shard < 1 or self.clips_per_video < 1:
@@ -199,6 +204,15 @@ def make_shard(row: dict[str, Any], *, out_dir: str, cfg: dict) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------- driver
+# Storage settings of the driver that the tasks need to read and write the same buckets the same way (an
+# emulator endpoint, anonymous access, credentials file); workers started before they were set lack them.
+STORAGE_ENV_PREFIXES = ("STORAGE_EMULATOR_HOST", "GCSFS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def storage_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+
+
 def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterator[dict]:
     if not pending:
         return
@@ -215,6 +229,7 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
         fn_kwargs={"out_dir": out_dir, "cfg": asdict(cfg)},
         compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(pending)))),
         num_cpus=1,
+        runtime_env={"env_vars": storage_env()},
     )
     for row in iter_rows_released(ds):
         yield json.loads(row["state"])

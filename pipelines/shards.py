@@ -23,6 +23,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_DIR = "_progress"  # per-shard completion records of resumable jobs
@@ -124,7 +125,14 @@ def _atomic_write_bytes(uri: str, data: bytes) -> None:
     try:
         with fs.open(tmp, "wb") as f:
             f.write(data)
-        fs.mv(tmp, path)
+        if isinstance(fs, LocalFileSystem):
+            fs.mv(tmp, path)
+        else:
+            # Object stores have no rename: copy (server side) then delete. gcsfs's `mv` first tries the
+            # moveTo API, which only hierarchical-namespace buckets have, and retries it with backoff
+            # (minutes per file against the emulator) before falling back to exactly this.
+            fs.copy(tmp, path)
+            fs.rm(tmp)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp)

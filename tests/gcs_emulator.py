@@ -46,8 +46,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _threaded_emulator() -> None:
+    """The emulator serves with a single-threaded `http.server.HTTPServer`, so one client's keep-alive
+    connection (gcsfs pools them) stalls every other client — the driver and each Ray worker — until it times
+    out. Serve each connection on its own thread instead (its in-memory store takes a lock per operation)."""
+    import types
+    from http import server as http_server
+
+    import gcp_storage_emulator.server as emulator
+
+    if getattr(emulator.server, "HTTPServer", None) is not http_server.ThreadingHTTPServer:
+        emulator.server = types.SimpleNamespace(HTTPServer=http_server.ThreadingHTTPServer)
+
+
 def _start_server(attempts: int = 5) -> tuple[Any, int]:
     from gcp_storage_emulator.server import create_server
+
+    _threaded_emulator()
 
     last = ""
     for _ in range(attempts):
