@@ -120,7 +120,7 @@ def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict
         for start in starts:
             decoded = decode_video(data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits)
             clips.append((start, resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)))
-        encoded = [(start, encode_mp4(frames, cfg.fps, cfg.crf)) for start, frames in clips]
+        encoded = [(start, encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)) for start, frames in clips]
     except MediaError as e:  # its reason: undecodable, or which decode limit was hit
         raise SkipSample(e.reason, f"{r.url}: {e}") from e
     multi = cfg.clips_per_video > 1

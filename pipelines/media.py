@@ -107,8 +107,11 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
-    """(T, H, W, 3) uint8 -> MP4 bytes (H.264 libx264, yuv420p, constant `fps`).
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "medium") -> bytes:
+    """(T, H, W, 3) uint8 -> MP4 bytes (H.264 libx264, yuv420p, constant `fps`, x264 `preset`).
+
+    The preset trades encode time for file size at the same quality (crf): `prepare` uses "veryfast",
+    ~3x faster than "medium" for ~10-20% larger clips, because re-encoding dominated its per-clip cost.
 
     Same frames -> same bytes (content hashes, caches and the synthetic data set rely on it), which
     takes two settings: one x264 thread, and no macroblock-tree rate control. With mbtree on, this
@@ -125,7 +128,7 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = 1 / rate
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
         for i, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = i
@@ -413,13 +416,14 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     _, h, w, _ = frames.shape
     if (h, w) == (size, size):
         return frames.copy()
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    # Resample only the centred source square that survives the crop (Pillow's `box`), instead of the whole
+    # frame followed by a crop: same filter, a fraction of the work for wide frames.
+    side = min(h, w)
+    left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
     out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        im = Image.fromarray(frame).resize((new_w, new_h), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(im.crop((left, top, left + size, top + size)))
+        out[i] = np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC, box=box))
     return out
 
 

@@ -75,6 +75,7 @@ class PrepareConfig:
     # accept videos with at least this many frames, padded by holding the last; None = num_frames
     min_frames: int | None = None
     crf: int = 18  # H.264 quality of the re-encoded clips
+    x264_preset: str = "veryfast"  # encode speed vs size at that quality; "medium" makes ~15% smaller, 3x slower
     jpeg_quality: int = 95
     source_format: str | None = None  # force one format for every source
     # filters (None = off): source duration, shorter side in pixels, long/short side ratio
