@@ -25,22 +25,22 @@ def text_width(config: dict) -> int:
 
 
 def describe(config: dict) -> dict:
-    from modeling.cvivit import CViViT, CViViTConfig
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
     from modeling.flops import count_parameters, maskgit_forward_flops
     from modeling.maskgit import MaskGIT, MaskGITConfig
     from modeling.presets import build_dataclass
+    from modeling.tokenizers import tokenizer_config_from
 
     report: dict = {}
     total = 0
     if "tokenizer" in config:
-        tok_cfg = build_dataclass(CViViTConfig, config["tokenizer"])
-        num_frames = int((config.get("prepare") or {}).get("num_frames", 1 + 5 * tok_cfg.temporal_patch_size))
+        family, tok_cfg = tokenizer_config_from(config["tokenizer"])
+        num_frames = int((config.get("prepare") or {}).get("num_frames", 11))
         t, h, w = tok_cfg.token_grid(num_frames)
-        tok_params = count_parameters(CViViT, tok_cfg)
+        tok_params = count_parameters(family.model_cls, tok_cfg)
         total += tok_params
         report["tokenizer"] = {
-            "family": "cvivit",
+            "family": family.name,
             "parameters": tok_params,
             "num_frames": num_frames,
             "image_size": tok_cfg.image_size,

@@ -1,11 +1,15 @@
-"""`phenaki train-tokenizer`: train C-ViViT on clip shards with Ray Train + DeepSpeed.
+"""`phenaki train-tokenizer`: train the video tokenizer on clip shards with Ray Train + DeepSpeed.
+
+The family comes from `tokenizer.family`: `cvivit` (Phenaki's C-ViViT, default) or `magvit_vq` (MAGVIT's
+3D-VQ; it takes clips of a multiple of 4 frames, so set `tokenizer_train.num_frames`, and trains on videos
+only: MAGVIT learns images through 2D->3D inflation instead, `modeling.magvit_vq.inflate_2d_to_3d`).
 
 Loss (Phenaki sec. 2.1): L_VQ + 0.1 L_adv + 1.0 L_2 (+ perceptual terms when their weights are supplied, see
 `modeling.losses`). Every step takes one video batch and, when the data has stills, one image batch (a
 one-frame video), so the first-frame encoder also learns from images. The StyleGAN discriminator is a second
 DeepSpeed engine, trained from `tokenizer_loss.disc_start` on.
 
-Config sections: `tokenizer` (CViViTConfig), `tokenizer_train` (TokenizerTrainConfig), `tokenizer_loss`
+Config sections: `tokenizer` (family + CViViTConfig / MagvitVQConfig), `tokenizer_train` (TokenizerTrainConfig), `tokenizer_loss`
 (TokenizerLossConfig), `discriminator` (DiscriminatorConfig; image_size comes from `tokenizer`).
 Writes `<out>/model.safetensors, config.yaml, digest.txt` (serving checkpoint), `<out>/metrics.jsonl`,
 `<out>/eval.json` (held-out reconstruction PSNR) and `<out>/ray/` (resumable training state).
@@ -39,10 +43,10 @@ from jobs.train_common import (
     setup_worker,
     worker_print,
 )
-from modeling.cvivit import CViViT, CViViTConfig
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
 from modeling.losses import TokenizerLossConfig, discriminator_loss, generator_loss, perceptual_status, psnr
 from modeling.presets import build_dataclass, load_config
+from modeling.tokenizers import TokenizerFamily, tokenizer_config_from
 
 RUN_NAME = "tokenizer"
 
@@ -59,30 +63,43 @@ class TokenizerTrainConfig(TrainConfig):
 @dataclass
 class TokenizerJob:
     data: str
-    model: CViViTConfig
+    model: object  # the family's config dataclass (CViViTConfig | MagvitVQConfig)
     train: TokenizerTrainConfig
     loss: TokenizerLossConfig
     disc: DiscriminatorConfig
+    family: TokenizerFamily
+
+    def build(self) -> torch.nn.Module:
+        return self.family.model_cls(self.model)
 
 
 def job_from_config(config: dict, data: str) -> TokenizerJob:
-    model = build_dataclass(CViViTConfig, config.get("tokenizer"))
+    family, model = tokenizer_config_from(config.get("tokenizer"))
     disc = build_dataclass(
         DiscriminatorConfig,
         {**(config.get("discriminator") or {}), "image_size": model.image_size, "channels": model.channels},
     )
     train = build_dataclass(TokenizerTrainConfig, config.get("tokenizer_train"))
+    if family.name == "magvit_vq":
+        if train.image_batch_size:
+            train = dataclasses.replace(train, image_batch_size=0)  # images are not 4k-frame clips
+        if train.num_frames is None or train.num_frames % model.temporal_compression:
+            raise ValueError(
+                f"the magvit_vq tokenizer takes clips of a multiple of {model.temporal_compression} frames: set "
+                f"tokenizer_train.num_frames (e.g. 8 to crop 9-frame clips), got {train.num_frames}"
+            )
     return TokenizerJob(
         data=data,
         model=model,
         train=train,
         loss=build_dataclass(TokenizerLossConfig, config.get("tokenizer_loss")),
         disc=disc,
+        family=family,
     )
 
 
 # --------------------------------------------------------------------------------------------- worker
-def _restart_dead_codes(model: CViViT, latents: torch.Tensor, job: TokenizerJob, step: int) -> int:
+def _restart_dead_codes(model: torch.nn.Module, latents: torch.Tensor, job: TokenizerJob, step: int) -> int:
     """Re-seed dead codes; all ranks call it with the same generator (rank 0's picks are broadcast)."""
     quantizer = model.quantizer
     if isinstance(quantizer.codebook, torch.nn.Parameter):
@@ -157,7 +174,7 @@ def train_loop(config: dict) -> None:
     batches_per_step = 2 if loader.has_images else 1
     engines = {
         "tokenizer": build_engine(
-            CViViT(job.model), cfg, worker.world_size, backwards_per_step=batches_per_step
+            job.build(), cfg, worker.world_size, backwards_per_step=batches_per_step
         )
     }
     if job.loss.adv_weight > 0:
@@ -223,12 +240,12 @@ def train_loop(config: dict) -> None:
         "step": step,
         "fps": loader.fps,
         "num_frames": t,
-        "token_grid": [1 + (t - 1) // job.model.temporal_patch_size, job.model.grid, job.model.grid],
+        "token_grid": list(job.model.token_grid(t)),
         "data": job.data,
         "perceptual": perceptual_status(job.loss),
     }
     export_serving(
-        engines["tokenizer"], lambda: CViViT(job.model), job.model, out_dir, worker, cfg.zero_stage, extra
+        engines["tokenizer"], job.build, job.model, out_dir, worker, cfg.zero_stage, extra
     )
     if worker.is_main:
         evaluate(out_dir, loader.holdout_videos(), step)
@@ -283,7 +300,7 @@ def run(config: dict, data: str, out_dir: str) -> dict:
         yaml.safe_dump(
             {
                 "data": data,
-                "tokenizer": dataclasses.asdict(job.model),
+                "tokenizer": {"family": job.family.name, **dataclasses.asdict(job.model)},
                 "tokenizer_train": dataclasses.asdict(job.train),
                 "tokenizer_loss": dataclasses.asdict(job.loss),
                 "discriminator": dataclasses.asdict(job.disc),

@@ -27,10 +27,13 @@ from modeling.presets import build_dataclass
 def _registry() -> dict[str, tuple[type, type]]:
     from modeling.cvivit import CViViT, CViViTConfig
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
+    from modeling.magvit_vq import Magvit2DVQ, MagvitVQ, MagvitVQConfig
     from modeling.maskgit import MaskGIT, MaskGITConfig
 
     return {
         "cvivit": (CViViT, CViViTConfig),
+        "magvit_vq_2d": (Magvit2DVQ, MagvitVQConfig),  # before magvit_vq: kind_of takes the first isinstance match
+        "magvit_vq": (MagvitVQ, MagvitVQConfig),
         "maskgit": (MaskGIT, MaskGITConfig),
         "discriminator": (StyleGANDiscriminator, DiscriminatorConfig),
     }

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from modeling.checkpoint import load_checkpoint, save_checkpoint
 from modeling.cvivit import CViViT, cvivit_debug
 from modeling.maskgit import MaskGIT, maskgit_debug
 from modeling.sampling import maskgit_sample
 from modeling.text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder, load_text_encoder
+from modeling.tokenizers import check_tokenizer_kind
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class VideoGenerator:
     def __init__(
         self,
         transformer: MaskGIT,
-        tokenizer: CViViT,
+        tokenizer: nn.Module,  # a tokenizer family of modeling.tokenizers (C-ViViT or MAGVIT-VQ)
         *,
         num_frames: int,
         fps: float,
@@ -159,7 +161,7 @@ class VideoGenerator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> VideoGenerator:
-        """Load `<path>` (MaskGIT) and `<path>/tokenizer` (C-ViViT).
+        """Load `<path>` (MaskGIT) and `<path>/tokenizer` (C-ViViT or MAGVIT-VQ).
 
         The transformer's `extra` must hold `num_frames` and `fps`; `text_encoder` (default "minilm"),
         `max_text_length` (default 32, as used when the token cache was built) and `sampling` (defaults for
@@ -174,11 +176,10 @@ class VideoGenerator:
         tok_dir = path / "tokenizer"
         if not (tok_dir / "config.yaml").exists():
             raise FileNotFoundError(
-                f"{path} has no tokenizer/ subdirectory: a transformer checkpoint must hold its C-ViViT"
+                f"{path} has no tokenizer/ subdirectory: a transformer checkpoint must hold its tokenizer"
             )
         tok = load_checkpoint(tok_dir, device)
-        if tok.kind != "cvivit":
-            raise ValueError(f"{tok_dir} holds a {tok.kind!r} checkpoint, expected a C-ViViT tokenizer")
+        check_tokenizer_kind(tok.kind, str(tok_dir))
         extra = loaded.extra
         missing = [k for k in ("num_frames", "fps") if k not in extra]
         if missing:
@@ -216,14 +217,17 @@ class VideoGenerator:
         return self.tokenizer.cfg.image_size
 
     def check_context_frames(self, k: int) -> int:
-        """K context frames -> their number of latent frames; K must be 1 + j*t_p and leave a frame to generate."""
-        pt = self.tokenizer.cfg.temporal_patch_size
-        if k < 1 or (k - 1) % pt or k > self.num_frames - pt:
+        """K context frames -> their number of latent frames. K must be a clip length the tokenizer takes
+        (C-ViViT: 1 + j*t_p; MAGVIT-VQ: a multiple of 4) and leave at least one latent frame to generate."""
+        tok = self.tokenizer
+        step = tok.num_frames(2) - tok.num_frames(1)  # frames per latent frame after the first
+        first = tok.num_frames(1)
+        if k < first or (k - first) % step or k > self.num_frames - step:
             raise ValueError(
-                f"context_frames must be 1 + j*{pt} and at most {self.num_frames - pt} (segments are "
+                f"context_frames must be {first} + j*{step} and at most {self.num_frames - step} (segments are "
                 f"{self.num_frames} frames), got {k}"
             )
-        return self.tokenizer.latent_frames(k)
+        return tok.latent_frames(k)
 
     def num_output_frames(self, num_segments: int, context_frames: int | None = None) -> int:
         k = self.defaults.context_frames if context_frames is None else context_frames

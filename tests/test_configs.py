@@ -13,11 +13,11 @@ from modeling.generation import SamplingConfig
 from modeling.losses import TokenizerLossConfig
 from modeling.maskgit import MaskGITConfig
 from modeling.presets import CONFIG_DIR, build_dataclass, load_config
+from modeling.tokenizers import tokenizer_config_from
 from pipelines.prepare import PrepareConfig
 
 SECTIONS = {
     "prepare": PrepareConfig,
-    "tokenizer": CViViTConfig,
     "tokenizer_train": TokenizerTrainConfig,
     "tokenizer_loss": TokenizerLossConfig,
     "discriminator": DiscriminatorConfig,
@@ -32,6 +32,9 @@ def test_preset_sections_build(preset):
     for section, cls in SECTIONS.items():
         if section in config:
             build_dataclass(cls, config[section])
+    if "tokenizer" in config:  # C-ViViT or MAGVIT-VQ, by tokenizer.family
+        family, tok_cfg = tokenizer_config_from(config["tokenizer"])
+        tok_cfg.token_grid(int((config.get("prepare") or {}).get("num_frames", 16 if family.name == "magvit_vq" else 11)))
     if "transformer" in config:  # sized here; codebook and sequence come from the tokenizer at train time
         build_dataclass(MaskGITConfig, config["transformer"])
     tokenize_config_from(config)
@@ -50,3 +53,10 @@ def test_debug_yaml_matches_the_named_debug_preset():
     from modeling.cvivit import cvivit_debug
 
     assert build_dataclass(CViViTConfig, load_config("debug")["tokenizer"]) == cvivit_debug()
+
+
+def test_magvit_debug_yaml_matches_the_named_debug_preset():
+    from modeling.magvit_vq import magvit_vq_debug
+
+    family, cfg = tokenizer_config_from(load_config("magvit-debug")["tokenizer"])
+    assert family.name == "magvit_vq" and cfg == magvit_vq_debug()

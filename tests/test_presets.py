@@ -91,3 +91,12 @@ def test_inherit_merges_sections_and_rejects_cycles(tmp_path):
     (tmp_path / "b.yaml").write_text(f"inherit: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ValueError, match="inherits from itself"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_magvit_presets_match_the_paper():
+    # table 6: the 3D-VQ of MAGVIT-B has 41M parameters; 16x128x128 -> 4x16x16 tokens from 1024 codes
+    b, l_ = describe(load_config("magvit-b")), describe(load_config("magvit-l"))
+    assert b["tokenizer"]["family"] == "magvit_vq" and b["tokenizer"]["token_grid"] == [4, 16, 16]
+    assert b["tokenizer"]["codebook_size"] == 1024
+    assert abs(b["tokenizer"]["parameters"] / 41e6 - 1) < 0.05
+    assert l_["tokenizer"]["parameters"] > 3 * b["tokenizer"]["parameters"]
