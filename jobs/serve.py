@@ -294,6 +294,25 @@ def build_app(
     )
 
 
+class AppArgs(BaseModel):
+    """The `args` of a Serve config file (`serve run`, a RayService's serveConfigV2): what build_app takes.
+    Serve hands a builder with one pydantic-annotated parameter its args validated, so typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str  # a local path (on a cluster: the bucket mounted on every node)
+    max_replicas: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    max_segments: int = 8
+    max_steps: int = 64
+    device: str | None = None
+
+
+def app_builder(args: AppArgs) -> serve.Application:
+    """`import_path: jobs.serve:app_builder` for config-driven deployments (infra/kuberay/rayservice.yaml)."""
+    return build_app(args.checkpoint, **args.model_dump(exclude={"checkpoint"}))
+
+
 def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     last = None

@@ -1,0 +1,575 @@
+"""infra/ is consistent with the code: every YAML parses and uses current field names, and everything it
+refers to exists here (job modules and their CLI flags, config presets and override keys, the Serve app
+builder and deployment, the project image, the pinned versions). Light: parses files and builds argparse
+parsers and config dataclasses; nothing talks to GCP or Kubernetes, no Ray cluster is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import io
+import os
+import re
+import shlex
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+KUBERAY = INFRA / "kuberay"
+LAUNCHER = INFRA / "gcp-cluster.yaml"
+IMAGE = (INFRA / "image.txt").read_text().strip()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+RAY_VERSION = "2.60.0"
+MOUNT = "/mnt/phenaki"  # the bucket, mounted in every pod / on every VM
+PLACEHOLDERS = ("PROJECT_ID", "REGION", "ZONE", "BUCKET")
+
+# Field names of the KubeRay ray.io/v1 CRDs, copied from the Go types in ray-project/kuberay:
+#   ray-operator/apis/ray/v1/rayjob_types.go      (RayJobSpec, commit 0057210ed5a94e830c864af372577328c3542b44)
+#   ray-operator/apis/ray/v1/raycluster_types.go  (RayClusterSpec, HeadGroupSpec, WorkerGroupSpec,
+#                                                  AutoscalerOptions, commit 3275ee09f6a6c899c37e82ea6349785536de6bd4)
+#   ray-operator/apis/ray/v1/rayservice_types.go  (RayServiceSpec, commit 834fe3a876c5b5631ffc2e33f82dca3a6f31137d;
+#                                                  the two deprecated *UnhealthySecondThreshold fields left out)
+RAYJOB_SPEC = {
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+}
+SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
+RAYCLUSTER_SPEC = {
+    "suspend",
+    "managedBy",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "enableInTreeAutoscaling",
+    "gcsFaultToleranceOptions",
+    "headGroupSpec",
+    "rayVersion",
+    "workerGroupSpecs",
+}
+HEAD_GROUP = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
+WORKER_GROUP = {
+    "suspend",
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "idleTimeoutSeconds",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "numOfHosts",
+}
+AUTOSCALER_OPTIONS = {
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "securityContext",
+    "idleTimeoutSeconds",
+    "upscalingMode",
+    "env",
+    "envFrom",
+    "volumeMounts",
+}
+UPSCALING_MODES = {"Default", "Aggressive", "Conservative"}
+RAYSERVICE_SPEC = {"serveConfigV2", "rayClusterConfig", "serveService"}
+
+EXPECTED_JOBS = {  # RayJob file -> job module
+    "rayjob-prepare.yaml": "jobs.prepare",
+    "rayjob-train-tokenizer.yaml": "jobs.train_tokenizer",
+    "rayjob-tokenize.yaml": "jobs.tokenize",
+    "rayjob-train-transformer.yaml": "jobs.train_transformer",
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def yaml_files() -> list[Path]:
+    return sorted(INFRA.rglob("*.yaml"))
+
+
+def load_docs(path: Path) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} holds no YAML document"
+    return docs
+
+
+def kuberay_docs() -> list[tuple[Path, dict]]:
+    return [(path, doc) for path in sorted(KUBERAY.glob("*.yaml")) for doc in load_docs(path)]
+
+
+def ray_docs(kind: str | None = None) -> list[tuple[Path, dict]]:
+    return [
+        (p, d)
+        for p, d in kuberay_docs()
+        if d.get("apiVersion") == "ray.io/v1" and (kind is None or d["kind"] == kind)
+    ]
+
+
+def cluster_specs() -> list[tuple[str, dict]]:
+    """Every RayClusterSpec: a RayCluster's spec, a RayJob's rayClusterSpec, a RayService's rayClusterConfig."""
+    out = []
+    for path, doc in ray_docs():
+        spec = doc["spec"]
+        where = f"{path.name}:{doc['metadata']['name']}"
+        if doc["kind"] == "RayCluster":
+            out.append((where, spec))
+        elif doc["kind"] == "RayJob" and "rayClusterSpec" in spec:
+            out.append((where, spec["rayClusterSpec"]))
+        elif doc["kind"] == "RayService":
+            out.append((where, spec["rayClusterConfig"]))
+    return out
+
+
+def pod_templates() -> list[tuple[str, str, dict]]:
+    """(where, group name, pod template) for every Ray pod: heads and worker groups."""
+    out = []
+    for where, spec in cluster_specs():
+        out.append((where, "head", spec["headGroupSpec"]["template"]))
+        for group in spec.get("workerGroupSpecs") or []:
+            out.append((where, group["groupName"], group["template"]))
+    return out
+
+
+def walk(node, key: str):
+    """Every value stored under `key` anywhere in a nested YAML structure."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                yield v
+            yield from walk(v, key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item, key)
+
+
+def job_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv after `python -m`) for every job command in infra/ and docs/cluster.md."""
+    commands = []
+    for path, doc in ray_docs("RayJob"):
+        commands.append((f"{path.name}: entrypoint", doc["spec"]["entrypoint"]))
+    doc = ROOT / "docs" / "cluster.md"
+    if doc.exists():
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if "python -m jobs." in line:
+                    commands.append(("docs/cluster.md", line))
+    out = []
+    for where, text in commands:
+        argv = shlex.split(text, comments=True)
+        for i in range(len(argv) - 2):
+            if argv[i] == "python" and argv[i + 1] == "-m" and argv[i + 2].startswith("jobs."):
+                out.append((where, argv[i + 2 :]))
+    return out
+
+
+def uris(value) -> list[str]:
+    """A --data value as a list of URIs (repeatable and/or comma-separated in some jobs)."""
+    values = value if isinstance(value, list) else [value]
+    return [u for v in values for u in str(v).split(",") if u]
+
+
+def parse_job_args(where: str, argv: list[str]) -> tuple[object, argparse.Namespace]:
+    module_name, args = argv[0], argv[1:]
+    assert (ROOT / (module_name.replace(".", "/") + ".py")).is_file(), f"{where}: no {module_name}"
+    module = importlib.import_module(module_name)
+    assert callable(getattr(module, "main", None)), f"{where}: {module_name} has no main()"
+    assert callable(getattr(module, "add_arguments", None)), f"{where}: {module_name} has no add_arguments()"
+    parser = argparse.ArgumentParser(prog=f"python -m {module_name}")
+    module.add_arguments(parser)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            ns = parser.parse_args(args)
+    except SystemExit:
+        pytest.fail(f"{where}: `python -m {module_name} {shlex.join(args)}` is refused: {stderr.getvalue()}")
+    return module, ns
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_yaml_parses(path):
+    load_docs(path)
+
+
+def test_kuberay_kinds_and_api_versions():
+    kinds: dict[str, list[str]] = {}
+    for path, doc in kuberay_docs():
+        kind, api = doc.get("kind"), doc.get("apiVersion")
+        if kind in ("Namespace", "ServiceAccount"):
+            assert api == "v1", f"{path.name}: {kind} must be apiVersion v1"
+        else:
+            assert api == "ray.io/v1", f"{path.name}: {kind} uses {api!r}, not the current ray.io/v1"
+            assert kind in ("RayCluster", "RayJob", "RayService"), f"{path.name}: unexpected kind {kind}"
+        assert doc["metadata"].get("name"), f"{path.name}: {kind} without a name"
+        kinds.setdefault(kind, []).append(path.name)
+    assert len(kinds["RayCluster"]) == 1 and len(kinds["RayService"]) == 1
+    assert sorted(kinds["RayJob"]) == sorted(EXPECTED_JOBS), "one RayJob per pipeline job"
+    namespaces = {doc["metadata"]["name"] for _, doc in kuberay_docs() if doc["kind"] == "Namespace"}
+    for path, doc in kuberay_docs():
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") in namespaces, f"{path.name}: namespace not defined here"
+
+
+def test_ray_crd_field_names():
+    for path, doc in ray_docs():
+        spec, kind = doc["spec"], doc["kind"]
+        known = {"RayJob": RAYJOB_SPEC, "RayService": RAYSERVICE_SPEC, "RayCluster": RAYCLUSTER_SPEC}[kind]
+        assert set(spec) <= known, f"{path.name}: unknown {kind} spec fields {sorted(set(spec) - known)}"
+        if kind == "RayJob":
+            assert spec["submissionMode"] in SUBMISSION_MODES
+            assert spec.get("entrypoint"), f"{path.name}: RayJob without an entrypoint"
+            assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), (
+                f"{path.name}: a RayJob needs exactly one of rayClusterSpec / clusterSelector"
+            )
+            if spec.get("shutdownAfterJobFinishes"):
+                assert isinstance(spec.get("ttlSecondsAfterFinished"), int)
+        if kind == "RayService":
+            assert isinstance(spec["serveConfigV2"], str), "serveConfigV2 is a YAML string, not a mapping"
+    for where, spec in cluster_specs():
+        assert set(spec) <= RAYCLUSTER_SPEC, (
+            f"{where}: unknown RayClusterSpec fields {set(spec) - RAYCLUSTER_SPEC}"
+        )
+        assert spec["rayVersion"] == RAY_VERSION, f"{where}: rayVersion {spec['rayVersion']}"
+        head = spec["headGroupSpec"]
+        assert set(head) <= HEAD_GROUP and {"template", "rayStartParams"} <= set(head), where
+        opts = spec.get("autoscalerOptions") or {}
+        assert set(opts) <= AUTOSCALER_OPTIONS, (
+            f"{where}: unknown autoscalerOptions {set(opts) - AUTOSCALER_OPTIONS}"
+        )
+        if "upscalingMode" in opts:
+            assert opts["upscalingMode"] in UPSCALING_MODES
+        names = [g["groupName"] for g in spec.get("workerGroupSpecs") or []]
+        assert len(names) == len(set(names)), f"{where}: duplicate worker group names"
+        for group in spec.get("workerGroupSpecs") or []:
+            assert set(group) <= WORKER_GROUP, (
+                f"{where}: unknown WorkerGroupSpec fields {set(group) - WORKER_GROUP}"
+            )
+            assert {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"} <= set(group)
+            lo, hi = group["minReplicas"], group["maxReplicas"]
+            assert 0 <= lo <= group.get("replicas", lo) <= hi, (
+                f"{where}/{group['groupName']}: replicas out of range"
+            )
+        for params in [
+            head["rayStartParams"],
+            *(g["rayStartParams"] for g in spec.get("workerGroupSpecs") or []),
+        ]:
+            assert all(isinstance(v, str) for v in params.values()), (
+                f"{where}: rayStartParams values are strings"
+            )
+
+
+def test_the_long_lived_cluster_autoscales_cpu_and_gpu_groups():
+    [(_, cluster)] = ray_docs("RayCluster")
+    spec = cluster["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for group in groups.values():
+        assert group["minReplicas"] == 0 and group["maxReplicas"] > 0, "workers scale from zero"
+    [container] = groups["gpu"]["template"]["spec"]["containers"]
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) > 0
+    [container] = groups["cpu"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+
+
+# ----------------------------------------------------------------------------------------------- pods
+def test_pods_share_image_account_and_bucket_mount():
+    accounts = {d["metadata"]["name"] for _, d in kuberay_docs() if d["kind"] == "ServiceAccount"}
+    for _, d in kuberay_docs():
+        if d["kind"] == "ServiceAccount":
+            assert d["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].startswith(
+                "phenaki-ray@PROJECT_ID."
+            )
+    for where, group, template in pod_templates():
+        pod = template["spec"]
+        label = f"{where}/{group}"
+        assert pod["serviceAccountName"] in accounts, f"{label}: service account not defined in infra/kuberay"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        bucket = [
+            v for v in volumes.values() if v.get("csi", {}).get("driver") == "gcsfuse.csi.storage.gke.io"
+        ]
+        assert len(bucket) == 1 and bucket[0]["csi"]["volumeAttributes"]["bucketName"] == "BUCKET", label
+        assert template["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true", (
+            f"{label}: GCS FUSE sidecar"
+        )
+        for container in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
+            assert mounts.get(MOUNT) == bucket[0]["name"], f"{label}: bucket not mounted at {MOUNT}"
+            assert all(name in volumes for name in mounts.values()), f"{label}: mount of an undefined volume"
+            assert container["image"] == IMAGE, f"{label}: image {container['image']} is not infra/image.txt"
+            limits = container.get("resources", {}).get("limits", {})
+            gpus = int(limits.get("nvidia.com/gpu", 0))
+            if gpus:
+                tolerations = {t["key"] for t in pod.get("tolerations") or []}
+                assert "nvidia.com/gpu" in tolerations, (
+                    f"{label}: GPU pod without the nvidia.com/gpu toleration"
+                )
+                assert "cloud.google.com/gke-accelerator" in pod["nodeSelector"], (
+                    f"{label}: no GPU node selector"
+                )
+
+
+def test_every_image_is_the_project_image_or_official_ray():
+    official = re.compile(rf"^rayproject/ray:{re.escape(RAY_VERSION)}(-py311)?(-(gpu|cpu|cu\d+))?$")
+    assert re.fullmatch(r"REGION-docker\.pkg\.dev/PROJECT_ID/phenaki/phenaki-ray:[\w.\-]+", IMAGE), IMAGE
+    assert IMAGE.rsplit(":", 1)[1] == PYPROJECT["project"]["version"], "image tag = the package version"
+    seen = 0
+    for path in yaml_files():
+        for doc in load_docs(path):
+            for key in ("image", "head_image", "worker_image", "_IMAGE"):
+                for image in walk(doc, key):
+                    if not isinstance(image, str):
+                        continue
+                    seen += 1
+                    assert image == IMAGE or official.match(image), f"{path.name}: unexpected image {image}"
+    assert seen >= 8
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    base = re.search(r"^ARG RAY_IMAGE=(\S+)", dockerfile, flags=re.M).group(1)
+    assert official.match(base) and base.endswith("-gpu"), f"Dockerfile base {base}: Ray's CUDA image"
+    cloudbuild = yaml.safe_load((INFRA / "cloudbuild.yaml").read_text())
+    assert cloudbuild["substitutions"]["_IMAGE"] == IMAGE
+    assert "infra/Dockerfile" in cloudbuild["steps"][0]["args"]
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+def check_job_config(where: str, module, ns: argparse.Namespace) -> None:
+    """The preset exists and the overrides name real fields of the sections the job builds."""
+    from modeling.presets import CONFIG_DIR, build_dataclass, load_config, resolve_config_path
+
+    if getattr(ns, "config", None) is None:
+        return
+    path = resolve_config_path(ns.config)
+    assert path.parent == CONFIG_DIR, (
+        f"{where}: --config {ns.config} is not a preset in configs/ (the image has them)"
+    )
+    config = load_config(ns.config, list(ns.overrides))
+    name = module.__name__
+    if name == "jobs.prepare":
+        from pipelines.prepare import PrepareConfig
+        from pipelines.sources import parse_source_spec
+
+        build_dataclass(PrepareConfig, config.get("prepare"))
+        for spec in ns.source:
+            parse_source_spec(spec)
+    elif name == "jobs.tokenize":
+        module.tokenize_config_from(config)
+    elif name == "jobs.train_tokenizer":
+        job = module.job_from_config(config, ns.data)
+        assert not any(o.startswith("tokenizer_train.use_gpu=") for o in ns.overrides) or job.train.use_gpu
+    elif name == "jobs.train_transformer":
+        train = build_dataclass(module.TransformerTrainConfig, config.get("transformer_train"))
+        assert not any(o.startswith("transformer_train.use_gpu=") for o in ns.overrides) or train.use_gpu
+
+
+def test_job_commands_use_real_modules_flags_presets_and_overrides():
+    commands = job_commands()
+    assert {argv[0] for _, argv in commands} >= set(EXPECTED_JOBS.values())
+    for where, argv in commands:
+        module, ns = parse_job_args(where, argv)
+        check_job_config(where, module, ns)
+
+
+def test_rayjob_entrypoints_chain_the_pipeline_through_shared_storage():
+    """Each step reads what the previous one wrote; paths that must be local are on the bucket mount."""
+    ns = {}
+    commands = dict(job_commands())
+    for path, _ in ray_docs("RayJob"):
+        argv = commands[f"{path.name}: entrypoint"]
+        assert argv[0] == EXPECTED_JOBS[path.name], f"{path.name} runs {argv[0]}"
+        ns[argv[0]] = parse_job_args(path.name, argv)[1]
+    prepare, train_tok = ns["jobs.prepare"], ns["jobs.train_tokenizer"]
+    tokenize, train_tr = ns["jobs.tokenize"], ns["jobs.train_transformer"]
+    assert prepare.out in uris(train_tok.data) and prepare.out in uris(tokenize.data)
+    assert train_tok.out == tokenize.tokenizer == train_tr.tokenizer
+    assert tokenize.out in uris(train_tr.data)
+    # Checkpoints (and Ray Train's storage under them) are local-path only: they must be on the mount.
+    for local in (train_tok.out, train_tr.out, tokenize.tokenizer):
+        assert local.startswith(MOUNT + "/"), f"{local}: checkpoints must live on the shared mount {MOUNT}"
+    for uri in (prepare.out, tokenize.out):
+        assert uri.startswith("gs://BUCKET/") or uri.startswith(MOUNT + "/"), uri
+    [(_, service)] = ray_docs("RayService")
+    [app] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    assert app["args"]["checkpoint"] == train_tr.out, "the endpoint serves what train-transformer wrote"
+    encoder = tokenize.text_encoder or ""
+    if encoder.startswith("t5:"):
+        assert encoder[3:].startswith(MOUNT + "/"), "a local T5 must be on the mount every pod has"
+
+
+# ----------------------------------------------------------------------------------------------- serve
+def test_rayservice_serve_config_imports_a_real_app_builder():
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    [(path, service)] = ray_docs("RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(config)
+    assert set(config) <= set(ServeDeploySchema.model_fields)
+    for app in config["applications"]:
+        assert set(app) <= set(ServeApplicationSchema.model_fields), f"unknown app fields {set(app)}"
+        module_name, _, attr = app["import_path"].partition(":")
+        assert attr, f"import_path {app['import_path']} must be module:attribute"
+        assert (ROOT / (module_name.replace(".", "/") + ".py")).is_file()
+        module = importlib.import_module(module_name)
+        assert hasattr(module, attr), (
+            f"{app['import_path']}: {module_name} has no {attr!r}. Serve calls an application builder with the "
+            "serveConfigV2 `args` mapping as its single argument, e.g. "
+            "`def app_builder(args: AppArgs) -> serve.Application` (AppArgs a pydantic model with the "
+            "fields of `args`) that returns build_app(...)"
+        )
+        builder = getattr(module, attr)
+        # Serve's rule (ray/serve/_private/api.py, call_user_app_builder_with_args_if_necessary): a builder
+        # function takes exactly one parameter; a pydantic annotation validates `args`.
+        params = list(inspect.signature(builder).parameters.values())
+        assert inspect.isfunction(builder) and len(params) == 1, (
+            f"{app['import_path']} must take one parameter"
+        )
+        annotation = params[0].annotation
+        if isinstance(annotation, str):
+            annotation = inspect.get_annotations(builder, eval_str=True)[params[0].name]
+        if inspect.isclass(annotation) and hasattr(annotation, "model_validate"):
+            annotation.model_validate(app.get("args") or {})
+        from ray import serve
+
+        for deployment in app.get("deployments") or []:
+            assert set(deployment) <= set(DeploymentSchema.model_fields), f"unknown fields {set(deployment)}"
+            found = [
+                d
+                for d in vars(module).values()
+                if isinstance(d, serve.Deployment) and d.name == deployment["name"]
+            ]
+            assert found, f"{module_name} defines no Serve deployment named {deployment['name']!r}"
+            scaling = deployment.get("autoscaling_config") or {}
+            assert set(scaling) <= set(AutoscalingConfig.model_fields), f"unknown autoscaling {set(scaling)}"
+            AutoscalingConfig(**scaling)
+
+
+# ----------------------------------------------------------------------------------------------- GCE
+def test_cluster_launcher_config_is_valid_for_ray():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(LAUNCHER.read_text())
+    validate_config(prepare_config(raw))  # Ray 2.60's own schema (ray/autoscaler/ray-schema.json)
+    assert raw["provider"]["type"] == "gcp"
+    assert raw["provider"]["project_id"] == "PROJECT_ID" and raw["provider"]["availability_zone"] == "ZONE"
+    assert raw["docker"]["image"] == IMAGE
+    types = raw["available_node_types"]
+    assert raw["head_node_type"] in types
+    workers = {name: t for name, t in types.items() if name != raw["head_node_type"]}
+    assert sum(t["max_workers"] for t in workers.values()) <= raw["max_workers"]
+    gpu_types = [t for t in workers.values() if t["resources"].get("GPU")]
+    cpu_types = [t for t in workers.values() if not t["resources"].get("GPU")]
+    assert gpu_types and cpu_types, "CPU data nodes and GPU trainer nodes"
+    for t in workers.values():
+        assert t["min_workers"] == 0 < t["max_workers"], "worker types autoscale from zero"
+        accounts = t["node_config"].get("serviceAccounts") or []
+        assert [a["email"] for a in accounts] == ["phenaki-ray@PROJECT_ID.iam.gserviceaccount.com"]
+    for t in gpu_types:
+        node = t["node_config"]
+        assert sum(a["acceleratorCount"] for a in node["guestAccelerators"]) == t["resources"]["GPU"]
+        assert node["scheduling"]["onHostMaintenance"] == "TERMINATE", "GCE requires it for GPU VMs"
+    mounts = " ".join(raw["initialization_commands"])
+    assert f"BUCKET {MOUNT}" in mounts and f"{MOUNT}:{MOUNT}" in " ".join(raw["docker"]["run_options"])
+
+
+# ----------------------------------------------------------------------------------------------- image
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (INFRA / "requirements.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_pins_satisfy_pyproject_and_the_dockerfile_uses_them():
+    pins = lock_pins()
+    for spec in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        regen = "regenerate it: .venv/bin/python infra/lock.py"
+        assert name in pins, f"infra/requirements.lock lacks {req.name}; {regen}"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"{req.name}=={pins[name]} breaks {spec}; {regen}"
+        )
+    assert pins["ray"] == RAY_VERSION and pins["deepspeed"] == "0.19.8" and pins["torch"] == "2.13.0"
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    assert re.search(r"^ARG TORCH_VERSION=(\S+)$", dockerfile, flags=re.M).group(1) == pins["torch"]
+    assert "-r infra/requirements.lock" in dockerfile
+    assert re.search(r"pip install [^\n]*--no-deps[^\n]* -e \.", dockerfile), (
+        "the project must not re-resolve deps"
+    )
+    assert not re.search(r"^\s*HEALTHCHECK", dockerfile, flags=re.M), "Ray manages health"
+    users = re.findall(r"^USER (\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), "the image runs as a non-root user"
+    for folder in ("modeling", "pipelines", "jobs", "configs"):
+        assert re.search(rf"^COPY .*\b{folder} {folder}$", dockerfile, flags=re.M), (
+            f"Dockerfile must copy {folder}/"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- render
+def test_render_fills_every_placeholder(tmp_path):
+    env = {
+        **os.environ,
+        "PROJECT_ID": "proj-1",
+        "REGION": "us-central1",
+        "ZONE": "us-central1-a",
+        "BUCKET": "bkt",
+    }
+    rendered_image = subprocess.run(
+        ["bash", str(INFRA / "render.sh"), "--image"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert (
+        rendered_image
+        == "us-central1-docker.pkg.dev/proj-1/phenaki/phenaki-ray:" + PYPROJECT["project"]["version"]
+    )
+    subprocess.run(
+        ["bash", str(INFRA / "render.sh"), str(tmp_path)], env=env, capture_output=True, check=True
+    )
+    rendered = sorted(tmp_path.rglob("*.yaml"))
+    assert [p.relative_to(tmp_path) for p in rendered] == [p.relative_to(INFRA) for p in yaml_files()]
+    for path in rendered:
+        text = path.read_text()
+        left = [w for w in PLACEHOLDERS if re.search(rf"\b{w}\b", text)]
+        assert not left, f"{path.name}: placeholders left after render: {left}"
+        for doc in load_docs(path):
+            for image in walk(doc, "image"):
+                assert image == rendered_image or image.startswith("rayproject/"), f"{path.name}: {image}"
+    env.pop("BUCKET")
+    missing = subprocess.run(
+        ["bash", str(INFRA / "render.sh"), "--image"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "BUCKET" in missing.stderr
+
+
+def test_infra_docs_name_every_file():
+    readme = (INFRA / "README.md").read_text()
+    for path in [*yaml_files(), INFRA / "Dockerfile", INFRA / "image.txt", INFRA / "requirements.lock"]:
+        assert path.name in readme, f"infra/README.md does not mention {path.name}"
