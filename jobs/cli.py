@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "sample a video (several prompts: a story; --image: animate)"),
     "serve": ("jobs.serve", "Ray Serve: the sampler as an HTTP endpoint"),
     "eval": ("jobs.eval", "detector-based adherence (colour/shape/motion) of generated videos"),
+    "submit": ("jobs.submit", "submit a job to a Ray cluster (Jobs API: working-dir upload, token auth, streamed logs)"),
     "describe": ("jobs.describe", "a preset's parameter counts, token shapes and FLOPs as JSON (no weights allocated)"),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world, on a local Ray cluster"),
 }

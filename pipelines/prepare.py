@@ -224,6 +224,11 @@ def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterat
         ray.init(ignore_reinit_error=True)  # joins RAY_ADDRESS when set, else starts a local instance
     # One block per shard, so shards spread over up to `num_workers` concurrent tasks.
     workers = cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # One map stage whose rows are tiny (a shard plan in, a stats row out): Ray Data's per-operator resource
+    # reservation would hold back half the CPUs for downstream operators that do not exist, and measured
+    # 1.15 tasks running at once with 2 allowed (benchmarks/prepare_throughput.py).
+    ctx = ray.data.DataContext.get_current()
+    ctx.op_resource_reservation_enabled = False
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))
     ds = ds.map(
         make_shard,
