@@ -51,23 +51,28 @@ RUN_NAME = "transformer"
 
 @dataclass
 class TransformerTrainConfig(TrainConfig):
-    video_fraction: float = 0.8  # paper: 80% videos, 20% images
+    video_fraction: float = 0.8  # paper: 80% videos, 20% images (mix="kind")
+    mix: str = "kind"  # "kind": videos vs images at video_fraction; "source": by source weight
+    source_weights: dict[str, float] | None = None  # mix="source": source name -> weight (else as prepared)
     text_drop_prob: float = 0.1  # classifier-free guidance training
     mask_schedule: str = "cosine"
 
 
 @dataclass
 class TransformerJob:
-    data: str
+    data: str | list[str]  # one token cache, or several trained on together
     tokenizer: str
     model: MaskGITConfig
     train: TransformerTrainConfig
     extra: dict  # written into the checkpoint's config.yaml: text encoder, tokenizer digest, token grid
 
 
-def job_from_config(config: dict, data: str, tokenizer: str) -> TransformerJob:
-    """Fill the model's data-dependent sizes from the tokenizer checkpoint and the token cache."""
-    from pipelines.loaders import check_tokenizer_digest, token_cache_info
+def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> TransformerJob:
+    """Fill the model's data-dependent sizes from the tokenizer checkpoint and the token cache(s)."""
+    from pipelines.loaders import check_tokenizer_digest, split_cache_dirs, token_cache_info
+
+    dirs = split_cache_dirs(data)  # a list, or comma-separated
+    data = dirs[0] if len(dirs) == 1 else dirs
 
     meta = read_checkpoint_meta(tokenizer)
     if meta.get("kind") != "cvivit":
@@ -137,7 +142,7 @@ def train_loop(config: dict) -> None:
     worker = setup_worker(cfg)
     loader = TokenBatches(
         job.data,
-        TokenLoaderConfig(cfg.batch_size, cfg.video_fraction, cfg.seed),
+        TokenLoaderConfig(cfg.batch_size, cfg.video_fraction, cfg.seed, cfg.mix, cfg.source_weights),
         rank=worker.rank,
         world_size=worker.world_size,
         seq_len=job.model.seq_len,
@@ -222,7 +227,7 @@ def copy_tokenizer(src: str, dst: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- driver
-def run(config: dict, data: str, tokenizer: str, out_dir: str) -> dict:
+def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
     """Train from a loaded config dict; returns the last logged metrics (empty if no step ran)."""
     # Import the loop under its module name, so Ray pickles it by reference even under `python -m`.
     from jobs.train_transformer import train_loop as loop
@@ -233,7 +238,7 @@ def run(config: dict, data: str, tokenizer: str, out_dir: str) -> dict:
     (out / "run_config.yaml").write_text(
         yaml.safe_dump(
             {
-                "data": data,
+                "data": job.data if isinstance(job.data, str) else list(job.data),  # no YAML alias
                 "tokenizer": tokenizer,
                 "transformer": dataclasses.asdict(job.model),
                 "transformer_train": dataclasses.asdict(job.train),
@@ -254,7 +259,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", required=True, help="YAML config file or preset name (configs/<name>.yaml)"
     )
-    parser.add_argument("--data", required=True, help="token cache directory (written by `phenaki tokenize`)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="token cache directory (written by `phenaki tokenize`); repeat it or separate with commas "
+        "to train on several caches together",
+    )
     parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint the cache was made with")
     parser.add_argument(
         "--out", required=True, help="output directory: self-contained checkpoint, metrics, ray state"

@@ -5,7 +5,8 @@ the text encoder once per actor; each input row is one clip shard, which the act
 batches and writes atomically as the token shard of the same name. Samples (DESIGN.md):
   `__key__`, `tokens.npy` (int16 when the codebook fits, else int32; (t_z+1, h_z, w_z), images (1, h_z, w_z)),
   `txt`, `text.npy` (float16 (L, D), trimmed to the caption's real length), `text_mask.npy` ((L,) bool),
-  `json` {kind, num_frames, tokenizer_digest, text_encoder, text_encoder_digest, source, source_key}.
+  `json` {kind, num_frames, tokenizer_digest, text_encoder, text_encoder_digest, source, source_key,
+  source_name, source_weight} (the last two from the clip's json, "" / 1.0 for older clip shards).
 
 Resuming works as in `pipelines.prepare`: a `_progress/shard-NNNNNN.json` record (with a digest of the
 clip dataset, tokenizer, text encoder and config) marks a finished shard; `manifest.json` comes last.
@@ -202,6 +203,7 @@ class TokenizeWorker:
         texts = self.encode_text([c.caption for c in clips])
         samples, counts = [], Counter()
         for c, tok, (emb, mask) in zip(clips, tokens, texts, strict=True):
+            weight = c.meta.get("source_weight")
             info = {
                 "kind": c.kind,
                 "num_frames": int(c.frames.shape[0]),
@@ -210,6 +212,9 @@ class TokenizeWorker:
                 "text_encoder_digest": self.identity["text_encoder_digest"],
                 "source": c.meta.get("source"),
                 "source_key": c.meta.get("source_key"),
+                # the mixer's groups and weights (TokenLoaderConfig.mix="source"); older clip shards lack them
+                "source_name": str(c.meta.get("source_name") or ""),
+                "source_weight": 1.0 if weight is None else float(weight),
             }
             samples.append(
                 {

@@ -19,6 +19,7 @@ from pipelines.loaders import (
     TokenBatches,
     TokenLoaderConfig,
     rank_split,
+    token_cache_info,
 )
 from pipelines.media import encode_jpeg, encode_mp4
 from pipelines.shards import shard_name, write_manifest, write_shard
@@ -99,27 +100,39 @@ def make_token_cache(
     text_dim: int = 8,
     digest: str = "tok-digest",
     seed: int = 0,
+    sources: dict[str, float] | None = None,
+    key_prefix: str = "",
 ) -> str:
-    """A token cache: random codes and random per-token text embeddings of varying length."""
+    """A token cache: random codes and random per-token text embeddings of varying length.
+
+    With `sources` (name -> weight), sample i belongs to source i % len(sources) (so a source holds videos
+    and images) and its first token code is that source's index, which tells a batch row's source.
+    """
     rng = np.random.default_rng(seed)
     t, h, w = grid
+    names = list(sources or {})
     samples = []
     for i in range(videos + images):
         image = i >= videos
         length = int(rng.integers(2, 7))
+        codes = rng.integers(0, codebook_size, (1 if image else t, h, w)).astype(np.int16)
+        meta = {
+            "kind": "image" if image else "video",
+            "num_frames": 1 if image else 5,
+            "tokenizer_digest": digest,
+            "text_encoder": "test",
+        }
+        if names:
+            codes.flat[0] = i % len(names)
+            meta.update(source_name=names[i % len(names)], source_weight=sources[names[i % len(names)]])
         samples.append(
             {
-                "__key__": f"{'i' if image else 'v'}{i:04d}",
-                "tokens.npy": rng.integers(0, codebook_size, (1 if image else t, h, w)).astype(np.int16),
+                "__key__": f"{key_prefix}{'i' if image else 'v'}{i:04d}",
+                "tokens.npy": codes,
                 "text.npy": rng.standard_normal((length, text_dim)).astype(np.float16),
                 "text_mask.npy": np.ones(length, dtype=bool),
                 "txt": f"caption {i}",
-                "json": {
-                    "kind": "image" if image else "video",
-                    "num_frames": 1 if image else 5,
-                    "tokenizer_digest": digest,
-                    "text_encoder": "test",
-                },
+                "json": meta,
             }
         )
     root.mkdir(parents=True, exist_ok=True)
@@ -274,3 +287,171 @@ def test_token_digest_check(tmp_path: Path, token_dir: str) -> None:
     (ckpt / "digest.txt").write_text("other-digest\n")
     with pytest.raises(ValueError, match="tok-digest.*other-digest.*phenaki tokenize"):
         TokenBatches(token_dir, TokenLoaderConfig(), tokenizer_dir=str(ckpt))
+
+
+# --------------------------------------------------------------------------------------------- sources and caches
+
+MIX = {"webvid": 0.8, "laion-a": 0.1, "laion-b": 0.1}
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> str:
+    return make_token_cache(tmp_path_factory.mktemp("sources"), videos=30, images=30, sources=MIX)
+
+
+def _source_cfg(**kw) -> TokenLoaderConfig:
+    return TokenLoaderConfig(**{"batch_size": 16, "seed": 3, "mix": "source", **kw})
+
+
+def _batches(loader: TokenBatches, n: int) -> list[dict[str, torch.Tensor]]:
+    return [loader.next_batch() for _ in range(n)]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_source_mixing_follows_the_weights(source_dir: str) -> None:
+    loader = TokenBatches(source_dir, _source_cfg())
+    assert loader.source_weights == {"laion-a": 0.1, "laion-b": 0.1, "webvid": 0.8}
+    assert loader.num_samples == {"laion-a": 20, "laion-b": 20, "webvid": 20}
+    batches = _batches(loader, 2000)
+    rows = torch.cat([b["tokens"][:, 0] for b in batches])
+    assert rows.numel() == 2000 * 16
+    for index, (name, weight) in enumerate(MIX.items()):
+        assert abs((rows == index).float().mean().item() - weight) < 0.01, name
+    # a source holds both kinds; what is scored and padded follows each sample's own kind
+    batch = torch.cat([b["is_image"] for b in batches[:50]])
+    assert 0 < int(batch.sum()) < batch.numel()
+    for b in batches[:50]:
+        img = b["is_image"]
+        assert b["tokens"].shape == (16, 12) and b["text"].shape == (16, loader.text_len, 8)
+        assert torch.all(b["num_scored"][img] == 4) and torch.all(b["num_scored"][~img] == 12)
+        assert torch.all(b["tokens"][img][:, 4:] == -1) and torch.all(b["tokens"][~img] >= 0)
+        assert torch.all(b["text"][~b["text_mask"]] == 0)
+
+
+def test_source_mixing_deterministic_and_resume(source_dir: str) -> None:
+    full = _batches(TokenBatches(source_dir, _source_cfg(batch_size=5)), 12)
+    again = _batches(TokenBatches(source_dir, _source_cfg(batch_size=5)), 12)
+    assert all(_same(a, b) for a, b in zip(full, again, strict=True))
+    for start in (1, 7, 11):
+        resumed = TokenBatches(source_dir, _source_cfg(batch_size=5))
+        resumed.load_state({"position": start})
+        assert resumed.state() == {"position": start}
+        assert all(_same(a, b) for a, b in zip(full[start:], _batches(resumed, 12 - start), strict=True))
+    skipped = TokenBatches(source_dir, _source_cfg(batch_size=5))
+    skipped.skip(3)
+    skipped.load_state({"position": 4})  # skip and load_state compose
+    assert _same(skipped.next_batch(), full[4])
+    other = _batches(TokenBatches(source_dir, _source_cfg(batch_size=5, seed=4)), 12)
+    assert not all(_same(a, b) for a, b in zip(full, other, strict=True))
+    # the counts are a function of (seed, rank, step) only
+    loader = TokenBatches(source_dir, _source_cfg(batch_size=5))
+    assert loader.step_counts(9) == TokenBatches(source_dir, _source_cfg(batch_size=5)).step_counts(9)
+    assert sum(loader.step_counts(9).values()) == 5
+
+
+def test_source_ranks_disjoint(source_dir: str) -> None:
+    rows = []
+    for r in range(3):
+        loader = TokenBatches(source_dir, _source_cfg(), rank=r, world_size=3)
+        assert all(n in (6, 7) for n in loader.num_samples.values())  # 20 per source over 3 ranks
+        rows.append({tuple(t.tolist()) for g in loader.groups.values() for t in g["tokens"]})
+    assert not rows[0] & rows[1] and not rows[1] & rows[2] and not rows[0] & rows[2]
+    assert len(rows[0] | rows[1] | rows[2]) == 60
+    with pytest.raises(ValueError, match="fewer samples than the 30 workers"):
+        TokenBatches(source_dir, _source_cfg(), rank=0, world_size=30)
+
+
+def test_source_weight_override(source_dir: str) -> None:
+    loader = TokenBatches(source_dir, _source_cfg(weights={"webvid": 0, "laion-b": 3}))
+    assert loader.source_weights == {"laion-a": 0.1, "laion-b": 3.0, "webvid": 0.0}
+    assert set(loader.groups) == {"laion-a", "laion-b"}  # a zero weight drops the source
+    rows = torch.cat([b["tokens"][:, 0] for b in _batches(loader, 200)])
+    assert not (rows == 0).any()
+    assert abs((rows == 2).float().mean().item() - 3 / 3.1) < 0.02
+    with pytest.raises(
+        ValueError, match=r"unknown source\(s\) \['youtube'\].*\['laion-a', 'laion-b', 'webvid'\]"
+    ):
+        TokenBatches(source_dir, _source_cfg(weights={"youtube": 1.0}))
+    with pytest.raises(ValueError, match="only with mix='source'"):
+        TokenBatches(source_dir, TokenLoaderConfig(weights={"webvid": 1.0}))
+    with pytest.raises(ValueError, match="mix must be one of"):
+        TokenBatches(source_dir, TokenLoaderConfig(mix="dataset"))
+    with pytest.raises(ValueError, match="every source weight is 0"):
+        TokenBatches(source_dir, _source_cfg(weights=dict.fromkeys(MIX, 0)))
+
+
+def test_source_mode_on_a_cache_without_source_names(token_dir: str) -> None:
+    loader = TokenBatches(token_dir, _source_cfg(batch_size=6))
+    assert loader.source_weights == {"": 1.0} and loader.num_samples == {"": 60}
+    assert loader.next_batch()["tokens"].shape == (6, 12)
+
+
+def test_several_caches_are_one_dataset(tmp_path: Path) -> None:
+    videos = make_token_cache(tmp_path / "videos", videos=20, images=0, key_prefix="w-", sources={"wv": 0.8})
+    stills = make_token_cache(
+        tmp_path / "stills", videos=0, images=10, key_prefix="l-", seed=1, sources={"ln": 0.2}
+    )
+    merged = TokenBatches([videos, stills], _source_cfg(batch_size=10))
+    assert merged.num_samples == {"ln": 10, "wv": 20} and merged.seq_len == 12
+    assert merged.cache_dirs == [videos, stills]
+    flags = torch.cat([b["is_image"] for b in _batches(merged, 300)])
+    assert abs(flags.float().mean().item() - 0.2) < 0.02
+    # a comma-separated string (the CLI's form) and the caches' order do not change the batches
+    a = _batches(TokenBatches(f"{videos},{stills}", TokenLoaderConfig(batch_size=6, seed=1)), 5)
+    b = _batches(TokenBatches([stills, videos], TokenLoaderConfig(batch_size=6, seed=1)), 5)
+    assert all(_same(x, y) for x, y in zip(a, b, strict=True))
+    assert TokenBatches([videos, stills], TokenLoaderConfig()).num_samples == {"video": 20, "image": 10}
+    info = token_cache_info([stills, videos])
+    assert (info.seq_len, info.token_grid, info.text_dim) == (12, (3, 2, 2), 8)
+
+    ckpt = tmp_path / "tok"
+    ckpt.mkdir()
+    (ckpt / "digest.txt").write_text("tok-digest\n")
+    TokenBatches([videos, stills], TokenLoaderConfig(), tokenizer_dir=str(ckpt))
+    (ckpt / "digest.txt").write_text("other-digest\n")
+    with pytest.raises(ValueError, match="tok-digest.*other-digest"):
+        TokenBatches([videos, stills], TokenLoaderConfig(), tokenizer_dir=str(ckpt))
+
+
+def test_caches_that_cannot_be_merged(tmp_path: Path) -> None:
+    base = make_token_cache(tmp_path / "base", videos=4, images=2, key_prefix="a-")
+
+    def other(name: str, **kw) -> str:
+        return make_token_cache(tmp_path / name, **{"videos": 4, "images": 2, "key_prefix": "b-", **kw})
+
+    cases = {
+        "digest": (other("digest", digest="old-digest"), "tokenizer digest.*base: tok-digest.*old-digest"),
+        "keys": (other("keys", key_prefix="a-"), "also in token cache .*base.*keys must be unique"),
+        "grid": (other("grid", grid=(3, 2, 3)), "token grid.*base: \\(2, 2\\).*grid: \\(2, 3\\)"),
+        "frames": (other("frames", grid=(2, 2, 2)), "tokens per video.*base: 12.*frames: 8"),
+        "text": (other("text", text_dim=4), "text embedding width.*base: 8.*text: 4"),
+    }
+    for name, (cache, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            TokenBatches([base, cache], TokenLoaderConfig())
+        if name != "keys":  # the driver's check, before any worker starts
+            with pytest.raises(ValueError, match=message.split(".*")[0]):
+                token_cache_info([base, cache])
+    with pytest.raises(ValueError, match="given more than once"):
+        TokenBatches(f"{base},{base}", TokenLoaderConfig())
+
+    # one source recorded with two weights: an error, unless the job sets its weight
+    one = make_token_cache(tmp_path / "w1", videos=4, images=2, key_prefix="x-", sources={"s": 0.5})
+    two = make_token_cache(tmp_path / "w2", videos=4, images=2, key_prefix="y-", sources={"s": 0.7})
+    with pytest.raises(ValueError, match="source 's'.*record different weights \\[0.5, 0.7\\]"):
+        TokenBatches([one, two], _source_cfg())
+    assert TokenBatches([one, two], _source_cfg(weights={"s": 1.0})).num_samples == {"s": 12}
+
+
+def test_token_names_stay_importable_from_loaders() -> None:
+    import pipelines.loaders as loaders
+    import pipelines.token_batches as token_batches
+
+    for name in ("TokenBatches", "TokenLoaderConfig", "token_cache_info", "check_tokenizer_digest"):
+        assert getattr(loaders, name) is getattr(token_batches, name)
+    assert TokenBatches is token_batches.TokenBatches
+    with pytest.raises(AttributeError):
+        _ = loaders.NoSuchThing

@@ -50,7 +50,11 @@ def _clips(root: Path) -> str:
     )
     out = str(root / "clips")
     cfg = PrepareConfig(size=32, num_frames=5, fps=8.0, samples_per_shard=2, num_workers=2)
-    manifest = prepare([str(src / "webvid.csv"), str(src / "laion.parquet")], out, cfg)
+    sources = [
+        f"{src / 'webvid.csv'}::weight=0.8::name=v-source",
+        f"{src / 'laion.parquet'}::weight=0.2::name=i-source",
+    ]
+    manifest = prepare(sources, out, cfg)
     assert manifest["counts"] == {"video": 3, "image": 2}
     return out
 
@@ -93,6 +97,11 @@ def test_tokenize_end_to_end(tmp_path, ray_local) -> None:
         assert info["tokenizer_digest"] == digest and info["text_encoder"] == "minilm"
         clip = clip_samples[s["__key__"]]
         assert s["txt"] == clip["txt"]
+        clip_info = json.loads(clip["json"])  # the mixer's source group and weight travel with the sample
+        assert info["source_name"] == clip_info["source_name"] == f"{info['kind'][0]}-source"
+        assert (
+            info["source_weight"] == clip_info["source_weight"] == (0.8 if info["kind"] == "video" else 0.2)
+        )
         if info["kind"] == "video":
             assert codes.shape == (3, 4, 4) and info["num_frames"] == 5  # 1 + (5-1)/2 latent frames
             frames = decode_video(clip["mp4"]).frames
