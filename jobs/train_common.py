@@ -1,7 +1,9 @@
 """Ray Train + DeepSpeed glue shared by the tokenizer and transformer training jobs.
 
 Driver side: `launch` builds a `TorchTrainer` (Ray Train V2) whose storage lives under `<out>/ray/<run>`, so
-re-running a job with the same --out resumes from its last reported checkpoint. Worker side: the helpers
+re-running a job with the same --out resumes from its last reported checkpoint, and `FailureConfig` restarts a
+failed worker group from it. Resumes are exact: a checkpoint holds the step, the data position and every
+rank's RNG states (DeepSpeed client state), and is committed before training goes on. Worker side: the helpers
 below wrap a plain `nn.Module` in a DeepSpeed engine (`modeling/` never sees DeepSpeed), set the learning
 rate from the pure schedule, save/restore engine state through `ray.train.report`/`get_checkpoint`, log
 metrics, and export a serving checkpoint (`modeling.checkpoint`).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -33,6 +37,8 @@ from modeling.lr_schedule import warmup_cosine
 
 STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
+STEP_RECORDS = "steps-rank{rank}.jsonl"  # per-rank per-step records (TrainConfig.record_samples)
+FAULT_MARKER = ".fault-injected"  # TrainConfig.fail_at_step: written once, so a restarted group runs on
 CHECKPOINT_FILES = ("model.safetensors", "config.yaml", "digest.txt")
 
 
@@ -54,11 +60,13 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool | None = None  # None: use GPUs when the cluster has one per worker
     checkpoint_every: int = 500  # steps between resumable checkpoints (0: only at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # Ray Train keeps the last N (CheckpointConfig.num_to_keep, at least 1)
     max_failures: int = 1  # worker-group restarts (from the last checkpoint) before giving up
     log_every: int = 10
     seed: int = 0
     time_budget_s: float | None = None  # stop early after this long (still checkpoints and exports)
+    record_samples: bool = False  # per-step {step, rank, loss, sample_ids, ...} in <out>/steps-rank{r}.jsonl
+    fail_at_step: int | None = None  # fault drill: one worker exits after step N, first attempt only
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -69,6 +77,8 @@ class TrainConfig:
             )
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.num_workers < 1:
             raise ValueError("steps >= 0, batch_size >= 1, grad_accum >= 1 and num_workers >= 1 are required")
+        if self.fail_at_step is not None and self.fail_at_step < 1:
+            raise ValueError(f"fail_at_step must be a step >= 1 (or None), got {self.fail_at_step}")
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -217,29 +227,98 @@ def set_lr(engine, lr: float) -> None:
         group["lr"] = lr
 
 
-def restore(engines: dict[str, Any]) -> dict | None:
-    """Load the latest reported checkpoint into `engines` (all ranks); returns its state.json or None."""
-    import ray.train
+# Checkpoint contents. Every engine's DeepSpeed checkpoint carries, in its client state (saved by the
+# data-parallel writer, rank 0, and read back by every rank):
+#   "train_state": the loop's state (step, the loader position, ...), also written as state.json to read;
+#   "rng_states":  rank -> that rank's global RNG states (torch CPU, CUDA when used, numpy, Python `random`).
+# The per-step mask/text-drop generators are pure functions of (seed, rank, step) and need no state; the
+# global RNGs cover everything else a step may draw from (dropout, a library's own sampling), so a resumed
+# step is bit-identical to the uninterrupted run's in fp32.
+CLIENT_TRAIN_STATE = "train_state"
+CLIENT_RNG_STATES = "rng_states"
 
-    checkpoint = ray.train.get_checkpoint()
+
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's global RNG states, as plain lists and a tensor (no numpy objects in the pickle)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def gather_rng_states(worker: Worker) -> dict[int, dict]:
+    """Every rank's RNG states, on every rank (a collective): rank 0 alone writes the client state."""
+    mine = rng_state(worker.device)
+    if worker.world_size == 1 or not dist.is_initialized():
+        return {worker.rank: mine}
+    states: list = [None] * worker.world_size
+    dist.all_gather_object(states, mine)
+    return dict(enumerate(states))
+
+
+def restore(engines: dict[str, Any]) -> dict | None:
+    """Load the latest reported checkpoint into `engines` (all ranks); returns its train state or None.
+
+    Also reinstates this rank's global RNG states saved with it, so the next step draws what the
+    uninterrupted run drew.
+    """
+    import ray.train
+    import ray.train.torch
+
+    checkpoint = ray.train.get_checkpoint()  # Ray Train V2: the latest reported one, also after a restart
     if checkpoint is None:
         return None
+    client: dict = {}
     with checkpoint.as_directory() as d:
         for name, engine in engines.items():
-            path, _ = engine.load_checkpoint(os.path.join(d, name), tag="state")
+            path, client_state = engine.load_checkpoint(os.path.join(d, name), tag="state")
             if path is None:
                 raise RuntimeError(f"checkpoint {checkpoint.path} has no DeepSpeed state for {name!r}")
-        return json.loads(Path(d, STATE_FILE).read_text())
+            client = client or dict(client_state or {})
+        state = client.get(CLIENT_TRAIN_STATE)
+        if state is None:  # a checkpoint written before the train state moved into the client state
+            state = json.loads(Path(d, STATE_FILE).read_text())
+    rank = ray.train.get_context().get_world_rank()
+    rngs = client.get(CLIENT_RNG_STATES) or {}
+    if rank in rngs:
+        set_rng_state(rngs[rank], ray.train.torch.get_device())
+    elif rngs:
+        worker_print(f"checkpoint {checkpoint.path} has no RNG state for rank {rank}: the RNGs start afresh")
+    return dict(state)
 
 
 def save_and_report(engines: dict[str, Any], state: dict, metrics: dict, worker: Worker) -> None:
-    """Save every engine's DeepSpeed state (each rank writes its shards) and report it: a collective."""
+    """Save every engine's DeepSpeed state (each rank writes its shards) and report it: a collective.
+
+    `state` (step, data position, ...) and every rank's RNG states go into the DeepSpeed client state;
+    Ray Train registers the directory as checkpoint `checkpoint-<step>` and keeps the last
+    `TrainConfig.keep_checkpoints` (CheckpointConfig.num_to_keep in `launch`).
+    """
     import ray.train
 
+    client_state = {CLIENT_TRAIN_STATE: dict(state), CLIENT_RNG_STATES: gather_rng_states(worker)}
     tmp = tempfile.mkdtemp(prefix="phenaki-ckpt-")
     try:
         for name, engine in engines.items():
-            engine.save_checkpoint(os.path.join(tmp, name), tag="state")
+            engine.save_checkpoint(os.path.join(tmp, name), tag="state", client_state=client_state)
         if worker.is_main:
             Path(tmp, STATE_FILE).write_text(json.dumps(state))
         # Ray merges the workers' directories into one checkpoint directory in storage.
@@ -248,6 +327,12 @@ def save_and_report(engines: dict[str, Any], state: dict, metrics: dict, worker:
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name=f"checkpoint-{int(state['step']):08d}",
         )
+        # Ray Train V2 registers a reported checkpoint asynchronously: the controller collects the
+        # workers' reports when it next polls them. A worker that dies before that poll takes its
+        # pending report with it, and the restarted group would start from an older checkpoint (or
+        # from scratch). Wait until the checkpoint is committed (registered, and the checkpoint
+        # manager's snapshot written to storage, so a rerun driver finds it too).
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -292,6 +377,66 @@ class MetricsLog:
 
 def _fmt(v: float) -> str:
     return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+class StepRecords:
+    """With `TrainConfig.record_samples`, each rank appends one JSON line per step to `<out>/steps-rank{r}.jsonl`:
+    `{"step", "rank", "loss", "sample_ids", "attempt", "restored_from"}`.
+
+    `loss` is this rank's own (not the all-reduced) loss, `sample_ids` the keys of the samples it trained on
+    in the step, `attempt` counts this rank's starts of the run (0 first; a worker-group restart or a rerun
+    driver adds one) and `restored_from` is the checkpoint step it started from (0: fresh). A step re-run
+    after a restart thus has several records; the one with the highest attempt is the one that survived.
+    """
+
+    def __init__(self, out_dir: str, worker: Worker, enabled: bool, restored_from: int):
+        self.path = Path(out_dir) / STEP_RECORDS.format(rank=worker.rank)
+        self.enabled = bool(enabled)
+        self.rank = worker.rank
+        self.restored_from = int(restored_from)
+        self.attempt = 0
+        if self.enabled and self.path.exists():
+            lines = self.path.read_text().splitlines()
+            self.attempt = max((json.loads(line).get("attempt", 0) for line in lines if line), default=-1) + 1
+
+    def write(self, step: int, loss: float, sample_ids: list[str]) -> None:
+        if not self.enabled:
+            return
+        row = {
+            "step": step,
+            "rank": self.rank,
+            "loss": float(loss),
+            "sample_ids": [str(k) for k in sample_ids],
+            "attempt": self.attempt,
+            "restored_from": self.restored_from,
+        }
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_step_records(out_dir: str | Path, rank: int) -> list[dict]:
+    path = Path(out_dir) / STEP_RECORDS.format(rank=rank)
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def maybe_inject_fault(cfg: TrainConfig, step: int, out_dir: str, worker: Worker) -> None:
+    """Fault drill (`TrainConfig.fail_at_step`): kill this worker process right after step N, once.
+
+    The failing worker is rank 1 (rank 0 in a one-worker run), so the driver-side rank 0 logs survive the
+    kill. Called after step N's optimizer step and its records, before any checkpoint of step N: the run
+    restarts from the last checkpoint before N. `<out>/.fault-injected` is written before exiting; while it
+    exists no worker fails again, so the restarted group (and any rerun in the same --out) runs through.
+    """
+    if cfg.fail_at_step is None or step != cfg.fail_at_step:
+        return
+    if worker.rank != min(1, worker.world_size - 1):
+        return
+    marker = Path(out_dir) / FAULT_MARKER
+    if marker.exists():
+        return
+    marker.write_text(json.dumps({"step": step, "rank": worker.rank, "pid": os.getpid()}))
+    worker_print(f"fault injection: rank {worker.rank} exits after step {step} (fail_at_step)")
+    os._exit(1)
 
 
 class StepClock:

@@ -35,6 +35,7 @@ from jobs.train_common import (
     engine_dtype,
     export_serving,
     launch,
+    maybe_inject_fault,
     reduce_metrics,
     restore,
     save_and_report,
@@ -224,6 +225,7 @@ def train_loop(config: dict) -> None:
         metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
         metrics.update(lr=lr, step_s=dt, samples_per_s=samples_per_step * worker.world_size / max(dt, 1e-9))
         log.write(step, metrics)
+        maybe_inject_fault(cfg, step, config["out_dir"], worker)
         if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
             save_and_report(engines, {"step": step}, metrics, worker)
             last_saved = step

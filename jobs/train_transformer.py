@@ -28,11 +28,13 @@ from jobs.train_common import (
     CHECKPOINT_FILES,
     MetricsLog,
     StepClock,
+    StepRecords,
     TrainConfig,
     build_engine,
     engine_dtype,
     export_serving,
     launch,
+    maybe_inject_fault,
     reduce_metrics,
     restore,
     save_and_report,
@@ -68,8 +70,17 @@ class TransformerJob:
 
 
 def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> TransformerJob:
-    """Fill the model's data-dependent sizes from the tokenizer checkpoint and the token cache(s)."""
+    """Fill the model's data-dependent sizes from the tokenizer checkpoint and the token cache(s).
+
+    `transformer.family: commit` selects MAGVIT's COMMIT trainer (`jobs.train_commit`, a `CommitJob`)."""
+    from jobs.train_commit import is_commit
+    from jobs.train_commit import job_from_config as commit_job_from_config
     from pipelines.loaders import check_tokenizer_digest, split_cache_dirs, token_cache_info
+
+    if is_commit(config):
+        return commit_job_from_config(config, data, tokenizer)
+    section = {k: v for k, v in (config.get("transformer") or {}).items() if k != "family"}
+    config = {**config, "transformer": section}  # `family: maskgit` is the default
 
     dirs = split_cache_dirs(data)  # a list, or comma-separated
     data = dirs[0] if len(dirs) == 1 else dirs
@@ -149,10 +160,12 @@ def train_loop(config: dict) -> None:
     )
     engine = build_engine(MaskGIT(job.model), cfg, worker.world_size)
     engines = {"transformer": engine}
-    state = restore(engines) or {"step": 0, "data_position": 0}
+    state = restore(engines) or {"step": 0, "data_position": 0}  # also reinstates the RNG states
     step = int(state["step"])
     loader.load_state({"position": int(state["data_position"])})
-    log = MetricsLog(config["out_dir"], worker, cfg.log_every, cfg.steps, RUN_NAME)
+    out_dir = config["out_dir"]
+    log = MetricsLog(out_dir, worker, cfg.log_every, cfg.steps, RUN_NAME)
+    records = StepRecords(out_dir, worker, cfg.record_samples, restored_from=step)
     if worker.is_main:
         worker_print(
             f"[{RUN_NAME}] samples on rank 0 {loader.num_samples}, seq_len {job.model.seq_len}, "
@@ -165,8 +178,11 @@ def train_loop(config: dict) -> None:
         lr = schedule_lr(cfg, step)
         set_lr(engine, lr)
         gen = _step_generator(cfg.seed, worker.rank, step)
+        sample_ids: list[str] = []
+        losses: list[float] = []
         for _ in range(cfg.grad_accum):
             batch = loader.next_batch()
+            sample_ids.extend(loader.last_keys)
             loss, metrics = mvtm_loss(
                 engine,
                 batch["tokens"].to(worker.device),
@@ -179,8 +195,10 @@ def train_loop(config: dict) -> None:
             )
             engine.backward(loss)
             engine.step()
+            losses.append(float(loss.detach()))
         step += 1
-        metrics.update(loss=float(loss.detach()), image_fraction=float(batch["is_image"].float().mean()))
+        records.write(step, sum(losses) / len(losses), sample_ids)
+        metrics.update(loss=losses[-1], image_fraction=float(batch["is_image"].float().mean()))
         dt = clock.lap()
         metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
         metrics.update(
@@ -189,6 +207,7 @@ def train_loop(config: dict) -> None:
             samples_per_s=cfg.batch_size * cfg.grad_accum * worker.world_size / max(dt, 1e-9),
         )
         log.write(step, metrics)
+        maybe_inject_fault(cfg, step, out_dir, worker)
         state = {"step": step, "data_position": loader.position}
         if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
             save_and_report(engines, state, metrics, worker)
@@ -200,7 +219,6 @@ def train_loop(config: dict) -> None:
     if step != last_saved or step == 0:
         save_and_report(engines, {"step": step, "data_position": loader.position}, {"step": step}, worker)
 
-    out_dir = config["out_dir"]
     export_serving(
         engine,
         lambda: MaskGIT(job.model),
@@ -228,7 +246,15 @@ def copy_tokenizer(src: str, dst: str) -> None:
 
 # --------------------------------------------------------------------------------------------- driver
 def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
-    """Train from a loaded config dict; returns the last logged metrics (empty if no step ran)."""
+    """Train from a loaded config dict; returns the last logged metrics (empty if no step ran).
+
+    `transformer.family: commit` runs MAGVIT's COMMIT trainer (`jobs.train_commit.run`) instead."""
+    from jobs.train_commit import is_commit
+
+    if is_commit(config):
+        from jobs.train_commit import run as run_commit
+
+        return run_commit(config, data, tokenizer, out_dir)
     # Import the loop under its module name, so Ray pickles it by reference even under `python -m`.
     from jobs.train_transformer import train_loop as loop
 

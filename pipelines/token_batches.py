@@ -211,7 +211,8 @@ class TokenBatches:
 
     Batches are dicts: `tokens (B,N) long` (images padded with -1 past their h_z*w_z tokens),
     `num_scored (B,) long`, `text (B,L,D) float32` (zero padded), `text_mask (B,L) bool`, `is_image (B,) bool`.
-    `position` counts batches drawn; `skip(n)` / `state()` / `load_state()` resume a run.
+    `position` counts batches drawn; `skip(n)` / `state()` / `load_state()` resume a run. `last_keys` holds
+    the sample keys (`__key__`) of the last `next_batch()`, row by row (for sample accounting).
     """
 
     def __init__(
@@ -290,10 +291,12 @@ class TokenBatches:
                 )
 
         self.groups: dict[str, dict[str, np.ndarray]] = {}
+        self._keys: dict[str, np.ndarray] = {}  # group -> the sample keys of its packed rows
         for name, idx in members.items():
             mine = idx[rank_split(len(idx), seed=cfg.seed, rank=rank, world_size=world_size)]
             if len(mine):
                 self.groups[name] = self._pack(mine, tokens, texts, masks, is_image)
+                self._keys[name] = np.array([samples[i]["__key__"] for i in mine], dtype=object)
         if not self.groups:
             raise ValueError(f"worker {rank}: no samples in {where} for {world_size} workers")
         self._streams = {g: EpochStream(len(v["tokens"]), seeds[g]) for g, v in self.groups.items()}
@@ -302,6 +305,7 @@ class TokenBatches:
             self._probs = np.array([self.source_weights[g] / total for g in self.groups])
         self.position = 0
         self._consumed = {g: 0 for g in self.groups}
+        self.last_keys: list[str] = []
 
     # ---------------------------------------------------------------------------------------- checks
     @staticmethod
@@ -427,6 +431,7 @@ class TokenBatches:
             key: np.concatenate([self.groups[g][key][idx] for g, idx in picked.items()])
             for key in _BATCH_KEYS
         }
+        self.last_keys = [str(k) for g, idx in picked.items() for k in self._keys[g][idx]]
         return {
             "tokens": torch.from_numpy(parts["tokens"]),
             "num_scored": torch.from_numpy(parts["num_scored"]),
