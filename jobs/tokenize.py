@@ -1,4 +1,8 @@
-"""`phenaki tokenize`: Ray Data actor pool turning clip shards into a token cache (codes + text embeddings)."""
+"""`phenaki tokenize`: Ray Data actor pool turning clip shards into a token cache (codes + text embeddings).
+
+Any tokenizer family (C-ViViT or MAGVIT-VQ, from the checkpoint). With a MAGVIT-VQ tokenizer, `--commit` (or
+`tokenize.commit: true`) also stores COMMIT's per-task condition tokens for `transformer.family: commit`.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="config preset or YAML (its `text_encoder` and `tokenize` sections)")
     parser.add_argument("--text-encoder", default=None, help="'minilm' (default), 't5:/local/dir' or a local HF directory")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--commit", action="store_true", help="MAGVIT: also store COMMIT's condition tokens")
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tokenize.batch_size=16")
 
@@ -43,6 +48,8 @@ def main(args: argparse.Namespace) -> int:
         cfg.text_encoder = args.text_encoder
     if args.batch_size:
         cfg.batch_size = args.batch_size
+    if args.commit:
+        cfg.commit = True
     init_ray(args.address)
     manifest = tokenize(args.tokenizer, args.data, args.out, cfg)
     log.info("token cache: %s (%s)", args.out, manifest.get("counts"))

@@ -25,6 +25,7 @@ from modeling.presets import build_dataclass
 
 
 def _registry() -> dict[str, tuple[type, type]]:
+    from modeling.commit_model import CommitTransformer, CommitTransformerConfig
     from modeling.cvivit import CViViT, CViViTConfig
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
     from modeling.magvit_vq import Magvit2DVQ, MagvitVQ, MagvitVQConfig
@@ -35,6 +36,7 @@ def _registry() -> dict[str, tuple[type, type]]:
         "magvit_vq_2d": (Magvit2DVQ, MagvitVQConfig),  # before magvit_vq: kind_of takes the first isinstance match
         "magvit_vq": (MagvitVQ, MagvitVQConfig),
         "maskgit": (MaskGIT, MaskGITConfig),
+        "commit": (CommitTransformer, CommitTransformerConfig),
         "discriminator": (StyleGANDiscriminator, DiscriminatorConfig),
     }
 

@@ -3,10 +3,18 @@
 A Ray Data actor pool (one GPU per actor when the cluster has GPUs) loads the tokenizer checkpoint and
 the text encoder once per actor; each input row is one clip shard, which the actor decodes, encodes in
 batches and writes atomically as the token shard of the same name. Samples (DESIGN.md):
-  `__key__`, `tokens.npy` (int16 when the codebook fits, else int32; (t_z+1, h_z, w_z), images (1, h_z, w_z)),
-  `txt`, `text.npy` (float16 (L, D), trimmed to the caption's real length), `text_mask.npy` ((L,) bool),
-  `json` {kind, num_frames, tokenizer_digest, text_encoder, text_encoder_digest, source, source_key,
-  source_name, source_weight} (the last two from the clip's json, "" / 1.0 for older clip shards).
+  `__key__`, `tokens.npy` (int16 when the codebook fits, else int32; (t_z, h_z, w_z), C-ViViT images
+  (1, h_z, w_z)), `txt`, `text.npy` (float16 (L, D), trimmed to the caption's real length), `text_mask.npy`
+  ((L,) bool), `json` {kind, num_frames, tokenizer_digest, text_encoder, text_encoder_digest, source,
+  source_key, source_name, source_weight} (the last two from the clip's json, "" / 1.0 for older clip shards);
+  with `commit: true` also `cond_tokens.npy` (9, t_z, h_z, w_z) (`pipelines.commit_data`).
+
+Tokenizer families (`modeling.tokenizers`, by the checkpoint's kind): videos are cut to the longest length
+the family takes (`usable_frames_for`): C-ViViT 1 + k*t_p (the first frame alone), MAGVIT-VQ a multiple of
+its temporal compression (4: a 9-frame clip becomes 8 frames; fewer than 4 frames are skipped as
+`too_few_frames`). Stills are skipped for MAGVIT-VQ and counted as `image_unsupported`: the 3D-VQ is trained on
+videos only (no image batches, `jobs.train_tokenizer`), MAGVIT has no image frame, and COMMIT trains on
+videos; a still copied into a static 4-frame clip would be a kind of clip the tokenizer never saw.
 
 Resuming works as in `pipelines.prepare`: a `_progress/shard-NNNNNN.json` record (with a digest of the
 clip dataset, tokenizer, text encoder and config) marks a finished shard; `manifest.json` comes last.
@@ -19,7 +27,7 @@ import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +60,7 @@ SCHEMA_VERSION = 1
 SKIP_UNDECODABLE = "undecodable"
 SKIP_TOO_FEW_FRAMES = "too_few_frames"
 SKIP_NO_MEDIA = "no_media"
+SKIP_IMAGE_UNSUPPORTED = "image_unsupported"  # a still, for a tokenizer family without images (MAGVIT-VQ)
 
 
 @dataclass
@@ -62,6 +71,9 @@ class TokenizeConfig:
     num_frames: int | None = None  # crop videos to this many frames; None = all, cut to 1 + k*t_p
     num_workers: int | None = None  # actors; None = one per GPU, or 1 on a CPU-only cluster
     device: str = "auto"  # "auto" = cuda when the actor got a GPU, else cpu
+    commit: bool = False  # MAGVIT: also store COMMIT's condition tokens z~ per task (cond_tokens.npy)
+    commit_fp_cond_frames: int = 1  # fp/cfp leading frames given (1 BAIR, 5 Kinetics-600)
+    commit_fi_cond_frames: int = 1  # fi frames given at each end
 
     def output_fields(self) -> dict[str, Any]:
         d = asdict(self)
@@ -80,6 +92,17 @@ def usable_frames(num_frames: int, temporal_patch: int) -> int:
     return 1 + (num_frames - 1) // temporal_patch * temporal_patch
 
 
+def usable_frames_for(kind: str, tokenizer_config: dict, num_frames: int) -> int:
+    """Longest clip length <= num_frames that a tokenizer family takes (0: none): C-ViViT 1 + k*t_p,
+    MAGVIT-VQ a multiple of its temporal compression."""
+    if kind == "cvivit":
+        return usable_frames(num_frames, int(tokenizer_config["temporal_patch_size"])) if num_frames else 0
+    from modeling.tokenizers import clip_frames
+
+    step = clip_frames(kind, tokenizer_config, 1)
+    return num_frames // step * step
+
+
 # --------------------------------------------------------------------------------------------- samples
 @dataclass
 class Clip:
@@ -96,21 +119,36 @@ class ClipSkip(ValueError):
         self.reason = reason
 
 
-def decode_clip(sample: dict, image_size: int, temporal_patch: int, want_frames: int | None) -> Clip:
+def decode_clip(
+    sample: dict,
+    image_size: int,
+    temporal_patch: int,
+    want_frames: int | None,
+    *,
+    usable: Callable[[int], int] | None = None,
+    images: bool = True,
+) -> Clip:
     """A clip-shard sample -> Clip, resized to the tokenizer's input size if needed.
 
-    Raises ClipSkip for clips that cannot be used, MediaError for undecodable bytes.
+    `usable(n)`: the longest clip length <= n the tokenizer takes (default C-ViViT's, from `temporal_patch`);
+    `images=False` skips stills. Raises ClipSkip for clips that cannot be used, MediaError for undecodable bytes.
     """
     from pipelines.media import decode_image, decode_video, resize_center_crop
 
+    usable = usable or (lambda n: usable_frames(n, temporal_patch))
     meta = json.loads(sample["json"]) if "json" in sample else {}
     caption = sample.get("txt", b"").decode("utf-8")
     if "mp4" in sample:
         frames = decode_video(sample["mp4"], max_frames=want_frames).frames
         if want_frames is not None and frames.shape[0] < want_frames:
             raise ClipSkip(SKIP_TOO_FEW_FRAMES, f"{frames.shape[0]} frames < {want_frames}")
-        frames, kind = frames[: usable_frames(frames.shape[0], temporal_patch)], "video"
+        keep = usable(frames.shape[0])
+        if keep < 1:
+            raise ClipSkip(SKIP_TOO_FEW_FRAMES, f"{frames.shape[0]} frames: no usable clip length")
+        frames, kind = frames[:keep], "video"
     elif "jpg" in sample or "png" in sample:
+        if not images:
+            raise ClipSkip(SKIP_IMAGE_UNSUPPORTED, "stills are not tokenized by this tokenizer family")
         frames, kind = decode_image(sample.get("jpg") or sample["png"])[None], "image"
     else:
         raise ClipSkip(SKIP_NO_MEDIA, f"fields {sorted(sample)}")
@@ -143,7 +181,12 @@ class TokenizeWorker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         loaded = load_checkpoint(local_path(tokenizer_ckpt), device=self.device)
-        self.model, self.model_cfg = loaded.model.eval(), loaded.config
+        self.model, self.model_cfg, self.kind = loaded.model.eval(), loaded.config, loaded.kind
+        self.commit_cfg = None
+        if self.cfg.commit:
+            from pipelines.commit_data import commit_config_from_record
+
+            self.commit_cfg = commit_config_from_record(identity["commit"])
         if loaded.digest != identity["tokenizer_digest"]:
             raise PlanMismatchError(
                 f"tokenizer {tokenizer_ckpt} changed while tokenizing (digest {loaded.digest})"
@@ -159,11 +202,13 @@ class TokenizeWorker:
         state = self.process(row["clip_shard"], int(row["index"]), row["digest"])
         return {"index": state["index"], "state": json.dumps(state)}
 
-    def encode_tokens(self, clips: list[Clip]) -> list[np.ndarray]:
-        """Batches of equal (kind, T) clips through the tokenizer -> per clip (t_z+1, h_z, w_z)."""
+    def encode_tokens(self, clips: list[Clip]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Batches of equal (kind, T) clips through the tokenizer -> per clip tokens (t_z, h_z, w_z) and, with
+        `commit`, the videos' condition tokens (9, t_z, h_z, w_z) (None for stills)."""
         import torch
 
         out: list[np.ndarray | None] = [None] * len(clips)
+        cond: list[np.ndarray | None] = [None] * len(clips)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, c in enumerate(clips):
             groups[(c.kind, c.frames.shape[0])].append(i)
@@ -172,10 +217,22 @@ class TokenizeWorker:
                 chunk = idx[s : s + self.cfg.batch_size]
                 video = to_video_tensor(np.stack([clips[i].frames for i in chunk])).to(self.device)
                 with torch.no_grad():
-                    codes = self.model.encode(video).cpu().numpy()  # (B, t_z+1, h_z, w_z)
+                    codes = self.model.encode(video).cpu().numpy()  # (B, t_z, h_z, w_z)
                 for i, c in zip(chunk, codes, strict=True):
                     out[i] = c.astype(self.dtype)
-        return out  # type: ignore[return-value]
+                if self.commit_cfg is not None and clips[chunk[0]].kind == "video":
+                    from pipelines.commit_data import encode_condition_tokens
+
+                    z_cond = (
+                        encode_condition_tokens(
+                            self.model.encode, video, self.commit_cfg, self.cfg.batch_size
+                        )
+                        .cpu()
+                        .numpy()
+                    )
+                    for i, c in zip(chunk, z_cond, strict=True):
+                        cond[i] = c.astype(self.dtype)
+        return out, cond  # type: ignore[return-value]
 
     def encode_text(self, captions: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """-> per caption (emb (L_i, D) float16, mask (L_i,) bool), trimmed to its real length L_i."""
@@ -191,18 +248,23 @@ class TokenizeWorker:
     def process(self, clip_shard: str, index: int, digest: str) -> dict:
         clips: list[Clip] = []
         skips: Counter[str] = Counter()
-        t_p, size = self.model_cfg.temporal_patch_size, self.model_cfg.image_size
+        tok_cfg, size = self.identity["tokenizer_config"], self.model_cfg.image_size
+        t_p = int(tok_cfg.get("temporal_patch_size", 1))
+        usable = lambda n: usable_frames_for(self.kind, tok_cfg, n)  # noqa: E731
+        images = self.kind == "cvivit"
         for sample in read_shard(clip_shard):
             try:
-                clips.append(decode_clip(sample, size, t_p, self.cfg.num_frames))
+                clips.append(
+                    decode_clip(sample, size, t_p, self.cfg.num_frames, usable=usable, images=images)
+                )
             except ClipSkip as e:
                 skips[e.reason] += 1
             except Exception:  # undecodable bytes: one bad clip must not sink the shard
                 skips[SKIP_UNDECODABLE] += 1
-        tokens = self.encode_tokens(clips)
+        tokens, conds = self.encode_tokens(clips)
         texts = self.encode_text([c.caption for c in clips])
         samples, counts = [], Counter()
-        for c, tok, (emb, mask) in zip(clips, tokens, texts, strict=True):
+        for c, tok, cond, (emb, mask) in zip(clips, tokens, conds, texts, strict=True):
             weight = c.meta.get("source_weight")
             info = {
                 "kind": c.kind,
@@ -216,16 +278,17 @@ class TokenizeWorker:
                 "source_name": str(c.meta.get("source_name") or ""),
                 "source_weight": 1.0 if weight is None else float(weight),
             }
-            samples.append(
-                {
-                    "__key__": c.key,
-                    "tokens.npy": tok,
-                    "txt": c.caption,
-                    "text.npy": emb,
-                    "text_mask.npy": mask,
-                    "json": info,
-                }
-            )
+            sample = {
+                "__key__": c.key,
+                "tokens.npy": tok,
+                "txt": c.caption,
+                "text.npy": emb,
+                "text_mask.npy": mask,
+                "json": info,
+            }
+            if cond is not None:
+                sample["cond_tokens.npy"] = cond
+            samples.append(sample)
             counts[c.kind] += 1
         name = shard_name(index)
         if samples:
@@ -243,22 +306,32 @@ class TokenizeWorker:
 
 
 # --------------------------------------------------------------------------------------------- driver
-def model_identity(tokenizer_ckpt: str, text_encoder: str) -> dict[str, Any]:
-    """Tokenizer digest + config (from config.yaml) and text-encoder name + digest, without loading models."""
+def model_identity(
+    tokenizer_ckpt: str, text_encoder: str, cfg: TokenizeConfig | None = None
+) -> dict[str, Any]:
+    """Tokenizer kind, digest + config (from config.yaml), text-encoder name + digest and, with `cfg.commit`,
+    the COMMIT condition record, without loading models."""
     from modeling.checkpoint import read_checkpoint_meta
     from modeling.text_encoder import text_encoder_identity
+    from modeling.tokenizers import check_tokenizer_kind
 
     meta = read_checkpoint_meta(local_path(tokenizer_ckpt))
-    if meta.get("kind") != "cvivit":
-        raise ValueError(
-            f"{tokenizer_ckpt} holds a {meta.get('kind')!r} checkpoint, not a tokenizer (cvivit)"
-        )
+    kind = check_tokenizer_kind(meta.get("kind"), tokenizer_ckpt)
+    commit = None
+    if cfg is not None and cfg.commit:
+        from pipelines.commit_data import commit_record
+
+        if kind != "magvit_vq":
+            raise ValueError(f"tokenize.commit needs a MAGVIT-VQ tokenizer; {tokenizer_ckpt} is {kind!r}")
+        commit = commit_record(cfg.commit_fp_cond_frames, cfg.commit_fi_cond_frames)
     te_name, te_digest = text_encoder_identity(text_encoder)
     return {
+        "tokenizer_kind": kind,
         "tokenizer_digest": meta["digest"],
         "tokenizer_config": meta["config"],
         "text_encoder": te_name,
         "text_encoder_digest": te_digest,
+        "commit": commit,
     }
 
 
@@ -299,7 +372,7 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
     clip_shards = list_shards(data_dir)
     if not clip_shards:
         raise FileNotFoundError(f"no shard-*.tar in {data_dir}: run `phenaki prepare` first")
-    identity = model_identity(tokenizer_ckpt, cfg.text_encoder)
+    identity = model_identity(tokenizer_ckpt, cfg.text_encoder, cfg)
     base = {
         "clips": clip_manifest.get("plan_digest") or clip_manifest.get("shards"),
         "identity": identity,
@@ -365,9 +438,11 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
         "tokenizer_digest": identity["tokenizer_digest"],
         "tokenizer": {
             "checkpoint": tokenizer_ckpt,
+            "kind": identity["tokenizer_kind"],
             "digest": identity["tokenizer_digest"],
             "config": tok_cfg,
         },
+        "commit": identity["commit"],  # None, or the task list + region parameters of cond_tokens.npy
         "codebook_size": tok_cfg["codebook_size"],
         "token_dtype": token_dtype(tok_cfg["codebook_size"]).name,
         "text_encoder": {"name": identity["text_encoder"], "digest": identity["text_encoder_digest"]},

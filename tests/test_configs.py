@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from jobs.tokenize import tokenize_config_from
+from jobs.train_commit import CommitTrainConfig
 from jobs.train_tokenizer import TokenizerTrainConfig
 from jobs.train_transformer import TransformerTrainConfig
+from modeling.commit import CommitConfig
+from modeling.commit_model import CommitTransformerConfig
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.discriminator import DiscriminatorConfig
 from modeling.generation import SamplingConfig
@@ -29,14 +32,18 @@ SECTIONS = {
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_preset_sections_build(preset):
     config = load_config(preset)
+    commit = (config.get("transformer") or {}).get("family") == "commit"  # MAGVIT's COMMIT trainer
     for section, cls in SECTIONS.items():
         if section in config:
-            build_dataclass(cls, config[section])
+            build_dataclass(CommitTrainConfig if commit and section == "transformer_train" else cls, config[section])
     if "tokenizer" in config:  # C-ViViT or MAGVIT-VQ, by tokenizer.family
         family, tok_cfg = tokenizer_config_from(config["tokenizer"])
         tok_cfg.token_grid(int((config.get("prepare") or {}).get("num_frames", 16 if family.name == "magvit_vq" else 11)))
-    if "transformer" in config:  # sized here; codebook and sequence come from the tokenizer at train time
-        build_dataclass(MaskGITConfig, config["transformer"])
+    if commit:  # transformer.family: commit (+ `text`): CommitTransformerConfig sizes, `commit` section
+        build_dataclass(CommitTransformerConfig, {k: v for k, v in config["transformer"].items() if k not in ("family", "text")})
+        build_dataclass(CommitConfig, config.get("commit"))
+    elif "transformer" in config:  # sized here; codebook and sequence come from the tokenizer at train time
+        build_dataclass(MaskGITConfig, {k: v for k, v in config["transformer"].items() if k != "family"})
     tokenize_config_from(config)
 
 

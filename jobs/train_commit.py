@@ -1,0 +1,325 @@
+"""COMMIT training (MAGVIT sec. 3.2): `phenaki train-transformer` with `transformer.family: commit`.
+
+The same Ray Train + DeepSpeed job as the MaskGIT trainer (`jobs.train_transformer` dispatches here), on a
+token cache made by `phenaki tokenize` with `tokenize.commit: true` and a MAGVIT-VQ tokenizer: each sample
+holds z = f_T(V) and the nine condition-token rows z~ = f_T(V~) (`pipelines.commit_data`). Every step draws a
+task per row (`task_sampling: row`, the default) or one for the whole batch (`step`, as the reference code
+does; the paper: "we sample one of the tasks at each training step"), uniformly over the ten tasks or by
+`transformer_train.task_weights`; cond_mask = ~ispad comes from the task's pixel mask at the cache's clip
+shape and the tokenizer's stride (computed once per job), cg rows have no condition. `commit_training_step`
+corrupts z by Eq. 2 and weighs the refine / mask / recons parts by `commit.loss_weights`.
+
+Config sections: `transformer` (CommitTransformerConfig sizes + `family: commit` + `text: true|false`: text
+cross-attention on the cache's embeddings), `transformer_train` (CommitTrainConfig), `commit` (CommitConfig:
+loss weights, mask schedule, generation defaults). Codebook, sequence length and grid come from the cache and
+the tokenizer. Class ids come from the captions (`transformer_train.class_keywords`, class i = the first
+keyword starting a word of the caption; none: the null class), `transformer.num_classes` sizes the prefix.
+
+Writes a self-contained serving checkpoint of kind "commit" to <out> (model.safetensors, config.yaml whose
+extra holds num_frames, fps, text encoder, `commit` (generation defaults and condition geometry),
+`class_names`, tokenizer digest and token grid; <out>/tokenizer/), plus <out>/metrics.jsonl and <out>/ray/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from jobs.train_common import (
+    MetricsLog,
+    StepClock,
+    TrainConfig,
+    build_engine,
+    engine_dtype,
+    export_serving,
+    launch,
+    reduce_metrics,
+    restore,
+    save_and_report,
+    schedule_lr,
+    set_lr,
+    setup_worker,
+    worker_print,
+)
+from jobs.train_transformer import _clip_fps, copy_tokenizer
+from modeling.checkpoint import read_checkpoint_meta
+from modeling.commit import TASKS, CommitConfig
+from modeling.commit_model import CommitTransformer, CommitTransformerConfig, commit_training_step
+from modeling.magvit_vq import MagvitVQConfig
+from modeling.presets import build_dataclass
+
+RUN_NAME = "transformer"
+FAMILY = "commit"
+TASK_SAMPLING = ("row", "step")
+_GEOMETRY = ("fp_cond_frames", "fi_cond_frames", "pad_value")  # fixed by the cache's condition tokens
+
+
+@dataclass
+class CommitTrainConfig(TrainConfig):
+    task_weights: dict[str, float] | None = (
+        None  # task -> weight (unlisted tasks: 0); None: uniform over TASKS
+    )
+    task_sampling: str = "row"  # "row": a task per sample; "step": one per step (the reference)
+    class_keywords: list[str] | None = None  # class i: first keyword starting a word of the caption
+    class_drop_prob: float = 0.1  # class + text dropped together (classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.task_sampling not in TASK_SAMPLING:
+            raise ValueError(f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}")
+        task_probs(self.task_weights)  # validates
+
+    def loader_config(self):
+        from pipelines.commit_data import CommitLoaderConfig
+
+        keywords = tuple(self.class_keywords) if self.class_keywords else None
+        return CommitLoaderConfig(self.batch_size, self.seed, keywords)
+
+
+def task_probs(weights: dict[str, float] | None) -> torch.Tensor:
+    """(10,) sampling probabilities in TASKS order."""
+    if weights is None:
+        return torch.full((len(TASKS),), 1.0 / len(TASKS))
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ValueError(f"task_weights name unknown task(s) {unknown}; tasks: {list(TASKS)}")
+    w = torch.tensor([float(weights.get(t, 0.0)) for t in TASKS], dtype=torch.float64)
+    if not (torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"task_weights must be finite, >= 0 and not all 0, got {weights}")
+    return (w / w.sum()).float()
+
+
+@dataclass
+class CommitJob:
+    data: str | list[str]
+    tokenizer: str
+    model: CommitTransformerConfig
+    train: CommitTrainConfig
+    commit: CommitConfig
+    clip_shape: tuple[int, int, int]  # (T, H, W) of the cache's clips
+    extra: dict
+
+
+def is_commit(config: dict) -> bool:
+    """Whether a config selects the COMMIT trainer (`transformer.family: commit`; default maskgit)."""
+    family = (config.get("transformer") or {}).get("family", "maskgit")
+    if family not in ("maskgit", FAMILY):
+        raise ValueError(f"unknown transformer.family {family!r}; expected 'maskgit' or 'commit'")
+    return family == FAMILY
+
+
+def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> CommitJob:
+    """Sizes from the MAGVIT tokenizer checkpoint and the COMMIT token cache(s)."""
+    from pipelines.commit_data import commit_config_from_record
+    from pipelines.loaders import check_tokenizer_digest, split_cache_dirs, token_cache_info
+    from pipelines.shards import read_manifest
+
+    dirs = split_cache_dirs(data)
+    data = dirs[0] if len(dirs) == 1 else dirs
+    meta = read_checkpoint_meta(tokenizer)
+    if meta.get("kind") != "magvit_vq":
+        raise ValueError(
+            f"COMMIT needs a MAGVIT-VQ tokenizer; {tokenizer} holds a {meta.get('kind')!r} checkpoint"
+        )
+    tok = build_dataclass(MagvitVQConfig, meta["config"])
+    info = token_cache_info(data)
+    check_tokenizer_digest(data, info.tokenizer_digest, tokenizer)
+    records = {d: read_manifest(d).get("commit") for d in dirs}
+    if not all(records.values()):
+        raise ValueError(
+            f"token cache(s) {[d for d, r in records.items() if not r]} hold no condition tokens: re-run "
+            "`phenaki tokenize` with tokenize.commit=true"
+        )
+    t, h, w = info.token_grid
+    if (h, w) != (tok.grid, tok.grid):
+        raise ValueError(
+            f"token cache {data} has a {h}x{w} grid, tokenizer {tokenizer} {tok.grid}x{tok.grid}"
+        )
+    section = {k: v for k, v in (config.get("transformer") or {}).items() if k != "family"}
+    text = bool(section.pop("text", False))
+    sizes = {
+        "codebook_size": tok.codebook_size,
+        "seq_len": t * h * w,
+        "grid": (t, h, w),
+        "text_dim": info.text_dim if text else None,
+    }
+    model = build_dataclass(CommitTransformerConfig, {**section, **sizes})
+    train = build_dataclass(CommitTrainConfig, config.get("transformer_train"))
+    if train.class_keywords and len(train.class_keywords) > model.num_classes:
+        raise ValueError(
+            f"{len(train.class_keywords)} class_keywords but transformer.num_classes={model.num_classes}"
+        )
+    if len({json.dumps(r, sort_keys=True) for r in records.values()}) > 1:
+        raise ValueError(f"token caches record different COMMIT condition parameters: {records}")
+    record = next(iter(records.values()))
+    commit_config_from_record(record)  # the cache holds the nine tasks' rows in our order
+    values = dict(config.get("commit") or {})
+    clash = {k: v for k, v in values.items() if k in _GEOMETRY and v != record[k]}
+    if clash:
+        raise ValueError(f"commit {clash} differs from the cache's condition tokens ({record}): re-tokenize")
+    stride = (tok.temporal_compression, tok.spatial_compression, tok.spatial_compression)
+    commit = dataclasses.replace(
+        build_dataclass(CommitConfig, values),
+        codebook_size=tok.codebook_size,
+        num_classes=model.num_classes,
+        tokenizer_stride=stride,
+        **{k: record[k] for k in _GEOMETRY},
+    )
+    text_cfg = config.get("text_encoder") or {}
+    extra = {
+        "family": FAMILY,
+        "num_frames": t * tok.temporal_compression,
+        "fps": _clip_fps(meta, config),
+        "text_encoder": info.text_encoder or text_cfg.get("name", "minilm"),
+        "max_text_length": int(info.max_text_length or text_cfg.get("max_length", 32)),
+        "commit": dataclasses.asdict(commit),  # generation defaults + condition geometry
+        "class_names": list(train.class_keywords or []),
+        "tokenizer_digest": info.tokenizer_digest,
+        "token_grid": [t, h, w],
+        "data": data,
+    }
+    clip_shape = (t * tok.temporal_compression, h * tok.spatial_compression, w * tok.spatial_compression)
+    return CommitJob(data, tokenizer, model, train, commit, clip_shape, extra)
+
+
+# --------------------------------------------------------------------------------------------- worker
+def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """Task, mask and drop randomness as a pure function of (seed, rank, step)."""
+    value = int(np.random.SeedSequence([seed, rank, 0xC0, step]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(value)
+
+
+def sample_tasks(probs: torch.Tensor, batch: int, per: str, generator: torch.Generator) -> torch.Tensor:
+    """(B,) task ids in TASKS order: one per row, or one repeated for the batch."""
+    if per == "step":
+        return torch.multinomial(probs, 1, generator=generator).expand(batch).clone()
+    return torch.multinomial(probs, batch, replacement=True, generator=generator)
+
+
+def train_loop(config: dict) -> None:
+    import deepspeed  # noqa: F401  (imported here, in the worker)
+
+    from pipelines.commit_data import CommitBatches, select_condition, task_token_masks
+
+    job: CommitJob = config["job"]
+    cfg = job.train
+    worker = setup_worker(cfg)
+    loader = CommitBatches(job.data, cfg.loader_config(), rank=worker.rank, world_size=worker.world_size)
+    masks = task_token_masks(job.clip_shape, job.commit.tokenizer_stride, job.commit).to(worker.device)
+    probs = task_probs(cfg.task_weights)
+    engine = build_engine(CommitTransformer(job.model), cfg, worker.world_size)
+    engines = {"transformer": engine}
+    state = restore(engines) or {"step": 0, "data_position": 0}
+    step = int(state["step"])
+    loader.load_state({"position": int(state["data_position"])})
+    out_dir = config["out_dir"]
+    log = MetricsLog(out_dir, worker, cfg.log_every, cfg.steps, RUN_NAME)
+    if worker.is_main:
+        worker_print(
+            f"[{RUN_NAME}] COMMIT: videos on rank 0 {loader.num_samples}, grid {job.model.grid}, codebook "
+            f"{job.model.codebook_size}, classes {job.model.num_classes}, text {job.model.text_dim}, "
+            f"tasks per {cfg.task_sampling}, start step {step}"
+        )
+    dtype = engine_dtype(engine)
+    clock = StepClock(cfg.time_budget_s)
+    last_saved = step
+    while step < cfg.steps:
+        lr = schedule_lr(cfg, step)
+        set_lr(engine, lr)
+        gen = _step_generator(cfg.seed, worker.rank, step)
+        counts = torch.zeros(len(TASKS))
+        for _ in range(cfg.grad_accum):
+            batch = loader.next_batch()
+            z = batch["tokens"].to(worker.device)
+            tasks = sample_tasks(probs, z.shape[0], cfg.task_sampling, gen).to(worker.device)
+            counts += torch.bincount(tasks.cpu(), minlength=len(TASKS)).float()
+            z_cond, cond_mask = select_condition(batch["cond_tokens"].to(worker.device), tasks, masks)
+            text = text_mask = None
+            if job.model.text_dim is not None:
+                text = batch["text"].to(worker.device, dtype)
+                text_mask = batch["text_mask"].to(worker.device)
+            loss, metrics = commit_training_step(
+                engine,
+                z,
+                z_cond,
+                cond_mask,
+                tasks,
+                batch["class_ids"].to(worker.device),
+                cfg=job.commit,
+                generator=gen,
+                text=text,
+                text_mask=text_mask,
+                class_drop_prob=cfg.class_drop_prob,
+            )
+            engine.backward(loss)
+            engine.step()
+        step += 1
+        metrics.update(loss=float(loss.detach()))
+        metrics.update(
+            {f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)}
+        )
+        dt = clock.lap()
+        metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
+        metrics.update(
+            lr=lr,
+            step_s=dt,
+            samples_per_s=cfg.batch_size * cfg.grad_accum * worker.world_size / max(dt, 1e-9),
+        )
+        log.write(step, metrics)
+        state = {"step": step, "data_position": loader.position}
+        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
+            save_and_report(engines, state, metrics, worker)
+            last_saved = step
+        if stop:
+            if worker.is_main:
+                worker_print(f"[{RUN_NAME}] time budget {cfg.time_budget_s}s reached at step {step}")
+            break
+    if step != last_saved or step == 0:
+        save_and_report(engines, {"step": step, "data_position": loader.position}, {"step": step}, worker)
+
+    export_serving(
+        engine,
+        lambda: CommitTransformer(job.model),
+        job.model,
+        out_dir,
+        worker,
+        cfg.zero_stage,
+        {**job.extra, "step": step},
+    )
+    if worker.is_main:
+        copy_tokenizer(job.tokenizer, str(Path(out_dir) / "tokenizer"))
+
+
+# --------------------------------------------------------------------------------------------- driver
+def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
+    """Train COMMIT from a loaded config dict; returns the last logged metrics (empty if no step ran)."""
+    from jobs.train_commit import train_loop as loop  # by module name, so Ray pickles it by reference
+
+    job = job_from_config(config, data, tokenizer)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": job.data if isinstance(job.data, str) else list(job.data),
+                "tokenizer": tokenizer,
+                "transformer": {"family": FAMILY, **dataclasses.asdict(job.model)},
+                "transformer_train": dataclasses.asdict(job.train),
+                "commit": dataclasses.asdict(job.commit),
+                "extra": job.extra,
+            },
+            sort_keys=False,
+        )
+    )
+    result = launch(loop, {"job": job}, job.train, str(out), RUN_NAME)
+    if result.error is not None:
+        raise result.error
+    metrics_file = out / "metrics.jsonl"
+    lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
+    return json.loads(lines[-1]) if lines else {}
