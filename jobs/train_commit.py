@@ -39,6 +39,7 @@ from jobs.train_common import (
     engine_dtype,
     export_serving,
     launch,
+    maybe_inject_fault,
     reduce_metrics,
     restore,
     save_and_report,
@@ -272,6 +273,7 @@ def train_loop(config: dict) -> None:
             samples_per_s=cfg.batch_size * cfg.grad_accum * worker.world_size / max(dt, 1e-9),
         )
         log.write(step, metrics)
+        maybe_inject_fault(cfg, step, out_dir, worker)  # transformer_train.fail_at_step, for resume drills
         state = {"step": step, "data_position": loader.position}
         if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
             save_and_report(engines, state, metrics, worker)

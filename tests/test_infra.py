@@ -1,37 +1,35 @@
-"""infra/ is consistent with the code: every YAML parses and uses current field names, and everything it
-refers to exists here (job modules and their CLI flags, config presets and override keys, the Serve app
-builder and deployment, the project image, the pinned versions). Light: parses files and builds argparse
-parsers and config dataclasses; nothing talks to GCP or Kubernetes, no Ray cluster is started.
+"""infra/ is consistent with the code: every YAML parses and uses current field names (KubeRay CRDs,
+the GCE cluster launcher), every image is the project image or official Ray, the lock file satisfies
+pyproject and the Dockerfile uses it, render.sh fills every placeholder. Job entrypoints, CLI flags,
+presets and the Serve app are checked in tests/test_infra_jobs.py. Light: parses files only; nothing
+talks to GCP or Kubernetes, no Ray cluster is started.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import inspect
-import io
 import os
 import re
-import shlex
 import subprocess
-import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-INFRA = ROOT / "infra"
-KUBERAY = INFRA / "kuberay"
-LAUNCHER = INFRA / "gcp-cluster.yaml"
-IMAGE = (INFRA / "image.txt").read_text().strip()
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-RAY_VERSION = "2.60.0"
-MOUNT = "/mnt/phenaki"  # the bucket, mounted in every pod / on every VM
-PLACEHOLDERS = ("PROJECT_ID", "REGION", "ZONE", "BUCKET")
+from tests.infra_helpers import (
+    EXPECTED_JOBS,
+    IMAGE,
+    INFRA,
+    LAUNCHER,
+    MOUNT,
+    PLACEHOLDERS,
+    PYPROJECT,
+    RAY_VERSION,
+    kuberay_docs,
+    load_docs,
+    ray_docs,
+    yaml_files,
+)
 
 # Field names of the KubeRay ray.io/v1 CRDs, copied from the Go types in ray-project/kuberay:
 #   ray-operator/apis/ray/v1/rayjob_types.go      (RayJobSpec, commit 0057210ed5a94e830c864af372577328c3542b44)
@@ -99,36 +97,6 @@ AUTOSCALER_OPTIONS = {
 UPSCALING_MODES = {"Default", "Aggressive", "Conservative"}
 RAYSERVICE_SPEC = {"serveConfigV2", "rayClusterConfig", "serveService"}
 
-EXPECTED_JOBS = {  # RayJob file -> job module
-    "rayjob-prepare.yaml": "jobs.prepare",
-    "rayjob-train-tokenizer.yaml": "jobs.train_tokenizer",
-    "rayjob-tokenize.yaml": "jobs.tokenize",
-    "rayjob-train-transformer.yaml": "jobs.train_transformer",
-}
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def yaml_files() -> list[Path]:
-    return sorted(INFRA.rglob("*.yaml"))
-
-
-def load_docs(path: Path) -> list[dict]:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    assert docs, f"{path} holds no YAML document"
-    return docs
-
-
-def kuberay_docs() -> list[tuple[Path, dict]]:
-    return [(path, doc) for path in sorted(KUBERAY.glob("*.yaml")) for doc in load_docs(path)]
-
-
-def ray_docs(kind: str | None = None) -> list[tuple[Path, dict]]:
-    return [
-        (p, d)
-        for p, d in kuberay_docs()
-        if d.get("apiVersion") == "ray.io/v1" and (kind is None or d["kind"] == kind)
-    ]
-
 
 def cluster_specs() -> list[tuple[str, dict]]:
     """Every RayClusterSpec: a RayCluster's spec, a RayJob's rayClusterSpec, a RayService's rayClusterConfig."""
@@ -165,49 +133,6 @@ def walk(node, key: str):
     elif isinstance(node, list):
         for item in node:
             yield from walk(item, key)
-
-
-def job_commands() -> list[tuple[str, list[str]]]:
-    """(where, argv after `python -m`) for every job command in infra/ and docs/cluster.md."""
-    commands = []
-    for path, doc in ray_docs("RayJob"):
-        commands.append((f"{path.name}: entrypoint", doc["spec"]["entrypoint"]))
-    doc = ROOT / "docs" / "cluster.md"
-    if doc.exists():
-        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", doc.read_text(), flags=re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                if "python -m jobs." in line:
-                    commands.append(("docs/cluster.md", line))
-    out = []
-    for where, text in commands:
-        argv = shlex.split(text, comments=True)
-        for i in range(len(argv) - 2):
-            if argv[i] == "python" and argv[i + 1] == "-m" and argv[i + 2].startswith("jobs."):
-                out.append((where, argv[i + 2 :]))
-    return out
-
-
-def uris(value) -> list[str]:
-    """A --data value as a list of URIs (repeatable and/or comma-separated in some jobs)."""
-    values = value if isinstance(value, list) else [value]
-    return [u for v in values for u in str(v).split(",") if u]
-
-
-def parse_job_args(where: str, argv: list[str]) -> tuple[object, argparse.Namespace]:
-    module_name, args = argv[0], argv[1:]
-    assert (ROOT / (module_name.replace(".", "/") + ".py")).is_file(), f"{where}: no {module_name}"
-    module = importlib.import_module(module_name)
-    assert callable(getattr(module, "main", None)), f"{where}: {module_name} has no main()"
-    assert callable(getattr(module, "add_arguments", None)), f"{where}: {module_name} has no add_arguments()"
-    parser = argparse.ArgumentParser(prog=f"python -m {module_name}")
-    module.add_arguments(parser)
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr):
-            ns = parser.parse_args(args)
-    except SystemExit:
-        pytest.fail(f"{where}: `python -m {module_name} {shlex.join(args)}` is refused: {stderr.getvalue()}")
-    return module, ns
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -354,118 +279,6 @@ def test_every_image_is_the_project_image_or_official_ray():
     cloudbuild = yaml.safe_load((INFRA / "cloudbuild.yaml").read_text())
     assert cloudbuild["substitutions"]["_IMAGE"] == IMAGE
     assert "infra/Dockerfile" in cloudbuild["steps"][0]["args"]
-
-
-# ----------------------------------------------------------------------------------------------- jobs
-def check_job_config(where: str, module, ns: argparse.Namespace) -> None:
-    """The preset exists and the overrides name real fields of the sections the job builds."""
-    from modeling.presets import CONFIG_DIR, build_dataclass, load_config, resolve_config_path
-
-    if getattr(ns, "config", None) is None:
-        return
-    path = resolve_config_path(ns.config)
-    assert path.parent == CONFIG_DIR, (
-        f"{where}: --config {ns.config} is not a preset in configs/ (the image has them)"
-    )
-    config = load_config(ns.config, list(ns.overrides))
-    name = module.__name__
-    if name == "jobs.prepare":
-        from pipelines.prepare import PrepareConfig
-        from pipelines.sources import parse_source_spec
-
-        build_dataclass(PrepareConfig, config.get("prepare"))
-        for spec in ns.source:
-            parse_source_spec(spec)
-    elif name == "jobs.tokenize":
-        module.tokenize_config_from(config)
-    elif name == "jobs.train_tokenizer":
-        job = module.job_from_config(config, ns.data)
-        assert not any(o.startswith("tokenizer_train.use_gpu=") for o in ns.overrides) or job.train.use_gpu
-    elif name == "jobs.train_transformer":
-        train = build_dataclass(module.TransformerTrainConfig, config.get("transformer_train"))
-        assert not any(o.startswith("transformer_train.use_gpu=") for o in ns.overrides) or train.use_gpu
-
-
-def test_job_commands_use_real_modules_flags_presets_and_overrides():
-    commands = job_commands()
-    assert {argv[0] for _, argv in commands} >= set(EXPECTED_JOBS.values())
-    for where, argv in commands:
-        module, ns = parse_job_args(where, argv)
-        check_job_config(where, module, ns)
-
-
-def test_rayjob_entrypoints_chain_the_pipeline_through_shared_storage():
-    """Each step reads what the previous one wrote; paths that must be local are on the bucket mount."""
-    ns = {}
-    commands = dict(job_commands())
-    for path, _ in ray_docs("RayJob"):
-        argv = commands[f"{path.name}: entrypoint"]
-        assert argv[0] == EXPECTED_JOBS[path.name], f"{path.name} runs {argv[0]}"
-        ns[argv[0]] = parse_job_args(path.name, argv)[1]
-    prepare, train_tok = ns["jobs.prepare"], ns["jobs.train_tokenizer"]
-    tokenize, train_tr = ns["jobs.tokenize"], ns["jobs.train_transformer"]
-    assert prepare.out in uris(train_tok.data) and prepare.out in uris(tokenize.data)
-    assert train_tok.out == tokenize.tokenizer == train_tr.tokenizer
-    assert tokenize.out in uris(train_tr.data)
-    # Checkpoints (and Ray Train's storage under them) are local-path only: they must be on the mount.
-    for local in (train_tok.out, train_tr.out, tokenize.tokenizer):
-        assert local.startswith(MOUNT + "/"), f"{local}: checkpoints must live on the shared mount {MOUNT}"
-    for uri in (prepare.out, tokenize.out):
-        assert uri.startswith("gs://BUCKET/") or uri.startswith(MOUNT + "/"), uri
-    [(_, service)] = ray_docs("RayService")
-    [app] = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    assert app["args"]["checkpoint"] == train_tr.out, "the endpoint serves what train-transformer wrote"
-    encoder = tokenize.text_encoder or ""
-    if encoder.startswith("t5:"):
-        assert encoder[3:].startswith(MOUNT + "/"), "a local T5 must be on the mount every pod has"
-
-
-# ----------------------------------------------------------------------------------------------- serve
-def test_rayservice_serve_config_imports_a_real_app_builder():
-    from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
-
-    [(path, service)] = ray_docs("RayService")
-    config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    ServeDeploySchema.model_validate(config)
-    assert set(config) <= set(ServeDeploySchema.model_fields)
-    for app in config["applications"]:
-        assert set(app) <= set(ServeApplicationSchema.model_fields), f"unknown app fields {set(app)}"
-        module_name, _, attr = app["import_path"].partition(":")
-        assert attr, f"import_path {app['import_path']} must be module:attribute"
-        assert (ROOT / (module_name.replace(".", "/") + ".py")).is_file()
-        module = importlib.import_module(module_name)
-        assert hasattr(module, attr), (
-            f"{app['import_path']}: {module_name} has no {attr!r}. Serve calls an application builder with the "
-            "serveConfigV2 `args` mapping as its single argument, e.g. "
-            "`def app_builder(args: AppArgs) -> serve.Application` (AppArgs a pydantic model with the "
-            "fields of `args`) that returns build_app(...)"
-        )
-        builder = getattr(module, attr)
-        # Serve's rule (ray/serve/_private/api.py, call_user_app_builder_with_args_if_necessary): a builder
-        # function takes exactly one parameter; a pydantic annotation validates `args`.
-        params = list(inspect.signature(builder).parameters.values())
-        assert inspect.isfunction(builder) and len(params) == 1, (
-            f"{app['import_path']} must take one parameter"
-        )
-        annotation = params[0].annotation
-        if isinstance(annotation, str):
-            annotation = inspect.get_annotations(builder, eval_str=True)[params[0].name]
-        if inspect.isclass(annotation) and hasattr(annotation, "model_validate"):
-            annotation.model_validate(app.get("args") or {})
-        from ray import serve
-
-        for deployment in app.get("deployments") or []:
-            assert set(deployment) <= set(DeploymentSchema.model_fields), f"unknown fields {set(deployment)}"
-            found = [
-                d
-                for d in vars(module).values()
-                if isinstance(d, serve.Deployment) and d.name == deployment["name"]
-            ]
-            assert found, f"{module_name} defines no Serve deployment named {deployment['name']!r}"
-            scaling = deployment.get("autoscaling_config") or {}
-            assert set(scaling) <= set(AutoscalingConfig.model_fields), f"unknown autoscaling {set(scaling)}"
-            AutoscalingConfig(**scaling)
 
 
 # ----------------------------------------------------------------------------------------------- GCE
