@@ -198,6 +198,43 @@ class CommitGenerator:
         )  # fmt: skip
 
 
+def write_debug_commit_checkpoint(
+    directory: str | Path,
+    *,
+    text_dim: int | None = None,
+    class_names: tuple[str, ...] = ("left", "right", "up", "down"),
+    fps: float = 8.0,
+    seed: int = 0,
+    **commit,
+) -> Path:
+    """An untrained, tiny COMMIT checkpoint in `train-transformer`'s layout (the magvit_vq_debug 3D-VQ under
+    tokenizer/, 16x32x32 clips -> 4x4x4 tokens; `commit_transformer_debug`): tests and smoke runs of
+    serve/generate. `text_dim` (384 for minilm) makes it text-conditioned; `commit`: CommitConfig overrides."""
+    import torch
+
+    from modeling.checkpoint import save_checkpoint
+    from modeling.commit import commit_debug
+    from modeling.commit_model import CommitTransformer, commit_transformer_debug
+    from modeling.magvit_vq import MagvitVQ, magvit_vq_debug
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    tok_cfg = magvit_vq_debug()
+    model_cfg = commit_transformer_debug(num_classes=len(class_names), text_dim=text_dim)
+    num_frames = model_cfg.grid[0] * 4  # the debug 3D-VQ's temporal stride
+    cfg = commit_debug(codebook_size=model_cfg.codebook_size, num_classes=model_cfg.num_classes, **commit)
+    extra = {
+        "family": COMMIT_KIND, "num_frames": num_frames, "fps": fps, "text_encoder": "minilm",
+        "max_text_length": 24, "commit": dataclasses.asdict(cfg), "class_names": list(class_names),
+        "token_grid": list(model_cfg.grid),
+    }  # fmt: skip
+    save_checkpoint(directory, CommitTransformer(model_cfg).eval(), model_cfg, extra)
+    save_checkpoint(
+        directory / "tokenizer", MagvitVQ(tok_cfg).eval(), tok_cfg, {"num_frames": num_frames, "fps": fps}
+    )
+    return directory
+
+
 def write_video(frames: np.ndarray, out: Path, fps: float, gif: bool) -> list[Path]:
     from pipelines.media import encode_mp4_file, write_gif
 

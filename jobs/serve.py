@@ -1,11 +1,17 @@
 """`phenaki serve`: the text-to-video sampler as a Ray Serve HTTP endpoint (FastAPI ingress).
 
-Routes: `GET /` a self-contained web page, `GET /healthz`, `GET /info` (model facts and sampling defaults),
+The checkpoint's `kind` picks the server: a Phenaki (MaskGIT) checkpoint is served here, a MAGVIT COMMIT one
+by `jobs.serve_commit` (the ten tasks on a video sent in the request); both take the one `GenerateRequest`
+and refuse the other family's fields with a 400 that names the fix.
+
+Routes: `GET /` a self-contained web page, `GET /healthz` (status, family, tasks), `GET /info` (model facts
+and sampling defaults),
 `POST /generate` with JSON `{"prompts": [...], "seed": 0, "steps": 12, "guidance_scale": 6.0,
 "temperature": 4.5, "context_frames": 5, "image_b64": null, "format": "mp4" | "gif"}` -> the video bytes with
 headers `X-Phenaki-Seconds` (generation wall time), `X-Phenaki-Duration` (video seconds), `X-Phenaki-Frames`,
 `X-Phenaki-Fps` and `X-Phenaki-Segments` (JSON list of `{"prompt", "start", "end"}` frame ranges).
-Several prompts make a story; `image_b64` animates a still. Bad input gets a 4xx with a message.
+Several prompts make a story; `image_b64` animates a still. Bad input gets a 4xx with a message. A COMMIT
+checkpoint takes `{"task": "fp", "video_b64": ..., "class_id": ...}` instead (jobs/serve_commit.py).
 
 From Python: `url = start(checkpoint, port=8000)` ... `stop()`.
 """
@@ -13,30 +19,36 @@ From Python: `url = start(checkpoint, port=8000)` ... `stop()`.
 # No `from __future__ import annotations`: FastAPI must see the real request-model class in the route
 # signatures of the (pickled-by-value) deployment class, not a string it cannot resolve in the replica.
 import argparse
-import base64
-import binascii
 import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from ray import serve
 
 from jobs.runtime import WORKER_ENV, log, setup_logging
+from jobs.serve_commit import CommitServer
+from jobs.serve_common import (
+    COMMIT_FIELDS,
+    DEPLOYMENT_OPTIONS,
+    GenerateRequest,
+    decode_b64_image,
+    other_family_fields,
+    replica_device,
+    video_response,
+)
+from modeling.checkpoint import read_checkpoint_meta
 from modeling.masking import SCHEDULES
 
 APP_NAME = "phenaki"
-MAX_IMAGE_B64_CHARS = 16 * 1024 * 1024
 _started_ray = False
 
 # The page is defined before the deployment class: Serve pickles the class with the globals it sees.
@@ -122,49 +134,7 @@ app = FastAPI(
 )
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompts: list[str] = Field(description="one prompt: a clip; several: a story, one segment each")
-    seed: int = 0
-    steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = None
-    temperature: float | None = Field(default=None, ge=0)
-    sample_temperature: float | None = Field(default=None, gt=0)
-    context_frames: int | None = Field(default=None, ge=1)
-    schedule: str | None = None
-    image_b64: str | None = Field(default=None, description="a still to animate (base64, data: URL accepted)")
-    format: Literal["mp4", "gif"] = "mp4"
-
-
-def decode_b64_image(data: str):
-    """Base64 (optionally a `data:image/...;base64,` URL) -> (H, W, 3) uint8; ValueError with a reason."""
-    from pipelines.media import decode_image
-
-    if len(data) > MAX_IMAGE_B64_CHARS:
-        raise ValueError(f"image_b64 is larger than {MAX_IMAGE_B64_CHARS} characters")
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValueError(f"image_b64 is not valid base64: {e}") from e
-    if not raw:
-        raise ValueError("image_b64 is empty")
-    return decode_image(raw)
-
-
-def encode_video(frames, fps: float, fmt: str) -> tuple[bytes, str]:
-    from pipelines.media import encode_mp4, write_gif
-
-    if fmt == "mp4":
-        return encode_mp4(frames, fps), "video/mp4"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_gif(frames, Path(tmp) / "video.gif", fps)
-        return path.read_bytes(), "image/gif"
-
-
-@serve.deployment(max_ongoing_requests=8, health_check_period_s=10, health_check_timeout_s=60)
+@serve.deployment(**DEPLOYMENT_OPTIONS)
 @serve.ingress(app)
 class PhenakiServer:
     """One replica = one loaded VideoGenerator; requests are served one at a time per replica."""
@@ -178,13 +148,9 @@ class PhenakiServer:
         device: str | None = None,
         num_threads: int | None = None,
     ):
-        import torch
-
         from modeling.generation import VideoGenerator
 
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = replica_device(device, num_threads)
         self.generator = VideoGenerator.from_checkpoint(checkpoint, device=device)
         _ = self.generator.text_encoder  # load it now, not on the first request
         self.max_segments = max_segments
@@ -198,12 +164,14 @@ class PhenakiServer:
 
     @app.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "family": "phenaki", "tasks": []}
 
     @app.get("/info")
     def info(self) -> dict:
         return {
             **self.generator.info(),
+            "family": "phenaki",
+            "tasks": [],
             "max_segments": self.max_segments,
             "max_steps": self.max_steps,
             "formats": ["mp4", "gif"],
@@ -211,7 +179,15 @@ class PhenakiServer:
 
     @app.post("/generate")
     def generate(self, req: GenerateRequest) -> Response:
-        prompts = [p.strip() for p in req.prompts]
+        commit = other_family_fields(req, COMMIT_FIELDS)
+        if commit:
+            raise HTTPException(
+                400,
+                f"{', '.join(commit)}: COMMIT (MAGVIT) fields, but this endpoint serves a Phenaki (MaskGIT) "
+                "checkpoint, which takes `prompts` (and optionally `image_b64`). For tasks, serve a COMMIT "
+                "checkpoint (`transformer.family: commit`): phenaki serve --checkpoint COMMIT_CKPT",
+            )
+        prompts = [p.strip() for p in req.prompts or []]
         if not prompts:
             raise HTTPException(400, "prompts must hold at least one prompt")
         if any(not p for p in prompts):
@@ -241,18 +217,11 @@ class PhenakiServer:
             raise HTTPException(400, str(e)) from e
         with self.lock:
             video = self.generator.generate(prompts, cfg, image=image)
-        body, media_type = encode_video(video.frames, video.fps, req.format)
         segments = [{"prompt": p, "start": s, "end": e} for p, s, e in video.segments]
-        headers = {
-            "X-Phenaki-Seconds": f"{video.seconds:.3f}",
-            "X-Phenaki-Duration": f"{video.duration:.3f}",
-            "X-Phenaki-Frames": str(len(video.frames)),
-            "X-Phenaki-Fps": f"{video.fps:g}",
-            "X-Phenaki-Seed": str(cfg.seed),
-            "X-Phenaki-Segments": json.dumps(segments),  # ASCII-escaped, so header-safe
-            "Content-Disposition": f'inline; filename="phenaki-{cfg.seed}.{req.format}"',
-        }
-        return Response(content=body, media_type=media_type, headers=headers)
+        return video_response(
+            video.frames, video.fps, req.format, seconds=video.seconds, seed=cfg.seed, stem="phenaki",
+            headers={"X-Phenaki-Segments": json.dumps(segments)},  # ASCII-escaped, so header-safe
+        )  # fmt: skip
 
 
 def build_app(
@@ -265,13 +234,25 @@ def build_app(
     device: str | None = None,
     num_gpus: float = 0.0,
 ) -> serve.Application:
-    """The Serve application: autoscaled replicas (1..max_replicas, ~2 ongoing requests each)."""
+    """The Serve application: autoscaled replicas (1..max_replicas, ~2 ongoing requests each) of the server
+    for the checkpoint's family (`kind` in its config.yaml: maskgit -> PhenakiServer, commit -> CommitServer)."""
     if max_replicas < 1:
         raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
     checkpoint = Path(checkpoint).resolve()
     if not (checkpoint / "config.yaml").exists():
         raise FileNotFoundError(f"{checkpoint} is not a transformer checkpoint (no config.yaml)")
-    return PhenakiServer.options(
+    kind = read_checkpoint_meta(checkpoint).get("kind")
+    options = {"max_segments": max_segments}
+    if kind == "commit":
+        server, options = CommitServer, {}
+    elif kind == "maskgit":
+        server = PhenakiServer
+    else:
+        raise ValueError(
+            f"{checkpoint} holds a {kind!r} checkpoint: serve takes a transformer checkpoint, Phenaki (maskgit) "
+            "or MAGVIT COMMIT (commit), as `phenaki train-transformer --out` writes it"
+        )
+    return server.options(
         autoscaling_config={
             "min_replicas": 1,
             "initial_replicas": 1,
@@ -287,7 +268,7 @@ def build_app(
         },
     ).bind(
         str(checkpoint),
-        max_segments=max_segments,
+        **options,
         max_steps=max_steps,
         device=device,
         num_threads=max(1, math.ceil(num_cpus)),
@@ -405,7 +386,9 @@ def stop() -> None:
 
 # ---- CLI ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="transformer checkpoint dir (holds tokenizer/)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="transformer checkpoint dir (Phenaki or COMMIT; holds tokenizer/)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-replicas", type=int, default=1, help="autoscaling upper bound")
@@ -432,8 +415,13 @@ def main(args: argparse.Namespace) -> int:
         device="cuda" if args.num_gpus > 0 else None,
         address=args.address,
     )
-    body = json.dumps({"prompts": ["a red circle moving left"], "seed": 0})
-    print(f"Phenaki is serving at {url}/  (open it in a browser; Ctrl-C stops)")
+    name, body = "Phenaki", json.dumps({"prompts": ["a red circle moving left"], "seed": 0})
+    if read_checkpoint_meta(args.checkpoint).get("kind") == "commit":
+        name, body = (
+            "MAGVIT COMMIT",
+            json.dumps({"task": "fp", "video_b64": "<base64 of input.mp4>", "seed": 0}),
+        )
+    print(f"{name} is serving at {url}/  (open it in a browser; Ctrl-C stops)")
     print(
         f"  curl -s -X POST {url}/generate -H 'Content-Type: application/json' -d '{body}' -o video.mp4 -D -"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -14,14 +13,9 @@ from PIL import Image
 
 from modeling.generation import write_debug_checkpoint
 from pipelines.media import decode_video
+from tests.serve_helpers import free_port, post
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +28,12 @@ def url(ray_local, tmp_path_factory):
     stop()
 
 
-def post(url: str, body: dict) -> requests.Response:
-    return requests.post(f"{url}/generate", json=body, timeout=120)
-
-
 def test_health_page_and_info(url):
-    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {
+        "status": "ok",
+        "family": "phenaki",
+        "tasks": [],
+    }
     page = requests.get(f"{url}/", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert (
@@ -48,6 +42,7 @@ def test_health_page_and_info(url):
     info = requests.get(f"{url}/info", timeout=10).json()
     assert info["num_frames"] == 9 and info["fps"] == 8.0 and info["text_encoder"] == "minilm"
     assert info["defaults"]["steps"] == 4 and info["max_segments"] == 3
+    assert info["family"] == "phenaki" and info["tasks"] == []
 
 
 def test_generate_mp4(url):
@@ -99,7 +94,10 @@ def test_animate_image(url):
         ({"prompts": ["a"], "steps": 1000}, 400, "at most 64"),
         ({"prompts": ["a", "b"], "context_frames": 4}, 400, "context_frames"),
         ({"prompts": ["a"], "guidance": 2}, 422, "guidance"),
-        ({"prompt": "a"}, 422, "prompts"),
+        ({"prompt": "a"}, 422, "Extra inputs"),
+        # a COMMIT request sent to a Phenaki checkpoint: named as such, with the fix
+        ({"task": "fp", "video_b64": "AAAA"}, 400, "serve a COMMIT checkpoint"),
+        ({"prompts": ["a"], "class_id": 1}, 400, "class_id: COMMIT (MAGVIT) fields"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(url, body, status, message):
