@@ -155,7 +155,7 @@ def probe_loop(config: dict) -> None:
     import deepspeed  # noqa: F401  (imported here, in the worker, as the jobs do)
     import torch
 
-    from jobs.train_common import build_engine, engine_dtype, setup_worker
+    from jobs.train_common import build_engine, construct_model, deepspeed_config, engine_dtype, setup_worker
     from modeling.maskgit import MaskGIT
     from modeling.masking import mvtm_loss
 
@@ -164,7 +164,8 @@ def probe_loop(config: dict) -> None:
     worker = setup_worker(cfg)
     cuda = worker.device.type == "cuda"
     mem = {"start": _rss_mib()}
-    model = MaskGIT(mg_cfg)
+    # As the trainers do: under ZeRO-3 the model is built inside deepspeed.zero.Init, partitioned as it goes.
+    model = construct_model(lambda: MaskGIT(mg_cfg), deepspeed_config(cfg, worker.world_size))
     mem["model_built"] = _rss_mib()
     engine = build_engine(model, cfg, worker.world_size)
     mem["engine_built"] = _rss_mib()

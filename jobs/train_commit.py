@@ -32,22 +32,19 @@ import torch
 import yaml
 
 from jobs.train_common import (
-    MetricsLog,
-    StepClock,
     TrainConfig,
     build_engine,
     engine_dtype,
     export_serving,
     launch,
-    maybe_inject_fault,
-    reduce_metrics,
     restore,
-    save_and_report,
     schedule_lr,
     set_lr,
     setup_worker,
     worker_print,
 )
+from jobs.train_loop import StepTail
+from jobs.train_metrics import MetricsLog, Throughput, peak_tflops
 from jobs.train_transformer import _clip_fps, copy_tokenizer
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.commit import TASKS, CommitConfig
@@ -203,6 +200,30 @@ def sample_tasks(probs: torch.Tensor, batch: int, per: str, generator: torch.Gen
     return torch.multinomial(probs, batch, replacement=True, generator=generator)
 
 
+def _throughput(job: CommitJob, worker) -> Throughput:
+    """Per-worker work of a step: the transformer over [task, class] + N visual tokens per video (counted on
+    the meta device, `modeling.flops`), text cross-attention included for text models."""
+    from modeling.flops import meta_forward_flops
+
+    cfg, model_cfg = job.train, job.model
+    n = model_cfg.seq_len
+    text_len = int(job.extra.get("max_text_length") or 1)
+
+    def forward(model: CommitTransformer) -> object:
+        tokens = torch.zeros(1, n, dtype=torch.long)
+        if model_cfg.text_dim is None:
+            return model(tokens, "fp")
+        text = torch.zeros(1, text_len, model_cfg.text_dim)
+        return model(tokens, "fp", text=text, text_mask=torch.ones(1, text_len, dtype=torch.bool))
+
+    samples = cfg.batch_size * cfg.grad_accum
+    flops = samples * meta_forward_flops(lambda: CommitTransformer(model_cfg), forward)
+    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
+    if worker.is_main:
+        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
+    return Throughput(samples, samples * n, flops, peak, worker.world_size)
+
+
 def train_loop(config: dict) -> None:
     import deepspeed  # noqa: F401  (imported here, in the worker)
 
@@ -214,7 +235,7 @@ def train_loop(config: dict) -> None:
     loader = CommitBatches(job.data, cfg.loader_config(), rank=worker.rank, world_size=worker.world_size)
     masks = task_token_masks(job.clip_shape, job.commit.tokenizer_stride, job.commit).to(worker.device)
     probs = task_probs(cfg.task_weights)
-    engine = build_engine(CommitTransformer(job.model), cfg, worker.world_size)
+    engine = build_engine(lambda: CommitTransformer(job.model), cfg, worker.world_size)
     engines = {"transformer": engine}
     state = restore(engines) or {"step": 0, "data_position": 0}
     step = int(state["step"])
@@ -228,8 +249,7 @@ def train_loop(config: dict) -> None:
             f"tasks per {cfg.task_sampling}, start step {step}"
         )
     dtype = engine_dtype(engine)
-    clock = StepClock(cfg.time_budget_s)
-    last_saved = step
+    tail = StepTail(cfg, worker, engines, log, _throughput(job, worker), out_dir, start_step=step)
     while step < cfg.steps:
         lr = schedule_lr(cfg, step)
         set_lr(engine, lr)
@@ -265,25 +285,9 @@ def train_loop(config: dict) -> None:
         metrics.update(
             {f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)}
         )
-        dt = clock.lap()
-        metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
-        metrics.update(
-            lr=lr,
-            step_s=dt,
-            samples_per_s=cfg.batch_size * cfg.grad_accum * worker.world_size / max(dt, 1e-9),
-        )
-        log.write(step, metrics)
-        maybe_inject_fault(cfg, step, out_dir, worker)  # transformer_train.fail_at_step, for resume drills
-        state = {"step": step, "data_position": loader.position}
-        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-            save_and_report(engines, state, metrics, worker)
-            last_saved = step
-        if stop:
-            if worker.is_main:
-                worker_print(f"[{RUN_NAME}] time budget {cfg.time_budget_s}s reached at step {step}")
+        if tail.after_step(step, lr, metrics, {"step": step, "data_position": loader.position}):
             break
-    if step != last_saved or step == 0:
-        save_and_report(engines, {"step": step, "data_position": loader.position}, {"step": step}, worker)
+    tail.finish(step, {"step": step, "data_position": loader.position})
 
     export_serving(
         engine,

@@ -15,13 +15,11 @@ import is slow and pulls in accelerator probing.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +34,6 @@ from jobs.runtime import WORKER_ENV, init_ray
 from modeling.lr_schedule import warmup_cosine
 
 STATE_FILE = "state.json"
-METRICS_FILE = "metrics.jsonl"
-STEP_RECORDS = "steps-rank{rank}.jsonl"  # per-rank per-step records (TrainConfig.record_samples)
 FAULT_MARKER = ".fault-injected"  # TrainConfig.fail_at_step: written once, so a restarted group runs on
 CHECKPOINT_FILES = ("model.safetensors", "config.yaml", "digest.txt")
 
@@ -66,6 +62,9 @@ class TrainConfig:
     seed: int = 0
     time_budget_s: float | None = None  # stop early after this long (still checkpoints and exports)
     record_samples: bool = False  # per-step {step, rank, loss, sample_ids, ...} in <out>/steps-rank{r}.jsonl
+    activation_checkpointing: bool = False  # recompute block activations in backward (less memory, ~+33% FLOPs)
+    storage_path: str | None = None  # Ray Train storage (checkpoints): default <out>/ray; gs://bucket/prefix too
+    peak_tflops: float | None = None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
     fail_at_step: int | None = None  # fault drill: one worker exits after step N, first attempt only
 
     def __post_init__(self) -> None:
@@ -130,29 +129,60 @@ def launch(
 ):
     """Run `train_loop(loop_config)` on `cfg.num_workers` Ray Train workers; returns the `ray.train.Result`.
 
-    Storage is `<abs out_dir>/ray/<run_name>`: a second launch with the same out_dir and name resumes from
-    the latest checkpoint there (Ray Train V2 restores its checkpoint manager from storage).
+    Storage is `<storage>/<run_name>`, `<storage>` being `cfg.storage_path` (a local path or an fsspec URL
+    such as gs://bucket/prefix) or `<abs out_dir>/ray`: a second launch with the same storage and name
+    resumes from the latest checkpoint there (Ray Train V2 restores its checkpoint manager from storage).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from pipelines.prepare import storage_env  # emulator / credential variables, for gs:// storage
 
     init_ray()  # no-op when already connected
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     use_gpu = resolve_use_gpu(cfg)
+    storage_path, storage_filesystem = run_storage(cfg.storage_path, out)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={**loop_config, "out_dir": str(out), "use_gpu": use_gpu},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
         run_config=RunConfig(
-            storage_path=str(out / "ray"),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             name=run_name,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.keep_checkpoints, 1)),
-            worker_runtime_env={"env_vars": dict(WORKER_ENV)},
+            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage_env()}},
         ),
     )
     return trainer.fit()
+
+
+def run_storage(storage: str | None, out: Path) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray Train's RunConfig.
+
+    Local paths are made absolute (workers on other nodes see a shared mount under the same path). A URL
+    (gs://, s3://, ...) goes through fsspec, wrapped for pyarrow, with the storage options the data pipeline
+    uses (`pipelines.fetch.storage_options_for`): checkpoints reach the same buckets with the same
+    credentials (and the same emulator in tests) as the shards. Ray then takes the path without its scheme.
+    """
+    from pipelines.fetch import storage_options_for, url_scheme
+
+    if not storage:
+        return str(out / "ray"), None
+    if url_scheme(storage) in ("", "file"):
+        return str(Path(storage.removeprefix("file://")).resolve()), None
+    import fsspec
+    import pyarrow.fs
+
+    options = storage_options_for(storage)
+    if options and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # Ray pickles the filesystem into its controller, whose environment may lack the emulator variable:
+        # bind the endpoint into the instance (fsspec pickles a filesystem as its constructor arguments).
+        options["endpoint_url"] = os.environ["STORAGE_EMULATOR_HOST"]
+    fs, path = fsspec.core.url_to_fs(storage, **options)
+    return path.rstrip("/"), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -192,20 +222,49 @@ def setup_worker(cfg: TrainConfig) -> Worker:
 
 
 def build_engine(
-    model: nn.Module,
+    model: nn.Module | Callable[[], nn.Module],
     cfg: TrainConfig,
     world: int,
     *,
     zero_stage: int | None = None,
     backwards_per_step: int = 1,
 ):
-    """Wrap a plain module in a DeepSpeed engine with our AdamW and ZeRO stage."""
+    """Wrap a plain module in a DeepSpeed engine with our AdamW and ZeRO stage.
+
+    Pass a builder (`lambda: MaskGIT(cfg)`) rather than a module so that under ZeRO-3 the model is
+    constructed inside `deepspeed.zero.Init`: each parameter is partitioned across ranks as soon as its
+    module is built, so no rank ever holds the whole model (the 1.8B preset is 7.4 GB in fp32). Every rank
+    draws the same initial values (same seed, `setup_worker`) and keeps its own slice.
+    `cfg.activation_checkpointing` switches on recomputation in the model's checkpointable blocks.
+    """
     import deepspeed
 
+    from modeling.activation_checkpointing import set_activation_checkpointing
+
+    stage = cfg.zero_stage if zero_stage is None else zero_stage
+    config = deepspeed_config(cfg, world, zero_stage=stage, backwards_per_step=backwards_per_step)
+    if not isinstance(model, nn.Module):
+        model = construct_model(model, config)
+    set_activation_checkpointing(model, cfg.activation_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
-    config = deepspeed_config(cfg, world, zero_stage=zero_stage, backwards_per_step=backwards_per_step)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     return engine
+
+
+def construct_model(build: Callable[[], nn.Module], ds_config: dict) -> nn.Module:
+    """`build()`, inside `deepspeed.zero.Init` when `ds_config` is ZeRO-3 (a collective then: all ranks call).
+
+    zero.Init partitions each module's parameters right after that module's `__init__`, so the largest
+    thing ever whole on a rank is one layer; each parameter then holds `ds_tensor`, this rank's slice, and
+    an empty `data` until a forward gathers it."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return build()
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():  # zero.Init sizes partitions by DeepSpeed's view of the world
+        deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        return build()
 
 
 def engine_dtype(engine) -> torch.dtype:
@@ -354,71 +413,6 @@ def reduce_metrics(metrics: dict[str, float], stop: bool, worker: Worker) -> tup
     return dict(zip(names, values, strict=True)), bool(vec[-1] > 0)
 
 
-class MetricsLog:
-    """Rank 0 appends one JSON line per step to `<out>/metrics.jsonl` and prints every `log_every` steps."""
-
-    def __init__(self, out_dir: str, worker: Worker, log_every: int, total_steps: int, run: str):
-        self.path = Path(out_dir) / METRICS_FILE
-        self.enabled = worker.is_main
-        self.log_every = max(int(log_every), 1)
-        self.total = total_steps
-        self.run = run
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        row = {"run": self.run, "step": step, "time": time.time(), **metrics}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if step % self.log_every == 0 or step == self.total:
-            parts = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-            worker_print(f"[{self.run}] step {step}/{self.total} {parts}")
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
-
-
-class StepRecords:
-    """With `TrainConfig.record_samples`, each rank appends one JSON line per step to `<out>/steps-rank{r}.jsonl`:
-    `{"step", "rank", "loss", "sample_ids", "attempt", "restored_from"}`.
-
-    `loss` is this rank's own (not the all-reduced) loss, `sample_ids` the keys of the samples it trained on
-    in the step, `attempt` counts this rank's starts of the run (0 first; a worker-group restart or a rerun
-    driver adds one) and `restored_from` is the checkpoint step it started from (0: fresh). A step re-run
-    after a restart thus has several records; the one with the highest attempt is the one that survived.
-    """
-
-    def __init__(self, out_dir: str, worker: Worker, enabled: bool, restored_from: int):
-        self.path = Path(out_dir) / STEP_RECORDS.format(rank=worker.rank)
-        self.enabled = bool(enabled)
-        self.rank = worker.rank
-        self.restored_from = int(restored_from)
-        self.attempt = 0
-        if self.enabled and self.path.exists():
-            lines = self.path.read_text().splitlines()
-            self.attempt = max((json.loads(line).get("attempt", 0) for line in lines if line), default=-1) + 1
-
-    def write(self, step: int, loss: float, sample_ids: list[str]) -> None:
-        if not self.enabled:
-            return
-        row = {
-            "step": step,
-            "rank": self.rank,
-            "loss": float(loss),
-            "sample_ids": [str(k) for k in sample_ids],
-            "attempt": self.attempt,
-            "restored_from": self.restored_from,
-        }
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_step_records(out_dir: str | Path, rank: int) -> list[dict]:
-    path = Path(out_dir) / STEP_RECORDS.format(rank=rank)
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
 def maybe_inject_fault(cfg: TrainConfig, step: int, out_dir: str, worker: Worker) -> None:
     """Fault drill (`TrainConfig.fail_at_step`): kill this worker process right after step N, once.
 
@@ -437,23 +431,6 @@ def maybe_inject_fault(cfg: TrainConfig, step: int, out_dir: str, worker: Worker
     marker.write_text(json.dumps({"step": step, "rank": worker.rank, "pid": os.getpid()}))
     worker_print(f"fault injection: rank {worker.rank} exits after step {step} (fail_at_step)")
     os._exit(1)
-
-
-class StepClock:
-    """Step timing and the time budget (measured from the first training step, not from startup)."""
-
-    def __init__(self, budget_s: float | None):
-        self.budget_s = budget_s
-        self.start = time.perf_counter()
-        self.last = self.start
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.last = now - self.last, now
-        return dt
-
-    def over_budget(self) -> bool:
-        return self.budget_s is not None and time.perf_counter() - self.start > self.budget_s
 
 
 def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:

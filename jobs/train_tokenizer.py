@@ -28,22 +28,19 @@ import yaml
 
 from jobs.runtime import add_ray_arguments, init_ray
 from jobs.train_common import (
-    MetricsLog,
-    StepClock,
     TrainConfig,
     build_engine,
     engine_dtype,
     export_serving,
     launch,
-    maybe_inject_fault,
-    reduce_metrics,
     restore,
-    save_and_report,
     schedule_lr,
     set_lr,
     setup_worker,
     worker_print,
 )
+from jobs.train_loop import StepTail
+from jobs.train_metrics import MetricsLog, Throughput, peak_tflops
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
 from modeling.losses import TokenizerLossConfig, discriminator_loss, generator_loss, perceptual_status, psnr
 from modeling.presets import build_dataclass, load_config
@@ -152,6 +149,34 @@ def _train_step(job, engines, batches, step, worker, vgg, i3d):
     return metrics, latents
 
 
+def _throughput(job: TokenizerJob, loader, worker) -> Throughput:
+    """Per-worker samples, latent tokens and forward FLOPs of one optimizer step (`jobs.train_metrics`).
+
+    FLOPs: the tokenizer's encoder + decoder per clip and per image, and with the GAN on, three
+    discriminator forwards per sample (real and fake for D's loss, fake again for G's). The frozen
+    perceptual networks are not trained and are left out."""
+    from modeling.flops import module_forward_flops, tokenizer_forward_flops
+
+    cfg = job.train
+    t, h, w = loader.frame_shape
+    shapes = [((3, t, h, w), cfg.batch_size)]
+    if loader.has_images:
+        shapes.append(((3, 1, h, w), cfg.image_batch_size))
+    samples = tokens = flops = 0
+    for shape, count in shapes:
+        grid = job.model.token_grid(shape[1])
+        samples += count
+        tokens += count * grid[0] * grid[1] * grid[2]
+        flops += count * tokenizer_forward_flops(job.build, shape)
+        if job.loss.adv_weight > 0:
+            flops += 3 * count * module_forward_flops(lambda: StyleGANDiscriminator(job.disc), (1, *shape))
+    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
+    if worker.is_main:
+        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
+    return Throughput(samples * cfg.grad_accum, tokens * cfg.grad_accum, flops * cfg.grad_accum, peak,
+                      worker.world_size)  # fmt: skip
+
+
 def train_loop(config: dict) -> None:
     import deepspeed  # noqa: F401  (imported here, in the worker, never in the driver or modeling/)
 
@@ -174,14 +199,12 @@ def train_loop(config: dict) -> None:
     )
     batches_per_step = 2 if loader.has_images else 1
     engines = {
-        "tokenizer": build_engine(
-            job.build(), cfg, worker.world_size, backwards_per_step=batches_per_step
-        )
+        "tokenizer": build_engine(job.build, cfg, worker.world_size, backwards_per_step=batches_per_step)
     }
     if job.loss.adv_weight > 0:
         # ZeRO-3 would partition D's weights, which G's adversarial pass uses outside D's engine
         engines["discriminator"] = build_engine(
-            StyleGANDiscriminator(job.disc), cfg, worker.world_size, zero_stage=min(cfg.zero_stage, 2)
+            lambda: StyleGANDiscriminator(job.disc), cfg, worker.world_size, zero_stage=min(cfg.zero_stage, 2)
         )
     vgg = None
     if job.loss.image_perceptual_weights and job.loss.image_perceptual_weight > 0:
@@ -205,9 +228,7 @@ def train_loop(config: dict) -> None:
             f"[{RUN_NAME}] frames {loader.frame_shape}, images {loader.has_images}, start step {step}, "
             f"perceptual: {perceptual_status(job.loss)}"
         )
-    samples_per_step = (cfg.batch_size + (cfg.image_batch_size if loader.has_images else 0)) * cfg.grad_accum
-    clock = StepClock(cfg.time_budget_s)
-    last_saved = step
+    tail = StepTail(cfg, worker, engines, log, _throughput(job, loader, worker), config["out_dir"], start_step=step)
     while step < cfg.steps:
         lr = schedule_lr(cfg, step)
         for engine in engines.values():
@@ -221,20 +242,9 @@ def train_loop(config: dict) -> None:
             metrics["restarted_codes"] = float(
                 _restart_dead_codes(engines["tokenizer"].module, latents, job, step)
             )
-        dt = clock.lap()
-        metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
-        metrics.update(lr=lr, step_s=dt, samples_per_s=samples_per_step * worker.world_size / max(dt, 1e-9))
-        log.write(step, metrics)
-        maybe_inject_fault(cfg, step, config["out_dir"], worker)
-        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-            save_and_report(engines, {"step": step}, metrics, worker)
-            last_saved = step
-        if stop:
-            if worker.is_main:
-                worker_print(f"[{RUN_NAME}] time budget {cfg.time_budget_s}s reached at step {step}")
+        if tail.after_step(step, lr, metrics, {"step": step}):
             break
-    if step != last_saved or step == 0:
-        save_and_report(engines, {"step": step}, {"step": step}, worker)
+    tail.finish(step, {"step": step})
 
     out_dir = config["out_dir"]
     t, _, _ = loader.frame_shape

@@ -26,23 +26,19 @@ import yaml
 from jobs.runtime import add_ray_arguments, init_ray
 from jobs.train_common import (
     CHECKPOINT_FILES,
-    MetricsLog,
-    StepClock,
-    StepRecords,
     TrainConfig,
     build_engine,
     engine_dtype,
     export_serving,
     launch,
-    maybe_inject_fault,
-    reduce_metrics,
     restore,
-    save_and_report,
     schedule_lr,
     set_lr,
     setup_worker,
     worker_print,
 )
+from jobs.train_loop import StepTail
+from jobs.train_metrics import MetricsLog, StepRecords, Throughput, peak_tflops
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig
 from modeling.masking import mvtm_loss
@@ -143,6 +139,20 @@ def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+def _throughput(job: TransformerJob, worker) -> Throughput:
+    """Per-worker work of a step: every sample (video, or image padded to the video length) runs the full
+    sequence against the cache's text length (`modeling.flops.maskgit_forward_flops`)."""
+    from modeling.flops import maskgit_forward_flops
+
+    cfg = job.train
+    samples = cfg.batch_size * cfg.grad_accum
+    flops = samples * maskgit_forward_flops(job.model, text_len=int(job.extra["max_text_length"]))
+    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
+    if worker.is_main:
+        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
+    return Throughput(samples, samples * job.model.seq_len, flops, peak, worker.world_size)
+
+
 def train_loop(config: dict) -> None:
     import deepspeed  # noqa: F401  (imported here, in the worker, never in the driver or modeling/)
 
@@ -158,7 +168,7 @@ def train_loop(config: dict) -> None:
         world_size=worker.world_size,
         seq_len=job.model.seq_len,
     )
-    engine = build_engine(MaskGIT(job.model), cfg, worker.world_size)
+    engine = build_engine(lambda: MaskGIT(job.model), cfg, worker.world_size)
     engines = {"transformer": engine}
     state = restore(engines) or {"step": 0, "data_position": 0}  # also reinstates the RNG states
     step = int(state["step"])
@@ -172,8 +182,7 @@ def train_loop(config: dict) -> None:
             f"codebook {job.model.codebook_size}, start step {step}"
         )
     dtype = engine_dtype(engine)
-    clock = StepClock(cfg.time_budget_s)
-    last_saved = step
+    tail = StepTail(cfg, worker, engines, log, _throughput(job, worker), out_dir, start_step=step)
     while step < cfg.steps:
         lr = schedule_lr(cfg, step)
         set_lr(engine, lr)
@@ -199,25 +208,9 @@ def train_loop(config: dict) -> None:
         step += 1
         records.write(step, sum(losses) / len(losses), sample_ids)
         metrics.update(loss=losses[-1], image_fraction=float(batch["is_image"].float().mean()))
-        dt = clock.lap()
-        metrics, stop = reduce_metrics(metrics, clock.over_budget(), worker)
-        metrics.update(
-            lr=lr,
-            step_s=dt,
-            samples_per_s=cfg.batch_size * cfg.grad_accum * worker.world_size / max(dt, 1e-9),
-        )
-        log.write(step, metrics)
-        maybe_inject_fault(cfg, step, out_dir, worker)
-        state = {"step": step, "data_position": loader.position}
-        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-            save_and_report(engines, state, metrics, worker)
-            last_saved = step
-        if stop:
-            if worker.is_main:
-                worker_print(f"[{RUN_NAME}] time budget {cfg.time_budget_s}s reached at step {step}")
+        if tail.after_step(step, lr, metrics, {"step": step, "data_position": loader.position}):
             break
-    if step != last_saved or step == 0:
-        save_and_report(engines, {"step": step, "data_position": loader.position}, {"step": step}, worker)
+    tail.finish(step, {"step": step, "data_position": loader.position})
 
     export_serving(
         engine,

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeling.activation_checkpointing import Checkpointable
+
 if TYPE_CHECKING:
     from modeling.magvit_vq import MagvitVQConfig
 
@@ -90,8 +92,10 @@ def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels, eps=1e-6)  # eps as flax.linen.GroupNorm
 
 
-class ResBlock(nn.Module):
-    """GN -> swish -> conv3 -> GN -> swish -> conv3 (no biases), plus x (through a 1x1 conv if widths differ)."""
+class ResBlock(Checkpointable):
+    """GN -> swish -> conv3 -> GN -> swish -> conv3 (no biases), plus x (through a 1x1 conv if widths differ).
+
+    Checkpointable (`modeling.activation_checkpointing`): the full-resolution blocks hold most activations."""
 
     def __init__(self, dims: int, cin: int, cout: int, groups: int, pad_mode: str):
         super().__init__()
@@ -101,7 +105,7 @@ class ResBlock(nn.Module):
         self.conv2 = conv(dims, cout, cout, 3, bias=False, pad_mode=pad_mode)
         self.skip = conv(dims, cin, cout, 1, bias=False, pad_mode=pad_mode) if cin != cout else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(F.silu(self.norm1(x)))
         y = self.conv2(F.silu(self.norm2(y)))
         return y + self.skip(x)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from modeling.activation_checkpointing import Checkpointable
+
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
@@ -59,8 +61,9 @@ class Attention(nn.Module):
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: self-attention, optional cross-attention, MLP."""
+class Block(Checkpointable):
+    """Pre-LN transformer block: self-attention, optional cross-attention, MLP (checkpointable, see
+    `modeling.activation_checkpointing`)."""
 
     def __init__(
         self,
@@ -82,7 +85,7 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_dim, dropout)
 
-    def forward(
+    def _forward(
         self,
         x: torch.Tensor,
         *,

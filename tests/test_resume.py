@@ -30,14 +30,13 @@ from test_train_jobs import CODEBOOK, TEXT_DIM, TOKENIZER, read_metrics
 
 from jobs.train_common import (
     FAULT_MARKER,
-    StepRecords,
     TrainConfig,
     Worker,
     maybe_inject_fault,
-    read_step_records,
     rng_state,
     set_rng_state,
 )
+from jobs.train_metrics import StepRecords, read_step_records
 from modeling.checkpoint import save_checkpoint
 from modeling.presets import load_config
 from modeling.tokenizers import tokenizer_config_from

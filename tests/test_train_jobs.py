@@ -18,6 +18,7 @@ from test_loaders import make_clip_shards, make_token_cache, render_clip
 from jobs.train_common import TrainConfig, deepspeed_config
 from modeling.checkpoint import load_checkpoint
 from modeling.generation import VideoGenerator
+from tests.gcs_emulator import gcs_emulator  # noqa: F401  (a fixture, requested by name)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -61,11 +62,17 @@ def test_deepspeed_config_sizes_and_optimizer() -> None:
 
 # --------------------------------------------------------------------------------------------- tokenizer
 @pytest.fixture(scope="module")
-def tokenizer_run(tmp_path_factory, ray_local):
+def clip_shards(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("clips")
+    return make_clip_shards(root / "clips", videos=10, images=6, num_frames=NUM_FRAMES, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory, ray_local, clip_shards):
     from jobs.train_tokenizer import run
 
     root = tmp_path_factory.mktemp("tokenizer")
-    clips = make_clip_shards(root / "clips", videos=10, images=6, num_frames=NUM_FRAMES, size=SIZE)
+    clips = clip_shards
     config = {
         "tokenizer": TOKENIZER,
         "tokenizer_train": {
@@ -108,6 +115,53 @@ def test_tokenizer_export_loads_and_encodes(tokenizer_run) -> None:
     codes = loaded.model.encode(video)
     assert codes.shape == (1, 3, 4, 4) and int(codes.max()) < CODEBOOK
     assert loaded.model.decode(codes).shape == video.shape
+
+
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_local, clip_shards, zero_stage) -> None:
+    """ZeRO-1 with its checkpoints in gs:// (the storage emulator), ZeRO-3 (built under zero.Init) with
+    activation checkpointing: each trains, checkpoints, and a rerun with more steps resumes from the last
+    checkpoint rather than from step 0. Every step reports throughput and MFU, also as TensorBoard events."""
+    from jobs.train_metrics import read_tensorboard_scalars
+    from jobs.train_tokenizer import run
+
+    storage = None
+    if zero_stage == 1:
+        emulator = request.getfixturevalue("gcs_emulator")
+        emulator.make_bucket("phenaki-runs")
+        storage = "gs://phenaki-runs/runs"
+    train = {**COMMON, "batch_size": 2, "image_batch_size": 2, "zero_stage": zero_stage, "eval_clips": 2,
+             "checkpoint_every": 1, "storage_path": storage, "activation_checkpointing": zero_stage == 3}  # fmt: skip
+    config = {
+        "tokenizer": TOKENIZER,
+        "tokenizer_train": {**train, "steps": 2},
+        "tokenizer_loss": {"adv_weight": 0.1, "disc_start": 0},
+        "discriminator": {"base_channels": 8, "max_channels": 16},
+    }
+    out = tmp_path / "out"
+    run(config, clip_shards, str(out))
+    evaluation = run({**config, "tokenizer_train": {**train, "steps": 3}}, clip_shards, str(out))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the rerun went on from step 2's checkpoint
+    assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["achieved_tflops"] > 0 for r in rows)
+    assert all(math.isfinite(r["loss"]) and "d_loss" in r for r in rows)
+    scalars = read_tensorboard_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["tokenizer/loss"]] == [1, 2, 3]
+    assert [s for s, _ in scalars["tokenizer/mfu"]] == [1, 2, 3]
+    if storage:
+        fs = emulator.filesystem()
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("phenaki-runs/runs/tokenizer", refresh=True))
+        assert [n for n in names if n.startswith("checkpoint-")] == ["checkpoint-00000002", "checkpoint-00000003"]
+        assert not (out / "ray").exists()
+    else:
+        assert sorted(p.name for p in (out / "ray" / "tokenizer").glob("checkpoint-*")) == [
+            "checkpoint-00000002", "checkpoint-00000003"
+        ]
+    assert evaluation["clips"] == 2 and math.isfinite(evaluation["psnr_db"])
+    loaded = load_checkpoint(out)
+    assert loaded.extra["step"] == 3
+    video = torch.from_numpy(render_clip(1, NUM_FRAMES, SIZE)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    assert loaded.model.encode(video).shape == (1, 3, 4, 4)
 
 
 # --------------------------------------------------------------------------------------------- transformer
