@@ -15,16 +15,8 @@ import numpy as np
 
 from benchmarks.process_memory import status_kib
 from benchmarks.training_memory import ESTIMATE_PRESET, GIB, MIB, TrainWorkerWatch, maskgit_config
-
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a substring of torch.cuda.get_device_name().
-GPU_PEAK_BF16_TFLOPS = {
-    "H200": 989.4,
-    "H100 PCIe": 756.0,
-    "H100": 989.4,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-}
+from jobs.train_metrics import GPU_PEAK_BF16_TFLOPS  # noqa: F401  (the trainers' table; re-exported)
+from jobs.train_metrics import gpu_peak_tflops as datasheet_peak_tflops
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -315,9 +307,9 @@ def throughput_entry(runs: list[dict], *, warmup: int, workers: int, samples_per
 def gpu_peak_tflops(name: str, override: float | None) -> tuple[float | None, str]:
     if override:
         return override, "--gpu-peak-tflops"
-    for key, value in GPU_PEAK_BF16_TFLOPS.items():  # "H100 PCIe" before "H100": first match wins
-        if key in name:
-            return value, f"dense bf16 datasheet peak for {key}"
+    value = datasheet_peak_tflops(name, "bf16")
+    if value is not None:
+        return value, f"dense bf16 datasheet peak of {name}"
     return None, "unknown GPU: pass --gpu-peak-tflops"
 
 
