@@ -330,8 +330,8 @@ def notes(report: dict) -> list[str]:
     out.append(
         "DeepSpeed's estimators count 18 bytes per parameter where the ZeRO paper counts 14 (ZeRO-2, partitioned) "
         "or 16 (ZeRO-3): they add an fp32 gradient partition; ZeRO-3 adds 4 bytes x the largest layer (its gather "
-        "buffer). `build_engine` builds the whole model in every worker before DeepSpeed partitions it (no "
-        "deepspeed.zero.Init), so for host memory the ZeRO-3 `no_zero_init` CPU figures apply."
+        "buffer). Under ZeRO-3 `build_engine` builds the model inside deepspeed.zero.Init (partitioned as it is "
+        "built), so for host memory the ZeRO-3 `zero_init` CPU figures apply."
     )
     for kind, presets in report["throughput"].items():
         for preset, s in presets.items():
