@@ -44,7 +44,7 @@ from jobs.train_common import (
     worker_print,
 )
 from jobs.train_loop import StepTail
-from jobs.train_metrics import MetricsLog, Throughput, peak_tflops
+from jobs.train_metrics import MetricsLog, Throughput
 from jobs.train_transformer import _clip_fps, copy_tokenizer
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.commit import TASKS, CommitConfig
@@ -218,10 +218,7 @@ def _throughput(job: CommitJob, worker) -> Throughput:
 
     samples = cfg.batch_size * cfg.grad_accum
     flops = samples * meta_forward_flops(lambda: CommitTransformer(model_cfg), forward)
-    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
-    if worker.is_main:
-        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
-    return Throughput(samples, samples * n, flops, peak, worker.world_size)
+    return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples, tokens=samples * n, flops=flops)
 
 
 def train_loop(config: dict) -> None:

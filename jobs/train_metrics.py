@@ -96,6 +96,15 @@ class Throughput:
     peak_tflops: float  # per worker
     world_size: int
 
+    @classmethod
+    def for_worker(cls, worker: Worker, cfg, run: str, *, samples: int, tokens: int, flops: int) -> Throughput:
+        """Per-worker step work against this worker's peak (`peak_tflops`); rank 0 says where the peak is from.
+        `cfg`: the run's TrainConfig (precision, peak_tflops)."""
+        peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
+        if worker.is_main:
+            worker_print(f"[{run}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
+        return cls(samples, tokens, flops, peak, worker.world_size)
+
     def metrics(self, step_s: float) -> dict[str, float]:
         dt = max(step_s, 1e-9)
         achieved = TRAINING_FLOPS_PER_FORWARD * self.forward_flops_per_step / dt / 1e12

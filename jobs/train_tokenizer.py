@@ -40,7 +40,7 @@ from jobs.train_common import (
     worker_print,
 )
 from jobs.train_loop import StepTail
-from jobs.train_metrics import MetricsLog, Throughput, peak_tflops
+from jobs.train_metrics import MetricsLog, Throughput
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
 from modeling.losses import TokenizerLossConfig, discriminator_loss, generator_loss, perceptual_status, psnr
 from modeling.presets import build_dataclass, load_config
@@ -170,11 +170,8 @@ def _throughput(job: TokenizerJob, loader, worker) -> Throughput:
         flops += count * tokenizer_forward_flops(job.build, shape)
         if job.loss.adv_weight > 0:
             flops += 3 * count * module_forward_flops(lambda: StyleGANDiscriminator(job.disc), (1, *shape))
-    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
-    if worker.is_main:
-        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
-    return Throughput(samples * cfg.grad_accum, tokens * cfg.grad_accum, flops * cfg.grad_accum, peak,
-                      worker.world_size)  # fmt: skip
+    return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples * cfg.grad_accum,
+                                 tokens=tokens * cfg.grad_accum, flops=flops * cfg.grad_accum)  # fmt: skip
 
 
 def train_loop(config: dict) -> None:

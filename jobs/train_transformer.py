@@ -38,7 +38,7 @@ from jobs.train_common import (
     worker_print,
 )
 from jobs.train_loop import StepTail
-from jobs.train_metrics import MetricsLog, StepRecords, Throughput, peak_tflops
+from jobs.train_metrics import MetricsLog, StepRecords, Throughput
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig
 from modeling.masking import mvtm_loss
@@ -147,10 +147,7 @@ def _throughput(job: TransformerJob, worker) -> Throughput:
     cfg = job.train
     samples = cfg.batch_size * cfg.grad_accum
     flops = samples * maskgit_forward_flops(job.model, text_len=int(job.extra["max_text_length"]))
-    peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)
-    if worker.is_main:
-        worker_print(f"[{RUN_NAME}] MFU against {peak:.3g} TFLOP/s per worker ({source})")
-    return Throughput(samples, samples * job.model.seq_len, flops, peak, worker.world_size)
+    return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples, tokens=samples * job.model.seq_len, flops=flops)
 
 
 def train_loop(config: dict) -> None:
