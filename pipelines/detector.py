@@ -17,6 +17,13 @@ Shape: two scale-free features of alpha, voted over frames by majority:
   skew of the row profile (mass per row): 0 for circle and square, -0.57 for an upright triangle.
 Motion: least-squares slope of the alpha centroid over frames, times the clip length; the dominant
 axis gives the direction; under `MIN_DISPLACEMENT_PX` of travel it is "static".
+
+One clean object (`clean_object`), the gate on every adherence figure: the attributes above are read
+from the largest blob and would score a frame of "patch soup" (fragments tiled over the frame) as
+whatever colour they average to. A frame is clean when at least `CLEAN_SHARE` of its foreground pixels
+(max-channel distance > `CLEAN_CONTRAST` from the background) form one 4-connected component whose
+bounding box is under `CLEAN_MAX_EXTENT` of the frame side; a video is clean when at least
+`CLEAN_FRAMES` of its frames are.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.synth import PALETTE, SHAPE_WORDS, SHAPES
+from pipelines.synth import BACKGROUND, PALETTE, SHAPE_WORDS, SHAPES
 
 MIN_DISPLACEMENT_PX = 2.0
 MIN_CONTRAST = 40.0  # max-channel distance below which nothing counts as a shape
@@ -38,6 +45,10 @@ _SHAPE_PROTOTYPES: dict[str, tuple[float, float]] = {
     "triangle": (0.5, -0.566),
 }
 _FEATURE_SCALE = (0.1, 0.2)
+CLEAN_CONTRAST = 60.0  # foreground for the clean-object test: max-channel distance above this
+CLEAN_SHARE = 0.85  # the main component holds at least this share of the foreground
+CLEAN_MAX_EXTENT = 0.45  # its bounding box is under this fraction of the frame side (both axes)
+CLEAN_FRAMES = 0.8  # a video is clean when at least this share of its frames is
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,9 @@ class Detection:
     skew: float | None  # median row-profile skew over frames
     displacement: tuple[float, float] | None  # (dx, dy) px over the clip, y down
     shape_votes: dict[str, int]  # per-frame shape votes
+    clean: bool = False  # one clean object (see `clean_object`)
+    clean_frames: float = 0.0  # share of frames that show one clean object
+    frame_colours: tuple[str | None, ...] = ()  # palette colour of each frame's shape (None: no shape)
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,51 @@ def _frame_shapes(frames: np.ndarray) -> list[_FrameShape | None]:
     return out
 
 
+def clean_frame_mask(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T,) bool: does each frame show one clean object?
+
+    Foreground = max-channel distance > CLEAN_CONTRAST from the frame's median colour (the background
+    covers most of a frame). Clean = at least MIN_AREA_PX foreground pixels, CLEAN_SHARE of them in the
+    largest 4-connected component, and that component's bounding box under CLEAN_MAX_EXTENT of the
+    frame's height and width; and the median itself is the world's background (within CLEAN_CONTRAST),
+    since a frame flooded with colour has the flood as its median. An empty frame, a flooded frame and
+    fragments tiled over the frame all fail.
+    """
+    rgb = frames.astype(np.float32)
+    t, h, w, _ = rgb.shape
+    background = np.median(rgb.reshape(t, -1, 3), axis=1)  # (T, 3)
+    foreground = np.abs(rgb - background[:, None, None, :]).max(axis=-1) > CLEAN_CONTRAST  # (T, H, W)
+    plain = np.abs(background - np.asarray(BACKGROUND, np.float32)).max(axis=-1) <= CLEAN_CONTRAST  # (T,)
+    main = largest_components(foreground)
+    total = foreground.sum(axis=(1, 2))  # (T,)
+    size = main.sum(axis=(1, 2))
+    rows, cols = main.any(axis=2), main.any(axis=1)  # (T, H), (T, W)
+
+    def extent(occupied: np.ndarray) -> np.ndarray:
+        """(T, N) bool -> (T,) span from the first to the last occupied index (0 if none)."""
+        n = occupied.shape[1]
+        first = np.argmax(occupied, axis=1)
+        last = n - 1 - np.argmax(occupied[:, ::-1], axis=1)
+        return np.where(occupied.any(axis=1), last - first + 1, 0)
+
+    return (
+        plain
+        & (total >= MIN_AREA_PX)
+        & (size >= CLEAN_SHARE * total)
+        & (extent(rows) < CLEAN_MAX_EXTENT * h)
+        & (extent(cols) < CLEAN_MAX_EXTENT * w)
+    )
+
+
+def clean_object(frames: np.ndarray) -> tuple[bool, float]:
+    """(T, H, W, 3) or (H, W, 3) uint8 -> (one clean object?, share of clean frames)."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[None]
+    share = float(clean_frame_mask(frames).mean())
+    return share >= CLEAN_FRAMES, share
+
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -213,9 +272,12 @@ def detect(frames: np.ndarray) -> Detection:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) frames, got {frames.shape}")
-    found = [(i, s) for i, s in enumerate(_frame_shapes(frames)) if s is not None]
+    clean, clean_frames = clean_object(frames)
+    shapes = _frame_shapes(frames)
+    frame_colours = tuple(None if s is None else nearest_colour(np.median(s.core_rgb, axis=0)) for s in shapes)
+    found = [(i, s) for i, s in enumerate(shapes) if s is not None]
     if not found:
-        return Detection(None, None, None, 0, None, None, None, None, {})
+        return Detection(None, None, None, 0, None, None, None, None, {}, clean, clean_frames, frame_colours)
     median_rgb = np.median(np.concatenate([s.core_rgb for _, s in found]), axis=0)
     features = [shape_features(s.alpha) for _, s in found]
     votes: dict[str, int] = {}
@@ -242,6 +304,9 @@ def detect(frames: np.ndarray) -> Detection:
         skew=skew_med,
         displacement=displacement,
         shape_votes=votes,
+        clean=clean,
+        clean_frames=clean_frames,
+        frame_colours=frame_colours,
     )
 
 
@@ -270,11 +335,20 @@ def parse_caption(text: str) -> Attributes:
     return Attributes(colour=first(_COLOUR_WORDS), shape=first(_SHAPE_LOOKUP), motion=first(_MOTION_LOOKUP))
 
 
+def adherence_of(want: Attributes, got: Detection) -> dict[str, bool | None]:
+    """`clean` plus one entry per attribute the prompt names (None where it is silent). An attribute
+    counts only on a video that shows one clean object: patch soup can average to any colour.
+    `colour_every_frame`: clean, and every frame's shape reads as the asked colour (a colour seen only in
+    stills may hold for the first frame and fade after it)."""
+    result: dict[str, bool | None] = {"clean": got.clean}
+    for name, wanted in (("colour", want.colour), ("shape", want.shape), ("motion", want.motion)):
+        result[name] = None if wanted is None else got.clean and wanted == getattr(got, name)
+    result["colour_every_frame"] = None if want.colour is None else (
+        got.clean and all(c == want.colour for c in got.frame_colours)
+    )
+    return result
+
+
 def adherence(prompt: str, frames: np.ndarray) -> dict[str, bool | None]:
-    """Does the video show what the prompt asks? One entry per attribute, None if the prompt is silent."""
-    want = parse_caption(prompt)
-    got = detect(frames)
-    return {
-        name: (None if wanted is None else wanted == getattr(got, name))
-        for name, wanted in (("colour", want.colour), ("shape", want.shape), ("motion", want.motion))
-    }
+    """Does the video show what the prompt asks? See `adherence_of`."""
+    return adherence_of(parse_caption(prompt), detect(frames))

@@ -6,8 +6,10 @@ prompts. With segments, each is scored against its own prompt; without, the firs
 against the whole video (the other prompts are ignored). A file that cannot be decoded scores False
 on everything its prompts ask for, since a model that writes garbage did not follow the prompt.
 
-The summary gives, over all scored segments, the fraction whose colour / shape / motion match (each
-over the segments whose prompt names that attribute) and the fraction where all named ones match.
+The summary's headline is `clean`: the fraction of segments that show one clean object
+(`pipelines.detector.clean_object`). Colour / shape / motion count a segment only when it is clean and
+the attribute matches (each over the segments whose prompt names that attribute); `all` when every named
+one does; `colour_every_frame` when every frame shows the asked colour.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.detector import adherence, detect, parse_caption
+from pipelines.detector import adherence_of, detect, parse_caption
 from pipelines.media import MediaError, decode_video
 
 ATTRIBUTES = ("colour", "shape", "motion")
+SCORES = ("clean", *ATTRIBUTES, "colour_every_frame")  # what each segment is scored on, headline first
 
 
 def _segments(record: dict[str, Any], num_frames: int) -> list[tuple[str, int, int]]:
@@ -39,7 +42,10 @@ def _segments(record: dict[str, Any], num_frames: int) -> list[tuple[str, int, i
 
 def _failed(prompt: str) -> dict[str, bool | None]:
     want = parse_caption(prompt)
-    return {a: (None if getattr(want, a) is None else False) for a in ATTRIBUTES}
+    failed: dict[str, bool | None] = {"clean": False}
+    failed |= {a: (None if getattr(want, a) is None else False) for a in ATTRIBUTES}
+    failed["colour_every_frame"] = None if want.colour is None else False
+    return failed
 
 
 def evaluate_record(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,8 +74,9 @@ def evaluate_record(record: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         det = detect(clip)
         results.append(
-            {"file": path, "prompt": prompt, "start": start, "end": end, **adherence(prompt, clip),
-             "detected": {"colour": det.colour, "shape": det.shape, "motion": det.motion}, "error": None}
+            {"file": path, "prompt": prompt, "start": start, "end": end, **adherence_of(parse_caption(prompt), det),
+             "detected": {"colour": det.colour, "shape": det.shape, "motion": det.motion,
+                          "clean_frames": round(det.clean_frames, 3)}, "error": None}
         )  # fmt: skip
     return results
 
@@ -81,8 +88,8 @@ def summarise(segments: list[dict[str, Any]]) -> dict[str, Any]:
         return float(np.mean(values)) if values else None
 
     summary: dict[str, Any] = {"num_segments": len(segments)}
-    for a in ATTRIBUTES:
-        asked = [bool(s[a]) for s in segments if s[a] is not None]
+    for a in SCORES:
+        asked = [bool(s[a]) for s in segments if s.get(a) is not None]
         summary[a] = fraction(asked)
         summary[f"num_{a}"] = len(asked)
     summary["all"] = fraction(

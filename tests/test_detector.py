@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipelines.detector import adherence, detect, parse_caption
+from pipelines.detector import adherence, clean_frame_mask, clean_object, detect, parse_caption
 from pipelines.evaluate import evaluate_videos
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4, encode_mp4_file
 from pipelines.synth import (
@@ -115,9 +115,15 @@ def test_adherence() -> None:
     frames = render_video(
         "orange", "circle", "up", num_frames=9, size=64, start_xy=(30, 40), radius=9, speed=1.3
     )
-    assert adherence("an orange ball moving up", frames) == {"colour": True, "shape": True, "motion": True}
-    assert adherence("a red square moving left", frames) == {"colour": False, "shape": False, "motion": False}
-    assert adherence("an orange circle", frames) == {"colour": True, "shape": True, "motion": None}
+    every = {"clean": True, "colour_every_frame": True}
+    assert adherence("an orange ball moving up", frames) == {**every, "colour": True, "shape": True, "motion": True}
+    assert adherence("a red square moving left", frames) == {
+        "clean": True, "colour": False, "shape": False, "motion": False, "colour_every_frame": False
+    }  # fmt: skip
+    assert adherence("an orange circle", frames) == {**every, "colour": True, "shape": True, "motion": None}
+    assert adherence("a ball moving up", frames) == {
+        "clean": True, "colour": None, "shape": True, "motion": True, "colour_every_frame": None
+    }  # fmt: skip
 
 
 def test_evaluate_videos_whole_and_segments(tmp_path) -> None:
@@ -141,3 +147,70 @@ def test_evaluate_videos_whole_and_segments(tmp_path) -> None:
     # 3 of the 4 segments are right on everything; the undecodable one is wrong on everything.
     assert summary["colour"] == summary["shape"] == summary["motion"] == summary["all"] == pytest.approx(0.75)
     assert [s["detected"]["motion"] for s in summary["segments"][:3]] == ["left", "up", "left"]
+
+
+# --------------------------------------------------------------------------------------------- one clean object
+@pytest.mark.parametrize("size", [32, 64])
+def test_ground_truth_renders_show_one_clean_object(size: int) -> None:
+    """Every triple, after H.264 at 64 (synth) and, at 32, resize + H.264 again (prepare): all clean."""
+    from pipelines.fidelity import fidelity_clips
+
+    clips = fidelity_clips(size, CLIP_FRAMES)
+    verdicts = [clean_object(frames) for frames in clips.frames]
+    assert all(clean for clean, _ in verdicts), [t for t, (c, _) in zip(clips.truths, verdicts, strict=True) if not c]
+    assert min(share for _, share in verdicts) == 1.0
+
+
+def _soup(size: int = 32, patch: int = 8) -> np.ndarray:
+    """A 'patch soup' frame: fragments of shapes tiled over the frame, as an undertrained model draws."""
+    frame = np.full((size, size, 3), BACKGROUND, dtype=np.uint8)
+    for i, j in itertools.product(range(0, size, patch), repeat=2):
+        if (i + j) // patch % 2 == 0:
+            frame[i + 2 : i + patch - 2, j + 1 : j + patch - 3] = PALETTE["red"]
+    return frame
+
+
+def test_patch_soup_is_not_one_clean_object() -> None:
+    soup = np.stack([_soup()] * CLIP_FRAMES)
+    assert not clean_object(soup)[0]
+    assert not clean_frame_mask(soup).any()
+    d = detect(soup)
+    assert d.colour == "red" and not d.clean  # the old reading: right colour from fragments
+    verdict = adherence("a red square moving left", soup)
+    assert verdict["clean"] is False and verdict["colour"] is False and verdict["shape"] is False
+
+
+def test_clean_object_thresholds() -> None:
+    base = render_video("blue", "square", "right", num_frames=CLIP_FRAMES, size=32, start_xy=(10, 12), radius=4,
+                        speed=1.0)  # fmt: skip
+    assert clean_frame_mask(base).all()
+    # a stray fragment with more than 15% of the foreground breaks a frame; a small speck does not
+    big = base.copy()
+    big[:, 24:29, 24:29] = PALETTE["blue"]  # 25 px beside a ~64 px square
+    assert not clean_frame_mask(big).any()
+    speck = base.copy()
+    speck[:, 28:30, 28:30] = PALETTE["blue"]  # 4 px: under 15%
+    assert clean_frame_mask(speck).all()
+    # a blob as wide as half the frame is not an object of this world
+    wide = np.full_like(base, BACKGROUND)
+    wide[:, 10:16, 2:18] = PALETTE["green"]  # 16 px wide on 32: over 45%
+    assert not clean_frame_mask(wide).any()
+    # colour flooding the frame, and an empty frame, are not objects either
+    flood = np.full_like(base, PALETTE["red"])
+    flood[:, 4:10, 4:10] = BACKGROUND
+    assert not clean_frame_mask(flood).any()
+    assert not clean_frame_mask(np.full_like(base, BACKGROUND)).any()
+    # a video is clean when at least 80% of its frames are: 8 of 9 clean frames pass, 7 do not
+    assert clean_object(np.concatenate([base[:8], flood[:1]]))[0]
+    assert not clean_object(np.concatenate([base[:7], flood[:2]]))[0]
+
+
+def test_colour_every_frame_catches_a_fading_colour() -> None:
+    purple = render_video("purple", "circle", "right", num_frames=CLIP_FRAMES, size=32, start_xy=(10, 16),
+                          radius=4.5, speed=1.0)  # fmt: skip
+    red = render_video("red", "circle", "right", num_frames=CLIP_FRAMES, size=32, start_xy=(10, 16),
+                       radius=4.5, speed=1.0)  # fmt: skip
+    fading = np.concatenate([purple[:3], red[3:]])  # first frames purple, then red: reads red overall
+    verdict = adherence("a purple ball moving right", fading)
+    assert verdict["clean"] and verdict["colour_every_frame"] is False
+    assert adherence("a purple ball moving right", purple)["colour_every_frame"] is True
