@@ -42,7 +42,14 @@ from jobs.train_common import (
 from jobs.train_loop import StepTail
 from jobs.train_metrics import MetricsLog, Throughput
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
-from modeling.losses import TokenizerLossConfig, discriminator_loss, generator_loss, perceptual_status, psnr
+from modeling.losses import (
+    LeCamEMA,
+    TokenizerLossConfig,
+    discriminator_loss,
+    generator_loss,
+    perceptual_status,
+    psnr,
+)
 from modeling.presets import build_dataclass, load_config
 from modeling.tokenizers import TokenizerFamily, tokenizer_config_from
 
@@ -54,6 +61,7 @@ class TokenizerTrainConfig(TrainConfig):
     image_batch_size: int = 4  # stills per worker per step (0: videos only)
     num_frames: int | None = None  # crop clips to 1 + k*t_p frames; None: the clips' own length
     eval_clips: int = 8  # videos held out for the final reconstruction PSNR
+    fidelity_repeats: int = 1  # object fidelity on 72 x this fresh clips (every colour x shape x motion); 0: off
     restart_every: int = 50  # dead-code restart interval in steps (0: off)
     restart_threshold: float = 0.03  # a code is dead when its averaged usage falls below this
 
@@ -112,11 +120,12 @@ def _restart_dead_codes(model: torch.nn.Module, latents: torch.Tensor, job: Toke
     return quantizer.restart_dead_codes(latents, job.train.restart_threshold, gen)
 
 
-def _train_step(job, engines, batches, step, worker, vgg, i3d):
+def _train_step(job, engines, batches, step, worker, vgg, i3d, lecam):
     """One micro step: each batch is its own generator forward/backward, then the discriminator's turn.
 
     Each batch is one DeepSpeed micro step (ZeRO-3 cannot run two forwards before a backward); its loss is
-    scaled by the number of batches so the step's gradient is that of the summed loss.
+    scaled by the number of batches so the step's gradient is that of the summed loss. `lecam` holds one
+    LeCam EMA per batch (videos, stills: D's outputs on the two differ) when the regulariser is on.
     """
     tok = engines["tokenizer"]
     disc = engines.get("discriminator")
@@ -139,14 +148,29 @@ def _train_step(job, engines, batches, step, worker, vgg, i3d):
     if use_adv:
         disc.module.requires_grad_(True)
         d_loss = None
-        for video, fake in zip(videos, fakes, strict=True):
-            part, m = discriminator_loss(disc, video, fake, job.loss)
+        for i, (video, fake) in enumerate(zip(videos, fakes, strict=True)):
+            part, m = discriminator_loss(disc, video, fake, job.loss, lecam[i] if lecam else None)
             d_loss = part if d_loss is None else d_loss + part
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + v / len(videos)
         disc.backward(d_loss)
         disc.step()
     return metrics, latents
+
+
+def _lecam_anchors(job: TokenizerJob, batches_per_step: int, state: dict) -> list[LeCamEMA] | None:
+    """One LeCam EMA per batch of a step when the GAN and the regulariser are on, restored on resume."""
+    if not (job.loss.adv_weight > 0 and job.loss.lecam_weight > 0):
+        return None
+    anchors = [LeCamEMA(job.loss.lecam_decay) for _ in range(batches_per_step)]
+    for anchor, values in zip(anchors, state.get("lecam") or [], strict=False):
+        anchor.load_state(values)
+    return anchors
+
+
+def _client_state(step: int, lecam: list[LeCamEMA] | None) -> dict:
+    """What a checkpoint carries beside the engines: the step and the LeCam anchors."""
+    return {"step": step} | ({"lecam": [a.state() for a in lecam]} if lecam else {})
 
 
 def _throughput(job: TokenizerJob, loader, worker) -> Throughput:
@@ -219,6 +243,7 @@ def train_loop(config: dict) -> None:
         )
     state = restore(engines) or {"step": 0}
     step = int(state["step"])
+    lecam = _lecam_anchors(job, batches_per_step, state)
     log = MetricsLog(config["out_dir"], worker, cfg.log_every, cfg.steps, RUN_NAME)
     if worker.is_main:
         worker_print(
@@ -232,16 +257,16 @@ def train_loop(config: dict) -> None:
             set_lr(engine, lr)
         for micro in range(cfg.grad_accum):
             metrics, latents = _train_step(
-                job, engines, loader.step_batches(step * cfg.grad_accum + micro), step, worker, vgg, i3d
+                job, engines, loader.step_batches(step * cfg.grad_accum + micro), step, worker, vgg, i3d, lecam
             )
         step += 1
         if cfg.restart_every and step % cfg.restart_every == 0:
             metrics["restarted_codes"] = float(
                 _restart_dead_codes(engines["tokenizer"].module, latents, job, step)
             )
-        if tail.after_step(step, lr, metrics, {"step": step}):
+        if tail.after_step(step, lr, metrics, _client_state(step, lecam)):
             break
-    tail.finish(step, {"step": step})
+    tail.finish(step, _client_state(step, lecam))
 
     out_dir = config["out_dir"]
     t, _, _ = loader.frame_shape
@@ -257,16 +282,18 @@ def train_loop(config: dict) -> None:
         engines["tokenizer"], job.build, job.model, out_dir, worker, cfg.zero_stage, extra
     )
     if worker.is_main:
-        evaluate(out_dir, loader.holdout_videos(), step)
+        evaluate(out_dir, loader.holdout_videos(), step, t if cfg.fidelity_repeats else 0, cfg.fidelity_repeats)
 
 
-def evaluate(out_dir: str, videos: torch.Tensor | None, step: int) -> dict:
-    """Held-out reconstruction PSNR of the exported checkpoint (so it also proves the export loads)."""
+def evaluate(out_dir: str, videos: torch.Tensor | None, step: int, fidelity_frames: int = 0, repeats: int = 1) -> dict:
+    """Held-out reconstruction PSNR of the exported checkpoint (so it also proves the export loads) and,
+    with `fidelity_frames`, object fidelity: the detector on reconstructions of fresh clips of every colour x
+    shape x motion (`pipelines.fidelity`), with input | reconstruction strips in `<out>/fidelity/`."""
     from modeling.checkpoint import load_checkpoint
 
     result: dict = {"step": step, "clips": 0, "psnr_db": None}
+    model = load_checkpoint(out_dir).model
     if videos is not None:
-        model = load_checkpoint(out_dir).model
         with torch.no_grad():
             out = model(videos)
         result.update(
@@ -275,8 +302,19 @@ def evaluate(out_dir: str, videos: torch.Tensor | None, step: int) -> dict:
             perplexity=float(out.perplexity),
             used_codes=int(out.used_codes),
         )
+    if fidelity_frames:
+        from pipelines.fidelity import fidelity_clips, summary_line, tokenizer_fidelity, write_examples
+
+        clips = fidelity_clips(model.cfg.image_size, fidelity_frames, repeats)
+        report, recon = tokenizer_fidelity(model, clips)
+        report["examples"] = write_examples(Path(out_dir) / "fidelity", clips, recon, report)
+        result["fidelity"] = report
+        worker_print(f"[{RUN_NAME}] object fidelity on {report['clips']} fresh clips: {summary_line(report)}")
     Path(out_dir, "eval.json").write_text(json.dumps(result, indent=2))
-    worker_print(f"[{RUN_NAME}] held-out reconstruction: {result}")
+    worker_print(
+        f"[{RUN_NAME}] held-out reconstruction: {result['clips']} clips, PSNR "
+        + (f"{result['psnr_db']:.2f} dB" if result["psnr_db"] is not None else "n/a")
+    )
     return result
 
 
@@ -326,9 +364,11 @@ def run(config: dict, data: str, out_dir: str) -> dict:
 def main(args: argparse.Namespace) -> int:
     init_ray(args.address)
     evaluation = run(load_config(args.config, args.overrides), args.data, args.out)
-    print(
-        f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB"
-    )
+    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB")
+    if evaluation.get("fidelity"):
+        from pipelines.fidelity import summary_line
+
+        print(f"[{RUN_NAME}] object fidelity: {summary_line(evaluation['fidelity'])}")
     return 0
 
 

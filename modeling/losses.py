@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -143,7 +144,10 @@ def discriminator_adversarial(logits_real: torch.Tensor, logits_fake: torch.Tens
 
 
 class LeCamEMA(nn.Module):
-    """Running means of D's outputs on real and fake data for the LeCam regulariser (Tseng et al. 2021)."""
+    """Running means of D's outputs on real and fake data for the LeCam regulariser (Tseng et al. 2021).
+
+    Under data parallelism each update averages the batch means over ranks first, so every rank holds the
+    same anchors (and a resumed run restores them from `state()`)."""
 
     def __init__(self, decay: float = 0.999):
         super().__init__()
@@ -153,8 +157,19 @@ class LeCamEMA(nn.Module):
 
     @torch.no_grad()
     def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
-        self.real.lerp_(logits_real.float().mean(), 1 - self.decay)
-        self.fake.lerp_(logits_fake.float().mean(), 1 - self.decay)
+        means = torch.stack([logits_real.float().mean(), logits_fake.float().mean()])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(means)
+            means /= dist.get_world_size()
+        self.real.lerp_(means[0].to(self.real), 1 - self.decay)
+        self.fake.lerp_(means[1].to(self.fake), 1 - self.decay)
+
+    def state(self) -> list[float]:
+        return [float(self.real), float(self.fake)]
+
+    def load_state(self, values: list[float]) -> None:
+        self.real.fill_(float(values[0]))
+        self.fake.fill_(float(values[1]))
 
     def penalty(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
         return (F.relu(logits_real - self.fake).pow(2).mean() + F.relu(self.real - logits_fake).pow(2).mean())

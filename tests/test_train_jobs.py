@@ -85,7 +85,7 @@ def tokenizer_run(tmp_path_factory, ray_local, clip_shards):
             "restart_threshold": 0.5,
             "checkpoint_every": 2,
         },
-        "tokenizer_loss": {"adv_weight": 0.1, "disc_start": 2},
+        "tokenizer_loss": {"adv_weight": 0.1, "disc_start": 2, "lecam_weight": 0.001},
         "discriminator": {"base_channels": 8, "max_channels": 16},
     }
     evaluation = run(config, clips, str(root / "out"))
@@ -99,6 +99,7 @@ def test_tokenizer_trains_and_exports(tokenizer_run) -> None:
     assert all(math.isfinite(r["loss"]) and r["used_codes"] >= 1 and r["perplexity"] >= 1 for r in rows)
     assert "img_l2" in rows[0]  # the image batch trained too
     assert "adv_g" not in rows[1] and "adv_g" in rows[2] and "d_loss" in rows[3]  # GAN from disc_start=2
+    assert "lecam" not in rows[1] and all(math.isfinite(r["lecam"]) for r in rows[2:])  # the regulariser ran
     assert "restarted_codes" in rows[1]
     assert evaluation["clips"] == 2 and math.isfinite(evaluation["psnr_db"])
     assert json.loads((out / "eval.json").read_text()) == evaluation
@@ -135,7 +136,7 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
     config = {
         "tokenizer": TOKENIZER,
         "tokenizer_train": {**train, "steps": 2},
-        "tokenizer_loss": {"adv_weight": 0.1, "disc_start": 0},
+        "tokenizer_loss": {"adv_weight": 0.1, "disc_start": 0, "lecam_weight": 0.001},
         "discriminator": {"base_channels": 8, "max_channels": 16},
     }
     out = tmp_path / "out"
@@ -144,7 +145,7 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]  # the rerun went on from step 2's checkpoint
     assert all(r["mfu"] > 0 and r["tokens_per_s"] > 0 and r["achieved_tflops"] > 0 for r in rows)
-    assert all(math.isfinite(r["loss"]) and "d_loss" in r for r in rows)
+    assert all(math.isfinite(r["loss"]) and "d_loss" in r and "lecam" in r for r in rows)
     scalars = read_tensorboard_scalars(out / "tensorboard")
     assert [s for s, _ in scalars["tokenizer/loss"]] == [1, 2, 3]
     assert [s for s, _ in scalars["tokenizer/mfu"]] == [1, 2, 3]
@@ -162,6 +163,25 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
     assert loaded.extra["step"] == 3
     video = torch.from_numpy(render_clip(1, NUM_FRAMES, SIZE)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     assert loaded.model.encode(video).shape == (1, 3, 4, 4)
+
+
+def test_lecam_anchors_are_checkpointed_and_restored() -> None:
+    """The LeCam EMA anchors travel in the checkpoint's client state, one per batch of a step; off unless
+    both the GAN and the regulariser are on (the paper presets set lecam_weight, which used to be ignored)."""
+    from jobs.train_tokenizer import _client_state, _lecam_anchors, job_from_config
+
+    config = {"tokenizer": TOKENIZER, "tokenizer_loss": {"adv_weight": 0.1, "lecam_weight": 0.001}}
+    job = job_from_config(config, "unused")
+    anchors = _lecam_anchors(job, 2, {"step": 0})
+    anchors[0].update(torch.tensor([2.0]), torch.tensor([-1.0]))
+    state = _client_state(7, anchors)
+    assert state["step"] == 7 and state["lecam"][1] == [0.0, 0.0] and state["lecam"][0][0] > 0
+    restored = _lecam_anchors(job, 2, state)
+    assert [a.state() for a in restored] == state["lecam"]
+    penalty = restored[0].penalty(torch.tensor([3.0]), torch.tensor([-2.0]))
+    assert float(penalty) > 0
+    no_gan = job_from_config({**config, "tokenizer_loss": {"adv_weight": 0.0, "lecam_weight": 0.001}}, "unused")
+    assert _lecam_anchors(no_gan, 2, {}) is None and _client_state(3, None) == {"step": 3}
 
 
 # --------------------------------------------------------------------------------------------- transformer
