@@ -54,6 +54,7 @@ class TransformerTrainConfig(TrainConfig):
     source_weights: dict[str, float] | None = None  # mix="source": source name -> weight (else as prepared)
     text_drop_prob: float = 0.1  # classifier-free guidance training
     mask_schedule: str = "cosine"
+    loss_normalization: str = "sample"  # "sample": each sample weighs the same; "token": MaskGIT's mean
 
 
 @dataclass
@@ -198,6 +199,7 @@ def train_loop(config: dict) -> None:
                 generator=gen,
                 text_drop_prob=cfg.text_drop_prob,
                 schedule=cfg.mask_schedule,
+                normalization=cfg.loss_normalization,
             )
             engine.backward(loss)
             engine.step()

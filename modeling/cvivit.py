@@ -1,7 +1,10 @@
 """C-ViViT: the causal video tokenizer of Phenaki (sec. 2.1, appendix B.1).
 
 A video of 1 + t_x frames is cut into w_p x h_p patches for the first frame and t_p x w_p x h_p tubelets for
-the rest, each linearly projected to width D. Spatial transformer layers attend all-to-all within each latent
+the rest, each linearly projected to width D (`first_frame: separate`, the paper's layout; with `repeat` the
+first frame is repeated t_p times into a static tubelet and shares the tubelet projection both ways, so an image
+and a video frame speak one code language: what a still teaches, e.g. a colour seen only in images, is already
+in the tokens a video uses). Spatial transformer layers attend all-to-all within each latent
 frame, then temporal layers attend *causally* along time at each spatial location, so latent frame t only
 sees frames <= t: the first frame is encoded as an image and tokens never depend on the future. No CLS
 tokens. The decoder mirrors it: code embeddings -> temporal (causal) -> spatial -> one linear map to pixels.
@@ -23,6 +26,8 @@ from torch import nn
 from modeling.quantizer import FactorizedQuantizer
 from modeling.transformer import Stack
 
+FIRST_FRAME_MODES = ("separate", "repeat")
+
 
 @dataclass
 class CViViTConfig:
@@ -41,6 +46,18 @@ class CViViTConfig:
     codebook_update: str = "ema"  # "ema" or "loss" (see modeling/quantizer.py)
     max_latent_frames: int = 64  # temporal position table size: up to 1 + 63 * t_p input frames
     dropout: float = 0.0
+    first_frame: str = "separate"  # "separate": own patch projection (paper); "repeat": a static tubelet
+    encoder_spatial_depth: int | None = None  # None: spatial_depth; 0 keeps codes local to their patch
+
+    def __post_init__(self) -> None:
+        if self.first_frame not in FIRST_FRAME_MODES:
+            raise ValueError(f"first_frame must be one of {FIRST_FRAME_MODES}, got {self.first_frame!r}")
+        if self.encoder_spatial_depth is not None and self.encoder_spatial_depth < 0:
+            raise ValueError(f"encoder_spatial_depth must be >= 0, got {self.encoder_spatial_depth}")
+
+    @property
+    def enc_spatial_depth(self) -> int:
+        return self.spatial_depth if self.encoder_spatial_depth is None else self.encoder_spatial_depth
 
     @property
     def grid(self) -> int:
@@ -92,11 +109,12 @@ class CViViT(nn.Module):
         self.cfg = cfg
         p, pt, c, d = cfg.patch_size, cfg.temporal_patch_size, cfg.channels, cfg.dim
         g = cfg.grid
-        self.first_frame_in = nn.Linear(c * p * p, d)
+        if cfg.first_frame == "separate":
+            self.first_frame_in = nn.Linear(c * p * p, d)
         self.tubelet_in = nn.Linear(c * pt * p * p, d)
         self.enc_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
         self.enc_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
-        self.enc_spatial = Stack(d, cfg.spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
+        self.enc_spatial = Stack(d, cfg.enc_spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
         self.enc_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
         self.quantizer = FactorizedQuantizer(
             d, cfg.code_dim, cfg.codebook_size,
@@ -106,7 +124,8 @@ class CViViT(nn.Module):
         self.dec_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
         self.dec_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
         self.dec_spatial = Stack(d, cfg.spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
-        self.first_frame_out = nn.Linear(d, c * p * p)
+        if cfg.first_frame == "separate":
+            self.first_frame_out = nn.Linear(d, c * p * p)
         self.tubelet_out = nn.Linear(d, c * pt * p * p)
 
     # ---- shapes -------------------------------------------------------------------------------------------
@@ -127,6 +146,11 @@ class CViViT(nn.Module):
             raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} frames, got {tuple(video.shape[-2:])}")
         self.latent_frames(video.shape[2])
         p, pt = cfg.patch_size, cfg.temporal_patch_size
+        if cfg.first_frame == "repeat":  # (B, C, t_p + T - 1, H, W): frame 0 as a static tubelet
+            video = torch.cat([video[:, :, :1].expand(-1, -1, pt, -1, -1), video[:, :, 1:]], dim=2)
+            return self.tubelet_in(
+                rearrange(video, "b c (t pt) (h p1) (w p2) -> b t h w (c pt p1 p2)", pt=pt, p1=p, p2=p)
+            )
         first = rearrange(video[:, :, :1], "b c 1 (h p1) (w p2) -> b 1 h w (c p1 p2)", p1=p, p2=p)
         tokens = [self.first_frame_in(first)]
         if video.shape[2] > 1:
@@ -169,6 +193,9 @@ class CViViT(nn.Module):
         p, pt = cfg.patch_size, cfg.temporal_patch_size
         x = self._add_positions(emb, self.dec_space_pos, self.dec_time_pos)
         x = self._space_time(x, self.dec_spatial, self.dec_temporal, spatial_first=False)
+        if cfg.first_frame == "repeat":  # latent frame 0 decodes to a static tubelet: keep its last frame
+            out = rearrange(self.tubelet_out(x), "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p)
+            return out[:, :, pt - 1 :]
         frames = [rearrange(self.first_frame_out(x[:, :1]), "b 1 h w (c p1 p2) -> b c 1 (h p1) (w p2)", p1=p, p2=p)]
         if x.shape[1] > 1:
             rest = self.tubelet_out(x[:, 1:])

@@ -3,6 +3,12 @@
 Training masks ceil(gamma(r) * n) of a sample's n scored tokens, r ~ U(0, 1), and scores cross-entropy on
 the masked ones. An image sample (one frame) is a video of one latent frame: only its first h_z*w_z
 tokens are masked and scored; the rest of its row is padding, filled with [MASK] and never scored.
+
+Normalisation (`loss_normalization`): MaskGIT averages the cross-entropy over every masked token of the
+batch ("token"). Mixed with videos, that weighs a sample by its token count: a 9-frame video has 5x an
+image's tokens, so images 20% of the samples carry ~4% of the loss. "sample" averages within each sample,
+then over samples, so each kind weighs what its share of the batch says (the paper's 80/20 mix means
+80/20 of the gradient). Both agree on batches of one kind.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ def linear_schedule(r: torch.Tensor | float) -> torch.Tensor:
 
 
 SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
+LOSS_NORMALIZATIONS = ("sample", "token")
 
 
 def random_training_mask(
@@ -53,11 +60,15 @@ def mvtm_loss(
     generator: torch.Generator | None = None,
     text_drop_prob: float = 0.1,
     schedule: str = "cosine",
+    normalization: str = "sample",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """tokens (B, N) long (padding = -1 beyond num_scored), text (B, L, Dt), text_mask (B, L), num_scored (B,).
 
-    Returns the mean cross-entropy over masked tokens and metrics (accuracy on masked tokens, mask fraction).
+    Returns the cross-entropy of the masked tokens, averaged per `normalization` (module docstring), and
+    metrics (accuracy on masked tokens, mask fraction).
     """
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"loss normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
     b, n = tokens.shape
     mask = random_training_mask(num_scored, n, generator, schedule)
     padding = torch.arange(n, device=tokens.device)[None, :] >= num_scored[:, None]
@@ -65,7 +76,13 @@ def mvtm_loss(
     drop_text = (torch.rand(b, generator=generator, device="cpu") < text_drop_prob).to(tokens.device)
     logits = model(inputs, text, text_mask, drop_text)  # (B, N, K)
     targets = tokens.masked_fill(~mask, -100)
-    loss = F.cross_entropy(logits.float().reshape(b * n, -1), targets.reshape(-1), ignore_index=-100)
+    per_token = F.cross_entropy(
+        logits.float().reshape(b * n, -1), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(b, n)  # 0 where not masked
+    if normalization == "token":
+        loss = per_token.sum() / mask.sum().clamp(min=1)
+    else:
+        loss = (per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
     with torch.no_grad():
         correct = (logits.argmax(-1) == tokens) & mask
         metrics = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -37,10 +38,11 @@ def text(b: int = 2, length: int = 5, seed: int = 0) -> tuple[torch.Tensor, torc
     return torch.randn(b, length, 24, generator=g), mask
 
 
-@pytest.fixture
-def cvivit() -> CViViT:
+@pytest.fixture(params=["separate", "repeat"])
+def cvivit(request) -> CViViT:
+    """Both first-frame layouts: the paper's own image projection, and the first frame as a static tubelet."""
     torch.manual_seed(0)
-    return CViViT(TINY_CVIVIT).eval()
+    return CViViT(dataclasses.replace(TINY_CVIVIT, first_frame=request.param)).eval()
 
 
 @pytest.fixture
@@ -91,9 +93,30 @@ def test_image_is_one_frame_video(cvivit):
     assert cvivit.decode(image_tokens).shape == (2, 3, 1, 32, 32)
 
 
-def test_cvivit_gradients_reach_every_trainable_parameter():
+def test_repeated_first_frame_shares_the_tubelet_projection():
+    """`first_frame: repeat`: a still is the static tubelet [x0, x0] in both directions, so images and video
+    frames share one code language; the paper's separate image projections are not built at all."""
     torch.manual_seed(0)
-    model = CViViT(TINY_CVIVIT).train()
+    model = CViViT(dataclasses.replace(TINY_CVIVIT, first_frame="repeat", encoder_spatial_depth=0)).eval()
+    paper = CViViT(TINY_CVIVIT)
+    names = {n for n, _ in model.named_parameters()}
+    assert not any(n.startswith(("first_frame_in", "first_frame_out")) for n in names)
+    assert not any(n.startswith("enc_spatial.") for n in names)  # encoder_spatial_depth=0: local codes
+    assert any(n.startswith("dec_spatial.") for n in names)  # the decoder keeps its spatial layers
+    image = video(t=1)
+    static = image.expand(-1, -1, 2, -1, -1)
+    assert torch.equal(model._patchify(image), model.tubelet_in(
+        static.reshape(2, 3, 1, 2, 4, 8, 4, 8).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(2, 1, 4, 4, -1)
+    ))  # fmt: skip
+    assert sum(p.numel() for p in paper.parameters()) > sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="first_frame"):
+        CViViTConfig(first_frame="tile")
+
+
+@pytest.mark.parametrize("first_frame", ["separate", "repeat"])
+def test_cvivit_gradients_reach_every_trainable_parameter(first_frame):
+    torch.manual_seed(0)
+    model = CViViT(dataclasses.replace(TINY_CVIVIT, first_frame=first_frame)).train()
     x = video()
     out = model(x)
     (torch.nn.functional.mse_loss(out.recon, x) + out.vq_loss).backward()
@@ -191,6 +214,34 @@ def test_mvtm_loss_scores_only_masked_tokens(maskgit):
     assert maskgit.head.weight.grad is not None
 
 
+def test_mvtm_loss_normalisation_weighs_samples_or_tokens(maskgit):
+    """'sample' gives an image row the weight of a video row; 'token' weighs rows by their masked tokens.
+    Recomputed from the per-token cross-entropy of the same masks and logits."""
+    import torch.nn.functional as F
+
+    from modeling.masking import random_training_mask
+
+    tokens = torch.randint(0, 32, (2, 80))
+    tokens[1, 16:] = -1
+    emb, m = text()
+    num_scored = torch.tensor([80, 16])
+    maskgit.eval()
+    losses = {
+        norm: mvtm_loss(maskgit, tokens, emb, m, num_scored, torch.Generator().manual_seed(3), 0.0, normalization=norm)[0]
+        for norm in ("sample", "token")
+    }  # fmt: skip
+    mask = random_training_mask(num_scored, 80, torch.Generator().manual_seed(3))
+    inputs = tokens.masked_fill(mask | (torch.arange(80)[None] >= num_scored[:, None]), maskgit.mask_token_id)
+    with torch.no_grad():
+        logits = maskgit(inputs, emb, m, torch.zeros(2, dtype=torch.bool))
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens.clamp(min=0), reduction="none") * mask  # (2, 80)
+    per_row = ce.sum(1) / mask.sum(1)
+    assert float(losses["sample"]) == pytest.approx(float(per_row.mean()), rel=1e-5)
+    assert float(losses["token"]) == pytest.approx(float(ce.sum() / mask.sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="normalization"):
+        mvtm_loss(maskgit, tokens, emb, m, num_scored, normalization="batch")
+
+
 # ---- guidance and sampling ----------------------------------------------------------------------------------
 
 
@@ -252,7 +303,7 @@ def test_discriminator_judges_frames_or_clips(dims):
 
 @pytest.mark.parametrize("kind", ["cvivit", "maskgit"])
 def test_checkpoint_round_trip(tmp_path, cvivit, maskgit, kind):
-    model, cfg = (cvivit, TINY_CVIVIT) if kind == "cvivit" else (maskgit, TINY_MASKGIT)
+    model, cfg = (cvivit, cvivit.cfg) if kind == "cvivit" else (maskgit, TINY_MASKGIT)
     digest = save_checkpoint(tmp_path / "ckpt", model, cfg, {"note": "x"})
     loaded = load_checkpoint(tmp_path / "ckpt")
     assert loaded.kind == kind and loaded.digest == digest and loaded.extra == {"note": "x"}
