@@ -72,14 +72,24 @@ def request_videos(url: str, requests_: list[dict], samples: int, sampling: dict
     return records
 
 
-def summarise_by_kind(records: list[dict], out: Path) -> dict:
-    """Adherence per request kind; record files are relative to `out` (the gallery's links)."""
+def score_records(records: list[dict], out: Path) -> dict:
+    """Detector readings per video and adherence per request kind.
+
+    Each record gains `evaluation`: one entry per scored segment (prompt, frame range, clean / colour /
+    shape / motion / colour_every_frame, and what the detector read), so the page can show every video
+    beside its reading. Record files are relative to `out` (the page's links). Returns {kind: summary}."""
     from pipelines.evaluate import evaluate_videos
 
     summary = {}
     for kind in sorted({r["kind"] for r in records}):
-        chosen = [{**r, "file": str(out / r["file"])} for r in records if r["kind"] == kind]
-        report = evaluate_videos(chosen)
+        chosen = [r for r in records if r["kind"] == kind]
+        report = evaluate_videos([{**r, "file": str(out / r["file"])} for r in chosen])
+        segments = iter(report["segments"])
+        for record in chosen:
+            count = len(record["prompts"]) if record.get("segments") else 1
+            record["evaluation"] = [
+                {k: v for k, v in next(segments).items() if k != "file"} for _ in range(count)
+            ]
         summary[kind] = {k: v for k, v in report.items() if k != "segments"}
     return summary
 
@@ -104,7 +114,6 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     from jobs.train_tokenizer import run as train_tokenizer
     from jobs.train_transformer import run as train_transformer
     from modeling.presets import build_dataclass, load_config
-    from pipelines.gallery import write_gallery
     from pipelines.prepare import PrepareConfig, prepare
     from pipelines.synth import synthesize
     from pipelines.tokenize import tokenize
@@ -139,14 +148,21 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
         finally:
             stop_serve()
     with stage("eval: detector adherence", timings):
-        adherence = summarise_by_kind(records, out)
+        adherence = score_records(records, out)
     timings["total"] = round(time.perf_counter() - started, 2)
     results = {"records": records, "adherence": adherence, "tokenizer_eval": tokenizer_eval, "timings_s": timings,
                "config": config_name, "fast": fast}
-    write_gallery(out, records, "phenaki-ray demo", {"adherence": adherence, "timings_s": timings,
-                                                     "tokenizer_eval": tokenizer_eval})
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_page(out, results)
     return results
+
+
+def write_page(out: Path, results: dict) -> Path:
+    """`<out>/index.html` (and its training plots) from the demo's results."""
+    from jobs.train_metrics import METRICS_FILE
+    from pipelines.demo_page import write_demo_page
+
+    return write_demo_page(out, results, reuse_commands(out), METRICS_FILE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,22 +179,33 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     config = args.config or ("debug" if args.fast else "demo")
     results = run_demo(out, config, args.overrides, args.fast, args.address)
-    lines = [f"  {stage_name:<50} {seconds:>8.1f} s" for stage_name, seconds in results["timings_s"].items()]
-    adherence = results["adherence"]
-    def fmt(value: float | None) -> str:
-        return "  -  " if value is None else f"{value:.2f}"
-
-    adh_lines = [
-        f"  {kind:<10} colour {fmt(a['colour'])}  shape {fmt(a['shape'])}  motion {fmt(a['motion'])}  "
-        f"all {fmt(a['all'])}  ({a['num_segments']} segments)"
-        for kind, a in adherence.items()
-    ]
-    print("\nStage times:\n" + "\n".join(lines))
-    print("\nAdherence (detector-confirmed fraction):\n" + "\n".join(adh_lines))
-    print(f"\nTokenizer held-out reconstruction: {results['tokenizer_eval']}")
-    print(f"\nLook at the videos: {out / 'index.html'}\nResults: {out / 'results.json'}")
-    print(f"\nGo on by hand (artifacts in {out}):\n{reuse_commands(out)}")
+    print("\n" + summary_text(results, out))
     return 0
+
+
+def summary_text(results: dict, out: Path) -> str:
+    """What the terminal shows at the end: stage times, the headline, the tokenizer's fidelity, where quality
+    is lost, the page, and the commands that reuse what the demo made."""
+    from pipelines.demo_page import diagnosis, fidelity_of, headline_table
+    from pipelines.fidelity import summary_line
+
+    times = [f"  {name:<50} {seconds:>8.1f} s" for name, seconds in results["timings_s"].items()]
+    fidelity = fidelity_of(results["tokenizer_eval"])
+    if fidelity is not None:
+        tokenizer = f"{summary_line(fidelity)} (of {fidelity['clips']} fresh clips it never saw)"
+    else:
+        psnr = (results["tokenizer_eval"] or {}).get("psnr_db")
+        tokenizer = "object fidelity not measured (checkpoint predates it)" + (f"; PSNR {psnr:.1f} dB" if psnr else "")
+    return "\n".join([
+        "Stage times:", *times, "",
+        "Generated videos, read by the detector (colour, shape and motion count only on one clean object):",
+        *(f"  {line}" for line in headline_table(results["adherence"])), "",
+        f"Tokenizer reconstructions: {tokenizer}", "",
+        f"Where quality is lost: {diagnosis(results['adherence'], results['tokenizer_eval'])}", "",
+        f"Open the results page: {(out / 'index.html').as_uri()}",
+        f"Results as JSON: {out / 'results.json'}", "",
+        f"Go on by hand (artifacts in {out}):", reuse_commands(out),
+    ])  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,12 +136,16 @@ def launch(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from jobs.train_metrics import METRICS_FILE
+    from jobs.train_progress import PROGRESS_ENV, ProgressFollower, on_terminal, progress_mode
     from pipelines.prepare import storage_env  # emulator / credential variables, for gs:// storage
 
     init_ray()  # no-op when already connected
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     use_gpu = resolve_use_gpu(cfg)
+    terminal = on_terminal()
+    progress = progress_mode(terminal, terminal and cluster_is_this_machine(), os.environ.get(PROGRESS_ENV))
     storage_path, storage_filesystem = run_storage(cfg.storage_path, out)
     trainer = TorchTrainer(
         train_loop,
@@ -153,10 +157,21 @@ def launch(
             name=run_name,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=max(cfg.keep_checkpoints, 1)),
-            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage_env()}},
+            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage_env(), PROGRESS_ENV: progress}},
         ),
     )
-    return trainer.fit()
+    if progress != "bar":
+        return trainer.fit()
+    with ProgressFollower(out / METRICS_FILE, cfg.steps, run_name, cfg.time_budget_s):
+        return trainer.fit()
+
+
+def cluster_is_this_machine() -> bool:
+    """Whether every live Ray node runs on this machine (so rank 0's files are the driver's files)."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n["Alive"])
 
 
 def run_storage(storage: str | None, out: Path) -> tuple[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from jobs.train_common import Worker, worker_print
+from jobs.train_progress import PROGRESS_ENV
 from modeling.flops import TRAINING_FLOPS_PER_FORWARD
 
 METRICS_FILE = "metrics.jsonl"
@@ -119,7 +121,8 @@ class Throughput:
 
 class MetricsLog:
     """Rank 0 appends one JSON line per step to `<out>/metrics.jsonl`, writes the same scalars as TensorBoard
-    events under `<out>/tensorboard/`, and prints every `log_every` steps."""
+    events under `<out>/tensorboard/`, and prints every `log_every` steps, unless the driver draws a progress
+    bar from that file (`jobs.train_progress`: PROGRESS_ENV is "bar")."""
 
     def __init__(self, out_dir: str, worker: Worker, log_every: int, total_steps: int, run: str):
         self.path = Path(out_dir) / METRICS_FILE
@@ -127,6 +130,7 @@ class MetricsLog:
         self.log_every = max(int(log_every), 1)
         self.total = total_steps
         self.run = run
+        self.print_steps = os.environ.get(PROGRESS_ENV) != "bar"
         self._tensorboard = None
         if self.enabled:
             from tensorboardX import SummaryWriter
@@ -144,8 +148,9 @@ class MetricsLog:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tensorboard.add_scalar(f"{self.run}/{name}", value, step)
         if step % self.log_every == 0 or step == self.total:
-            parts = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
-            worker_print(f"[{self.run}] step {step}/{self.total} {parts}")
+            if self.print_steps:
+                parts = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+                worker_print(f"[{self.run}] step {step}/{self.total} {parts}")
             self._tensorboard.flush()
 
     def close(self) -> None:

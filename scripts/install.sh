@@ -8,6 +8,21 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# Headless chromium + chromedriver from Debian for the page tests (tests/test_demo_page.py). Checked on
+# every run (before the stamp): the venv can outlive a machine's system packages.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+  if [ "$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (apt-get) for the browser tests"
+    if ! { $SUDO apt-get update -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+      echo "note: apt-get could not install chromium; the browser tests will be skipped"
+    fi
+  else
+    echo "note: chromium/chromedriver missing and apt-get not usable here (needs root or passwordless sudo);" \
+      "the browser tests will be skipped. Install Debian's chromium and chromium-driver to run them."
+  fi
+fi
 stamp=.venv/.phenaki-installed
 want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
