@@ -214,13 +214,30 @@ def test_text_conditioning_trains_and_generates(tmp_path, cache, tokenizer, clip
 # --------------------------------------------------------------------------------------------- generation
 # What Algorithm 1 guarantees: nothing about the values at condition positions. Every position starts
 # unfixed (z~ where ~ispad, [MASK] elsewhere) and condition tokens are resampled like the rest ("refined",
-# not frozen), fixed only once confident. So the checks are relations, calibrated on this few-step model
-# (tokenizer 40 steps: ~17.5 dB reconstruction; COMMIT 200 steps), averaged over EVAL_CLIPS training clips:
-# - tokens: the share of condition positions whose output equals z~ ("kept", measured 0.22-0.77 per task)
-#   against the same share for the unconditional (cg) output of the same classes and seed (0.02-0.11);
-# - pixels: PSNR of the output against the input over the given pixels (15-20 dB) against the tokenizer's
-#   own rendering of V~ there (its ceiling here; the output was -0.3..+0.9 dB from it) and against the
-#   unconditional output (0.3-0.9 dB lower). The tokenizer, not the transformer, limits these numbers.
+# not frozen), fixed only once confident. So the checks are relations, on this few-step model (tokenizer 40
+# steps; COMMIT 200 steps), over EVAL_CLIPS training clips and averaged over the generation seeds GEN_SEEDS.
+# Its absolute quality moves with the training seeds and with the CPU's kernels (AVX-512 vs AVX2 paths train
+# a different model), so the thresholds below come from 6 trainings (training seeds 0, 1, 2, each with the
+# default kernels and with ATEN_CPU_CAPABILITY=avx2), per task averaged over generation seeds 0-2 [min..max]:
+# - tokens: "kept", the share of condition positions whose output equals z~ (0.12-0.79 per task; mean over
+#   tasks 0.57-0.61), against the same share for the unconditional (cg) output of the same
+#   classes and seeds ("kept_uncond", 0.01-0.23). Per task kept - kept_uncond >= 0.11, kept/kept_uncond >= 2.0.
+# - pixels vs the input, over the given pixels ("psnr", 14.7-19.8 dB): within -0.40..+2.2 dB of the
+#   tokenizer's own rendering of V~ ("psnr_ceiling"; above it where V~'s padding smears into the given region
+#   and the transformer repairs it). Against the unconditional output the per-task gap is -1.04..+0.89 dB: on
+#   the ip*/opd tasks the given region is mostly static background that a class-conditional sample renders
+#   as well as the tokenizer does, or better (ipd on one model: ceiling 17.0 dB, unconditional 18.5 dB, so
+#   the output, bound to the ceiling, is 1 dB below it: the failure this replaces). That relation is the
+#   tokenizer's, not the transformer's, so it is asserted only on average over tasks (+0.12..+0.59 dB).
+# - pixels vs the tokenizer's rendering of V~ ("psnr_recon", the target the transformer can reach; the
+#   tokenizer's error cancels): conditioned 20.6-37.2 dB, unconditional 20.0-35.6 dB; mean over tasks of the
+#   difference +1.4..+4.3 dB (3 unconditional samples against 2 others: 0, std 0.2 dB, at most 0.5 dB).
+# Broken implementations: conditioning ignored behaves like the cg numbers above; uniformly random tokens
+# render the given region 0.8-1.5 dB below the ceiling on every task but opd (measured on two of the models);
+# a frozen condition (z~ copied, never refined) keeps 1.0 of it.
+GEN_SEEDS = (0, 1, 2)
+
+
 def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB, 8-bit) of uint8 frames over the True pixels of `mask` (broadcast over channels)."""
     mask = np.broadcast_to(mask, a.shape)
@@ -228,29 +245,40 @@ def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
-def task_numbers(generator, task: str, frames: np.ndarray, classes: list[int], uncond) -> dict:
-    """One task on a batch of clips -> the numbers the assertions use (printed with -s)."""
+def task_numbers(generator, task: str, frames: np.ndarray, classes: list[int], unconds: list) -> dict:
+    """One task on a batch of clips, one generation per seed of GEN_SEEDS (`unconds`: the cg outputs of the
+    same seeds) -> the numbers the assertions use, averaged over the seeds (printed with -s)."""
     from modeling.generation import video_to_frames
 
-    result = generator.generate(task, None if task == "cg" else frames, class_ids=classes, seed=0)
-    numbers = {"task": task, "seconds": round(result.seconds, 3), "shape": result.frames.shape}
-    numbers["tokens_valid"] = bool(((result.tokens >= 0) & (result.tokens < CODEBOOK)).all())
+    results = [
+        generator.generate(task, None if task == "cg" else frames, class_ids=classes, seed=seed)
+        for seed in GEN_SEEDS
+    ]
+    numbers = {"task": task, "seconds": round(float(np.mean([r.seconds for r in results])), 3)}
+    numbers["shape"] = results[0].frames.shape
+    numbers["tokens_valid"] = all(bool(((r.tokens >= 0) & (r.tokens < CODEBOOK)).all()) for r in results)
     if task == "cg":
         return numbers
-    cond, z_cond = result.cond_mask, result.cond_tokens
+    cond, z_cond = results[0].cond_mask, results[0].cond_tokens  # the same for every seed
     with torch.no_grad():
         recon = video_to_frames(generator.tokenizer.decode(z_cond))  # the tokenizer's rendering of V~
-    given = result.pixel_mask.permute(0, 2, 3, 4, 1).numpy()  # (B, T, H, W, 1)
-    numbers.update(
-        kept=result.kept_fraction(),
-        kept_uncond=float(((uncond.tokens == z_cond) & cond).sum() / cond.sum()),
-        kept_outside=float(((result.tokens == z_cond) & ~cond).sum() / max(int((~cond).sum()), 1)),
-        psnr=_psnr(result.frames, frames, given),
-        psnr_ceiling=_psnr(recon, frames, given),
-        psnr_uncond=_psnr(uncond.frames, frames, given),
-        psnr_missing=_psnr(result.frames, frames, ~given) if (~given).any() else float("nan"),
-    )
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in numbers.items()}
+    given = results[0].pixel_mask.permute(0, 2, 3, 4, 1).numpy()  # (B, T, H, W, 1)
+    per_seed = [
+        dict(
+            kept=result.kept_fraction(),
+            kept_uncond=float(((uncond.tokens == z_cond) & cond).sum() / cond.sum()),
+            kept_outside=float(((result.tokens == z_cond) & ~cond).sum() / max(int((~cond).sum()), 1)),
+            psnr=_psnr(result.frames, frames, given),
+            psnr_ceiling=_psnr(recon, frames, given),
+            psnr_uncond=_psnr(uncond.frames, frames, given),
+            psnr_recon=_psnr(result.frames, recon, given),
+            psnr_uncond_recon=_psnr(uncond.frames, recon, given),
+            psnr_missing=_psnr(result.frames, frames, ~given) if (~given).any() else float("nan"),
+        )
+        for result, uncond in zip(results, unconds, strict=True)
+    ]
+    numbers.update({k: round(float(np.mean([n[k] for n in per_seed])), 3) for k in per_seed[0]})
+    return numbers
 
 
 @pytest.fixture(scope="module")
@@ -260,8 +288,8 @@ def per_task(generator, clips) -> dict[str, dict]:
     frames, captions = clips
     classes = [class_id_of(c, generator.class_names) for c in captions]
     assert sorted(set(classes)) == [0, 1, 2, 3]  # every motion class among the clips
-    uncond = generator.generate("cg", None, class_ids=classes, seed=0)
-    out = {t: task_numbers(generator, t, frames, classes, uncond) for t in generator.cfg.tasks}
+    unconds = [generator.generate("cg", None, class_ids=classes, seed=seed) for seed in GEN_SEEDS]
+    out = {t: task_numbers(generator, t, frames, classes, unconds) for t in generator.cfg.tasks}
     print("\nper-task numbers:\n" + "\n".join(json.dumps(v, default=str) for v in out.values()))
     return out
 
@@ -274,14 +302,26 @@ def test_every_task_generates_valid_videos(per_task) -> None:
 
 
 def test_every_task_reproduces_its_condition_region(per_task) -> None:
+    """Each check, with the measured margin (comment block above `_psnr`) and the broken model that fails it."""
     conditioned = {t: n for t, n in per_task.items() if t != "cg"}
     for task, n in conditioned.items():
-        assert n["kept"] >= n["kept_uncond"] + 0.05, (task, n)  # z~ survives: the condition is used
-        assert n["psnr"] >= n["psnr_ceiling"] - 1.0, (task, n)  # given region ~ as good as the tokenizer's
-        assert n["psnr"] >= 14.0 and n["psnr"] >= n["psnr_uncond"] - 0.25, (task, n)
+        # z~ survives, per task: the condition is used. Ignoring it makes kept a second unconditional sample's
+        # share (kept ~ kept_uncond: difference ~0, ratio ~1); measured >= +0.11 and >= 2.0x.
+        assert n["kept"] >= n["kept_uncond"] + 0.05 and n["kept"] >= 1.5 * n["kept_uncond"], (task, n)
+        # The given region comes back about as well as the tokenizer itself renders it (measured >= -0.40 dB).
+        # Fails for garbage there: random tokens are 0.8-1.5 dB below the ceiling (8 of the 9 tasks).
+        assert n["psnr"] >= n["psnr_ceiling"] - 0.75, (task, n)
+    # On average the condition is used a lot (measured 0.57-0.61; unconditional 0.08-0.13)...
     assert np.mean([n["kept"] for n in conditioned.values()]) >= 0.4
-    assert np.mean([n["psnr"] - n["psnr_uncond"] for n in conditioned.values()]) > 0.2
-    assert all(n["kept"] < 1.0 for n in conditioned.values())  # refined, not frozen (this model: <= 0.8)
+    # ...and the conditioned output beats the unconditional one at reproducing the given region: against the
+    # tokenizer's rendering of V~ by >= 0.75 dB (measured +1.4..+4.3 dB; a model that ignores the condition:
+    # 0 +- 0.5 dB), and against the input pixels themselves (measured +0.12..+0.59 dB; the margin is small
+    # because the 40-step tokenizer's ceiling is close to a class-conditional sample there, but a model
+    # that ignores the condition sits at 0 on average and one that damages the given region below it).
+    assert np.mean([n["psnr_recon"] - n["psnr_uncond_recon"] for n in conditioned.values()]) >= 0.75
+    assert np.mean([n["psnr"] - n["psnr_uncond"] for n in conditioned.values()]) > 0.0
+    # Refined, not frozen (Algorithm 1): copying z~ verbatim keeps every condition token (1.0); measured <= 0.79.
+    assert all(n["kept"] < 1.0 for n in conditioned.values())
 
 
 def test_cli_generates_a_task_from_an_input_video(tmp_path, commit_ckpt, clips) -> None:
