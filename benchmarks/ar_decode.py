@@ -47,7 +47,7 @@ def causal_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContext) ->
     n = tokens.shape[1]
     if n > model.cfg.seq_len:
         raise ValueError(f"{n} tokens exceed the model's seq_len={model.cfg.seq_len}")
-    x = model.token_emb(shifted_inputs(model, tokens)) + model.pos_emb[:n]  # (B, N, D)
+    x = model.token_emb(shifted_inputs(model, tokens)) + model.positions(n)  # (B, N, D)
     for block, kv in zip(model.blocks, context.kv, strict=True):
         x = block(x, is_causal=True, context_kv=kv, context_mask=context.mask)  # (B, N, D)
     return model.head(model.norm(x))  # (B, N, K)
@@ -87,7 +87,7 @@ def _ar_step(
     model: MaskGIT, prev: torch.Tensor, pos: int, cache: KVCache, context: TextContext
 ) -> torch.Tensor:
     """Incremental step: prev (R,) = the token at pos-1 ([MASK] at pos 0) -> logits (R, K) for the token at pos."""
-    x = (model.token_emb(prev) + model.pos_emb[pos])[:, None]  # (R, 1, D)
+    x = (model.token_emb(prev) + model.positions(model.cfg.seq_len)[pos])[:, None]  # (R, 1, D)
     for block, kv, k_cache, v_cache in zip(model.blocks, context.kv, cache.k, cache.v, strict=True):
         x = _block_step(block, x, pos, k_cache, v_cache, kv, context.mask)
     return model.head(model.norm(x))[:, 0]  # (R, K)
@@ -100,7 +100,7 @@ def incremental_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContex
     """
     b, n = tokens.shape
     inputs = shifted_inputs(model, tokens)
-    cache = KVCache(model, b, n, tokens.device, model.pos_emb.dtype)
+    cache = KVCache(model, b, n, tokens.device, model.token_emb.weight.dtype)
     return torch.stack([_ar_step(model, inputs[:, i], i, cache, context) for i in range(n)], dim=1)
 
 
@@ -131,7 +131,7 @@ def ar_sample(
     else:
         context = model.encode_text(text, text_mask)
     rows = 2 * b if guided else b
-    cache = KVCache(model, rows, seq_len, device, model.pos_emb.dtype)
+    cache = KVCache(model, rows, seq_len, device, model.token_emb.weight.dtype)
     tokens = torch.empty(b, seq_len, dtype=torch.long, device=device)
     prev = torch.full((b,), model.mask_token_id, dtype=torch.long, device=device)
     for i in range(seq_len):

@@ -151,7 +151,7 @@ def tokenizer_run(preset: str, train_videos: torch.Tensor, budget: Budget, seed:
         return generator_loss(out, video, None, loss_cfg, step)[0]
 
     def restart(step: int, gen: torch.Generator) -> None:
-        if (step + 1) % 50 == 0 and not isinstance(model.quantizer.codebook, nn.Parameter):
+        if (step + 1) % 50 == 0 and model.quantizer.restartable:
             model.quantizer.restart_dead_codes(last["latents"], 0.03, gen)
 
     stats = train(

@@ -108,8 +108,8 @@ def job_from_config(config: dict, data: str) -> TokenizerJob:
 def _restart_dead_codes(model: torch.nn.Module, latents: torch.Tensor, job: TokenizerJob, step: int) -> int:
     """Re-seed dead codes; all ranks call it with the same generator (rank 0's picks are broadcast)."""
     quantizer = model.quantizer
-    if isinstance(quantizer.codebook, torch.nn.Parameter):
-        # ZeRO keeps its own master copy of parameters and would undo the write on the next step
+    if not getattr(quantizer, "restartable", False):
+        # FSQ has no codes to die; a parameter codebook lives in ZeRO's master copy, which would undo the write
         return 0
     gen = torch.Generator().manual_seed(job.train.seed * 1_000_003 + step)
     if job.train.zero_stage == 3:

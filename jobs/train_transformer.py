@@ -99,6 +99,8 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
         "tokens_per_frame": info.frame_tokens,
         "text_dim": info.text_dim,
     }
+    if tok.get("quantizer") == "fsq" and "code_levels" not in section:
+        sizes["code_levels"] = list(tok["fsq_levels"])  # predict an FSQ code's digits (`code_levels: null`: off)
     model = build_dataclass(MaskGITConfig, {**(config.get("transformer") or {}), **sizes})
     latent_frames = info.seq_len // info.frame_tokens
     text_cfg = config.get("text_encoder") or {}

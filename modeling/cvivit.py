@@ -16,6 +16,7 @@ neighbours, which is how a re-implementation leaked future frames into past toke
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,10 +24,11 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from modeling.quantizer import FactorizedQuantizer
+from modeling.quantizer import FactorizedQuantizer, FiniteScalarQuantizer
 from modeling.transformer import Stack
 
 FIRST_FRAME_MODES = ("separate", "repeat")
+QUANTIZERS = ("vq", "fsq")
 
 
 @dataclass
@@ -48,10 +50,22 @@ class CViViTConfig:
     dropout: float = 0.0
     first_frame: str = "separate"  # "separate": own patch projection (paper); "repeat": a static tubelet
     encoder_spatial_depth: int | None = None  # None: spatial_depth; 0 keeps codes local to their patch
+    encoder_positions: bool = True  # position tables added before the encoder (off: a code is what it shows)
+    quantizer: str = "vq"  # "vq": factorized l2-normalised VQ (paper); "fsq": finite scalar quantization
+    fsq_levels: list[int] | None = None  # quantizer "fsq": levels per dim; codebook_size = their product
 
     def __post_init__(self) -> None:
         if self.first_frame not in FIRST_FRAME_MODES:
             raise ValueError(f"first_frame must be one of {FIRST_FRAME_MODES}, got {self.first_frame!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            levels = list(self.fsq_levels or [])
+            if not levels or math.prod(levels) != self.codebook_size:
+                raise ValueError(
+                    f"quantizer fsq needs fsq_levels whose product is codebook_size: got levels {levels} "
+                    f"and codebook_size {self.codebook_size} (e.g. fsq_levels [8, 8, 8, 8] with codebook_size 4096)"
+                )
         if self.encoder_spatial_depth is not None and self.encoder_spatial_depth < 0:
             raise ValueError(f"encoder_spatial_depth must be >= 0, got {self.encoder_spatial_depth}")
 
@@ -112,14 +126,18 @@ class CViViT(nn.Module):
         if cfg.first_frame == "separate":
             self.first_frame_in = nn.Linear(c * p * p, d)
         self.tubelet_in = nn.Linear(c * pt * p * p, d)
-        self.enc_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
-        self.enc_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
+        if cfg.encoder_positions:
+            self.enc_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
+            self.enc_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
         self.enc_spatial = Stack(d, cfg.enc_spatial_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
         self.enc_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
-        self.quantizer = FactorizedQuantizer(
-            d, cfg.code_dim, cfg.codebook_size,
-            commitment_weight=cfg.commitment_weight, codebook_update=cfg.codebook_update,
-        )
+        if cfg.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(d, cfg.fsq_levels)
+        else:
+            self.quantizer = FactorizedQuantizer(
+                d, cfg.code_dim, cfg.codebook_size,
+                commitment_weight=cfg.commitment_weight, codebook_update=cfg.codebook_update,
+            )
         self.dec_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
         self.dec_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
         self.dec_temporal = Stack(d, cfg.temporal_depth, cfg.heads, cfg.mlp_dim, cfg.dropout)
@@ -178,7 +196,9 @@ class CViViT(nn.Module):
 
     def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) in [-1, 1] -> continuous encoder output (B, t, h, w, D)."""
-        x = self._add_positions(self._patchify(video), self.enc_space_pos, self.enc_time_pos)
+        x = self._patchify(video)
+        if self.cfg.encoder_positions:
+            x = self._add_positions(x, self.enc_space_pos, self.enc_time_pos)
         return self._space_time(x, self.enc_spatial, self.enc_temporal, spatial_first=True)
 
     @torch.no_grad()

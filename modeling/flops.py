@@ -42,10 +42,12 @@ def maskgit_forward_flops(cfg: MaskGITConfig, seq_len: int | None = None, text_l
     """Matmul FLOPs of one `MaskGIT.forward` over `batch` rows of `seq_len` tokens and `text_len` text tokens.
 
     Per block: self-attention projections 4·N·D²; cross-attention projections 2·N·D² (q, out) + 2·(L+1)·Dt·D
-    (k, v); MLP 2·N·D·M; plus the attention matmuls (`maskgit_attention_flops`) and the head N·D·K.
+    (k, v); MLP 2·N·D·M; plus the attention matmuls (`maskgit_attention_flops`) and the head N·D·K (N·D·ΣL
+    with factorized `code_levels`: one softmax per digit).
     """
     n = cfg.seq_len if seq_len is None else seq_len
-    d, m, k = cfg.dim, cfg.mlp_dim, cfg.codebook_size
+    d, m = cfg.dim, cfg.mlp_dim
+    k = sum(cfg.code_levels) if cfg.code_levels else cfg.codebook_size
     length = text_len + 1  # the learned null token is always a key
     per_block = 6 * n * d * d + 2 * length * cfg.text_dim * d + 2 * n * d * m
     projections = 2 * batch * (cfg.depth * per_block + n * d * k)

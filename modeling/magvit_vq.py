@@ -176,6 +176,10 @@ class PlainQuantizer(nn.Module):
             self.register_buffer("ema_count", torch.ones(codebook_size))
         self.register_buffer("usage", torch.zeros(codebook_size))  # averaged picks per step (dead codes)
 
+    @property
+    def restartable(self) -> bool:
+        return self.codebook_update == "ema"  # a parameter codebook lives in ZeRO's master copy
+
     def codes_to_embeddings(self, indices: torch.Tensor) -> torch.Tensor:
         """(...) long -> (..., D)."""
         return F.embedding(indices, self.codebook)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def cosine_schedule(r: torch.Tensor | float) -> torch.Tensor:
@@ -74,17 +73,15 @@ def mvtm_loss(
     padding = torch.arange(n, device=tokens.device)[None, :] >= num_scored[:, None]
     inputs = tokens.masked_fill(mask | padding, model.mask_token_id)
     drop_text = (torch.rand(b, generator=generator, device="cpu") < text_drop_prob).to(tokens.device)
-    logits = model(inputs, text, text_mask, drop_text)  # (B, N, K)
-    targets = tokens.masked_fill(~mask, -100)
-    per_token = F.cross_entropy(
-        logits.float().reshape(b * n, -1), targets.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(b, n)  # 0 where not masked
+    logits = model(inputs, text, text_mask, drop_text)  # (B, N, V)
+    # -log p(token) where masked (per digit and summed for a factorized model), 0 elsewhere: (B, N)
+    per_token = -model.log_likelihood(logits, tokens.clamp(min=0)) * mask
     if normalization == "token":
         loss = per_token.sum() / mask.sum().clamp(min=1)
     else:
         loss = (per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
     with torch.no_grad():
-        correct = (logits.argmax(-1) == tokens) & mask
+        correct = (model.most_likely(logits) == tokens) & mask
         metrics = {
             "mask_accuracy": float(correct.sum() / mask.sum().clamp(min=1)),
             "mask_fraction": float(mask.sum() / num_scored.sum().clamp(min=1)),

@@ -1,4 +1,5 @@
-"""Factorized, l2-normalised vector quantizer (ViT-VQGAN, as adopted by Phenaki).
+"""Quantizers of the C-ViViT tokenizer: the factorized, l2-normalised vector quantizer of the paper
+(ViT-VQGAN, as adopted by Phenaki), and finite scalar quantization (FSQ), the demo presets' choice.
 
 The encoder output (width D) is projected to a low-dimensional code space (width C, e.g. 8 or 32), both the
 projected vector and the codebook entries are l2-normalised, and the nearest code (= largest cosine) is
@@ -14,6 +15,7 @@ all-reduced across data-parallel ranks so every rank holds the same codebook.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -68,6 +70,12 @@ class FactorizedQuantizer(nn.Module):
         # Exponentially averaged picks per step, for dead-code detection (a code "dies" when no input picks
         # it). Starts at 0 so codes that never won an input are restartable at the first check.
         self.register_buffer("usage", torch.zeros(codebook_size))
+
+    @property
+    def restartable(self) -> bool:
+        """Dead codes can be re-seeded: only with EMA (ZeRO keeps a master copy of parameter codebooks and
+        would undo the write on the next step)."""
+        return self.codebook_update == "ema"
 
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook, dim=-1)
@@ -146,3 +154,71 @@ class FactorizedQuantizer(nn.Module):
         # A grace period: a fresh code that wins nothing is restarted again after 1-2 more checks, not ~300 steps.
         self.usage[dead] = 2 * threshold
         return num_dead
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantization (FSQ, Mentzer et al. 2023): project to len(levels) dims, bound each to its
+    number of levels and round (straight-through). The codebook is implicit, the grid prod(levels), so no
+    code can die: no EMA, no commitment loss, no restarts. An id is the mixed-radix number of the per-dim
+    levels (dim 0 least significant), so `digits(id)` gives a transformer the structure of the code: ids
+    one level apart along a dim are neighbours in latent space (`modeling.maskgit` can embed and predict
+    the digits instead of K unrelated ids).
+    """
+
+    def __init__(self, dim: int, levels: list[int] | tuple[int, ...]):
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be integers >= 2, got {levels}")
+        self.levels = levels
+        self.codebook_size = math.prod(levels)
+        basis = [math.prod(levels[:i]) for i in range(len(levels))]
+        self.register_buffer("num_levels", torch.tensor(levels, dtype=torch.float32), persistent=False)
+        self.register_buffer("basis", torch.tensor(basis, dtype=torch.long), persistent=False)
+        self.project_in = nn.Linear(dim, len(levels))
+        self.project_out = nn.Linear(len(levels), dim)
+
+    @property
+    def restartable(self) -> bool:
+        return False  # the grid is fixed: no code can die
+
+    def _half_width(self) -> torch.Tensor:
+        return torch.div(self.num_levels, 2, rounding_mode="floor")
+
+    def bound(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> each dim squashed to [-(L-1)/2, (L-1)/2] (shifted half a level for even L, so that
+        rounding gives exactly L values)."""
+        eps = 1e-3
+        half_l = (self.num_levels - 1) * (1 + eps) / 2
+        offset = torch.where(self.num_levels % 2 == 0, 0.5, 0.0)
+        shift = torch.atanh(offset / half_l)
+        return torch.tanh(z + shift) * half_l - offset
+
+    def digits(self, indices: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., d) level of each dim in [0, L_i)."""
+        return (indices.unsqueeze(-1) // self.basis) % self.num_levels.long()
+
+    def codes_to_embeddings(self, indices: torch.Tensor) -> torch.Tensor:
+        """(...) long -> (..., D): the decoder's view of a code."""
+        half = self._half_width()
+        return self.project_out((self.digits(indices).float() - half) / half)
+
+    def restart_dead_codes(self, x: torch.Tensor, threshold: float = 0.03, generator=None) -> int:
+        return 0
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        half = self._half_width()
+        bounded = self.bound(self.project_in(x))
+        rounded = bounded + (torch.round(bounded) - bounded).detach()  # straight-through
+        indices = ((rounded.detach() + half).round().long() * self.basis).sum(-1)  # (...)
+        counts = torch.bincount(indices.reshape(-1), minlength=self.codebook_size).float()
+        probs = counts / counts.sum().clamp(min=1)
+        zero = x.new_zeros(())
+        return QuantizerOutput(
+            quantized=self.project_out(rounded / half),
+            indices=indices,
+            vq_loss=zero,
+            commit_loss=zero,
+            perplexity=torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum()).detach(),
+            used_codes=(counts > 0).sum().detach(),
+        )

@@ -43,6 +43,29 @@ def guided_logits(logits: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     return cond + guidance_scale * (cond - uncond)
 
 
+def draw_tokens(
+    model: MaskGIT, logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, N, V) -> (ids (B, N), log p(id) (B, N)): Gumbel-max draws at `temperature`.
+
+    A factorized model (`MaskGITConfig.code_levels`) draws each digit from its own softmax; the id's log-prob
+    is the sum of its digits' (guidance and temperature act per digit, which is the same as on the product).
+    """
+    scaled = logits / max(temperature, 1e-6)
+    noise = gumbel_noise(tuple(scaled.shape), generator, scaled.device)
+    digits = model.digits
+    if digits is None:
+        log_probs = torch.log_softmax(scaled, dim=-1)  # (B, N, K)
+        ids = (log_probs + noise).argmax(dim=-1)
+        return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    chosen, total = [], torch.zeros(scaled.shape[:-1], device=scaled.device)
+    for log_probs, part_noise in zip(digits.log_softmax(scaled), noise.split(digits.levels, dim=-1), strict=True):
+        digit = (log_probs + part_noise).argmax(dim=-1)
+        chosen.append(digit)
+        total = total + log_probs.gather(-1, digit.unsqueeze(-1)).squeeze(-1)
+    return digits.join(torch.stack(chosen, dim=-1)), total
+
+
 @torch.no_grad()
 def maskgit_sample(
     model: MaskGIT,
@@ -89,10 +112,8 @@ def maskgit_sample(
         logits = model.forward_with_context(tokens.repeat(2, 1) if guided else tokens, context).float()
         if guided:
             logits = guided_logits(logits, guidance_scale)
-        log_probs = torch.log_softmax(logits / max(sample_temperature, 1e-6), dim=-1)  # (B, N, K)
-        sampled = (log_probs + gumbel_noise(tuple(log_probs.shape), generator, device)).argmax(dim=-1)
+        sampled, confidence = draw_tokens(model, logits, sample_temperature, generator)  # (B, N) each
         sampled = torch.where(masked, sampled, tokens)
-        confidence = torch.gather(log_probs, -1, sampled.unsqueeze(-1)).squeeze(-1)
         anneal = temperature * (1 - (step + 1) / steps)
         confidence = confidence + anneal * gumbel_noise(tuple(confidence.shape), generator, device)
         confidence = confidence.masked_fill(~masked, math.inf)  # known tokens are never re-masked

@@ -38,11 +38,16 @@ def text(b: int = 2, length: int = 5, seed: int = 0) -> tuple[torch.Tensor, torc
     return torch.randn(b, length, 24, generator=g), mask
 
 
-@pytest.fixture(params=["separate", "repeat"])
+TINY_FSQ = dict(quantizer="fsq", fsq_levels=[4, 4, 2], codebook_size=32, first_frame="repeat",
+                encoder_spatial_depth=0, encoder_positions=False)  # fmt: skip
+CVIVIT_VARIANTS = {"paper": {}, "repeat": {"first_frame": "repeat"}, "fsq-local": TINY_FSQ}
+
+
+@pytest.fixture(params=list(CVIVIT_VARIANTS))
 def cvivit(request) -> CViViT:
-    """Both first-frame layouts: the paper's own image projection, and the first frame as a static tubelet."""
+    """The paper's layout; the first frame as a static tubelet; and the demo's local FSQ codes."""
     torch.manual_seed(0)
-    return CViViT(dataclasses.replace(TINY_CVIVIT, first_frame=request.param)).eval()
+    return CViViT(dataclasses.replace(TINY_CVIVIT, **CVIVIT_VARIANTS[request.param])).eval()
 
 
 @pytest.fixture
@@ -113,10 +118,10 @@ def test_repeated_first_frame_shares_the_tubelet_projection():
         CViViTConfig(first_frame="tile")
 
 
-@pytest.mark.parametrize("first_frame", ["separate", "repeat"])
-def test_cvivit_gradients_reach_every_trainable_parameter(first_frame):
+@pytest.mark.parametrize("variant", list(CVIVIT_VARIANTS))
+def test_cvivit_gradients_reach_every_trainable_parameter(variant):
     torch.manual_seed(0)
-    model = CViViT(dataclasses.replace(TINY_CVIVIT, first_frame=first_frame)).train()
+    model = CViViT(dataclasses.replace(TINY_CVIVIT, **CVIVIT_VARIANTS[variant])).train()
     x = video()
     out = model(x)
     (torch.nn.functional.mse_loss(out.recon, x) + out.vq_loss).backward()
@@ -169,6 +174,45 @@ def test_dead_code_restart_prefers_vectors_the_live_codes_do_not_cover():
     q.restart_dead_codes(x, threshold=0.5, generator=torch.Generator().manual_seed(0))
     similarity_to_background = q.codebook[1:] @ background
     assert torch.all(similarity_to_background < 0.5)
+
+
+def test_fsq_rounds_each_dim_to_its_levels_and_ids_are_mixed_radix_digits():
+    from modeling.quantizer import FiniteScalarQuantizer
+
+    torch.manual_seed(0)
+    q = FiniteScalarQuantizer(16, [8, 5, 3])
+    assert q.codebook_size == 120 and not q.restartable and q.restart_dead_codes(torch.randn(4, 16)) == 0
+    ids = torch.arange(120)
+    digits = q.digits(ids)
+    assert torch.equal((digits * torch.tensor([1, 8, 40])).sum(-1), ids)  # dim 0 least significant
+    assert digits.max(0).values.tolist() == [7, 4, 2] and digits.min() == 0
+    x = torch.randn(500, 16, requires_grad=True)
+    out = q(x)
+    assert out.indices.shape == (500,) and 0 <= int(out.indices.min()) and int(out.indices.max()) < 120
+    assert float(out.vq_loss) == 0.0  # no codebook to learn, no commitment term
+    # the decoder's view of an id equals what the forward pass hands the decoder
+    torch.testing.assert_close(q.codes_to_embeddings(out.indices), out.quantized)
+    bounded = q.bound(q.project_in(x))  # every dim within its level range, so rounding gives exactly L values
+    assert (bounded.abs() <= (torch.tensor([8.0, 5.0, 3.0]) - 1) / 2 + 0.5 + 1e-4).all()
+    out.quantized.sum().backward()  # straight-through: the encoder side gets a gradient
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="levels"):
+        FiniteScalarQuantizer(16, [8, 1])
+    with pytest.raises(ValueError, match="product is codebook_size"):
+        CViViTConfig(quantizer="fsq", fsq_levels=[8, 8], codebook_size=32)
+
+
+def test_local_codes_ignore_where_a_patch_is():
+    """encoder_positions off and no encoder spatial layers: a code depends on its patch (and the patch's own
+    past), not on where the patch sits, so plain background is one code everywhere."""
+    torch.manual_seed(0)
+    model = CViViT(dataclasses.replace(TINY_CVIVIT, **TINY_FSQ)).eval()
+    assert not any(n.startswith("enc_space_pos") for n, _ in model.named_parameters())
+    frame = torch.full((1, 3, 1, 32, 32), 0.9)
+    frame[..., 2:7, 3:8] = -0.5  # one object in the top-left patch
+    codes = model.encode(frame)[0, 0]
+    background = codes.flatten()[1:]
+    assert (background == background[0]).all() and codes[0, 0] != background[0]
 
 
 def test_ema_codebook_moves_towards_assigned_inputs():
@@ -240,6 +284,58 @@ def test_mvtm_loss_normalisation_weighs_samples_or_tokens(maskgit):
     assert float(losses["token"]) == pytest.approx(float(ce.sum() / mask.sum()), rel=1e-5)
     with pytest.raises(ValueError, match="normalization"):
         mvtm_loss(maskgit, tokens, emb, m, num_scored, normalization="batch")
+
+
+def test_axial_positions_share_frame_row_and_column_parts():
+    """position_embedding axial: position (t, i, j) = t_emb[t] + h_emb[i] + w_emb[j]; images use frame 0's."""
+    torch.manual_seed(0)
+    model = MaskGIT(dataclasses.replace(TINY_MASKGIT, position_embedding="axial")).eval()
+    assert model.cfg.grid == (5, 4, 4) and not hasattr(model, "pos_emb")
+    table = model.positions(80).view(5, 4, 4, -1)
+    # moving one step along any axis changes the embedding by the same vector wherever you are
+    torch.testing.assert_close(table[2, 1, 3] - table[1, 1, 3], table[2, 0, 0] - table[1, 0, 0])
+    torch.testing.assert_close(table[0, 3, 1] - table[0, 2, 1], table[4, 3, 2] - table[4, 2, 2])
+    torch.testing.assert_close(model.positions(16), table[0].reshape(16, -1))
+    emb, m = text()
+    assert model(torch.randint(0, 33, (2, 80)), emb, m).shape == (2, 80, 32)
+    with pytest.raises(ValueError, match="square frames"):
+        MaskGITConfig(seq_len=80, tokens_per_frame=8, position_embedding="axial")
+    with pytest.raises(ValueError, match="position_embedding"):
+        MaskGITConfig(position_embedding="rotary")
+
+
+def test_factorized_codes_embed_and_predict_digits():
+    """code_levels: an id is embedded as the sum of its digits' rows and p(id) = prod of per-digit softmaxes,
+    a proper distribution over all K ids; the loss, accuracy and sampler use it without a K-wide tensor."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY_MASKGIT, codebook_size=32, code_levels=[4, 4, 2], position_embedding="axial")
+    model = MaskGIT(cfg).eval()
+    assert model.head.out_features == 10 and model.token_emb.num_embeddings == 11  # 4 + 4 + 2 digit rows, [MASK]
+    ids = torch.arange(32)
+    assert torch.equal(model.digits.join(model.digits.split(ids)), ids)
+    rows = model.digits.split(ids) + torch.tensor([0, 4, 8])
+    torch.testing.assert_close(model.embed(ids[None]), model.token_emb(rows).sum(-2)[None])
+    torch.testing.assert_close(model.embed(torch.tensor([[32]]))[0, 0], model.token_emb.weight[-1])
+    emb, m = text()
+    logits = model(torch.full((2, 80), 32), emb, m)
+    assert logits.shape == (2, 80, 10)
+    joint = torch.stack([model.log_likelihood(logits, torch.full((2, 80), k)) for k in range(32)], dim=-1)
+    torch.testing.assert_close(joint.exp().sum(-1), torch.ones(2, 80))
+    assert torch.equal(model.most_likely(logits), joint.argmax(-1))
+    tokens = torch.randint(0, 32, (2, 80))
+    loss, metrics = mvtm_loss(model.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and 0 <= metrics["mask_accuracy"] <= 1
+    loss.backward()
+    assert model.token_emb.weight.grad is not None and model.head.weight.grad is not None
+    model.eval()
+    fixed = torch.full((2, 80), -1)
+    fixed[:, :16] = tokens[:, :16]
+    kwargs = dict(steps=4, guidance_scale=2.0, fixed_tokens=fixed)
+    a = maskgit_sample(model, emb, m, 80, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = maskgit_sample(model, emb, m, 80, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert torch.equal(a, b) and torch.equal(a[:, :16], tokens[:, :16]) and int(a.max()) < 32
+    with pytest.raises(ValueError, match="code_levels"):
+        MaskGITConfig(codebook_size=64, code_levels=[4, 4])
 
 
 # ---- guidance and sampling ----------------------------------------------------------------------------------

@@ -69,8 +69,9 @@ def test_describe_cli_prints_json(capsys):
     assert report["transformer"]["parameters"] == sum(p.numel() for p in real.parameters())
 
 
-def test_forward_flops_match_pytorchs_flop_counter():
-    cfg = maskgit_debug(dim=64, depth=2, heads=4, mlp_dim=128, text_dim=48)
+@pytest.mark.parametrize("code_levels", [None, [4, 4, 4]], ids=["one-softmax", "factorized"])
+def test_forward_flops_match_pytorchs_flop_counter(code_levels):
+    cfg = maskgit_debug(dim=64, depth=2, heads=4, mlp_dim=128, text_dim=48, code_levels=code_levels)
     model = MaskGIT(cfg).eval()
     b, n, length = 2, cfg.seq_len, 7
     tokens = torch.randint(0, cfg.codebook_size, (b, n))
