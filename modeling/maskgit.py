@@ -28,7 +28,6 @@ from torch import nn
 
 from modeling.transformer import Block
 
-
 POSITION_EMBEDDINGS = ("learned", "axial")
 
 
@@ -98,7 +97,7 @@ class MaskGITConfig:
                 f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}"
             )
         if self.position_embedding == "axial":
-            self.grid  # validates the shape
+            _ = self.grid  # raises for frames that are not square grids
         if self.code_levels is not None and math.prod(self.code_levels) != self.codebook_size:
             raise ValueError(
                 f"code_levels {self.code_levels} make {math.prod(self.code_levels)} codes, not codebook_size "

@@ -188,7 +188,7 @@ def test_fsq_rounds_each_dim_to_its_levels_and_ids_are_mixed_radix_digits():
     assert digits.max(0).values.tolist() == [7, 4, 2] and digits.min() == 0
     x = torch.randn(500, 16, requires_grad=True)
     out = q(x)
-    assert out.indices.shape == (500,) and 0 <= int(out.indices.min()) and int(out.indices.max()) < 120
+    assert out.indices.shape == (500,) and int(out.indices.min()) >= 0 and int(out.indices.max()) < 120
     assert float(out.vq_loss) == 0.0  # no codebook to learn, no commitment term
     # the decoder's view of an id equals what the forward pass hands the decoder
     torch.testing.assert_close(q.codes_to_embeddings(out.indices), out.quantized)
