@@ -38,12 +38,18 @@ def shifted_inputs(model: MaskGIT, tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([start, tokens[:, :-1]], dim=1)
 
 
+def _one_softmax(model: MaskGIT) -> None:
+    if model.digits is not None:
+        raise ValueError("AR decoding here reads one softmax over the codes; build the MaskGIT without code_levels")
+
+
 def causal_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContext) -> torch.Tensor:
     """Full-sequence reference. tokens (B, N) long -> logits (B, N, K); logits[:, i] predicts tokens[:, i].
 
     Every block runs as in `MaskGIT.forward_with_context` but with `is_causal=True` self-attention
     (query i sees keys 0..i); cross-attention and MLP are unchanged.
     """
+    _one_softmax(model)
     n = tokens.shape[1]
     if n > model.cfg.seq_len:
         raise ValueError(f"{n} tokens exceed the model's seq_len={model.cfg.seq_len}")
@@ -98,6 +104,7 @@ def incremental_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContex
 
     Must equal `causal_logits(model, tokens, context)` (the test of the cache).
     """
+    _one_softmax(model)
     b, n = tokens.shape
     inputs = shifted_inputs(model, tokens)
     cache = KVCache(model, b, n, tokens.device, model.token_emb.weight.dtype)
@@ -120,6 +127,7 @@ def ar_sample(
     Guidance as in `maskgit_sample`: logits = cond + scale * (cond - uncond), both halves in one 2B forward.
     Tokens are drawn with the Gumbel-max trick at `temperature` (0 = greedy).
     """
+    _one_softmax(model)
     if seq_len > model.cfg.seq_len:
         raise ValueError(f"{seq_len} tokens exceed the model's seq_len={model.cfg.seq_len}")
     b = text.shape[0]

@@ -8,6 +8,7 @@ local text encoder's config. Forward FLOPs per clip are what MFU estimates divid
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from jobs.runtime import setup_logging
@@ -27,7 +28,7 @@ def text_width(config: dict) -> int:
 def describe(config: dict) -> dict:
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
     from modeling.flops import count_parameters, maskgit_forward_flops
-    from modeling.maskgit import MaskGIT, MaskGITConfig
+    from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
     from modeling.presets import build_dataclass
     from modeling.tokenizers import tokenizer_config_from
 
@@ -58,8 +59,8 @@ def describe(config: dict) -> dict:
         if "transformer" in config:
             max_text = int((config.get("text_encoder") or {}).get("max_length", 32))
             mg_cfg = build_dataclass(MaskGITConfig, {
-                **config["transformer"], "codebook_size": tok_cfg.codebook_size, "seq_len": t * h * w,
-                "tokens_per_frame": h * w, "text_dim": text_width(config),
+                **config["transformer"], **code_sizes(dataclasses.asdict(tok_cfg), config["transformer"]),
+                "seq_len": t * h * w, "tokens_per_frame": h * w, "text_dim": text_width(config),
             })
             mg_params = count_parameters(MaskGIT, mg_cfg)
             total += mg_params

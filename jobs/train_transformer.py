@@ -40,7 +40,7 @@ from jobs.train_common import (
 from jobs.train_loop import StepTail
 from jobs.train_metrics import MetricsLog, StepRecords, Throughput
 from modeling.checkpoint import read_checkpoint_meta
-from modeling.maskgit import MaskGIT, MaskGITConfig
+from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
 from modeling.masking import mvtm_loss
 from modeling.presets import build_dataclass, load_config
 
@@ -94,13 +94,11 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
             f"token cache {data} has {info.frame_tokens} tokens per frame, tokenizer {tokenizer} {grid}x{grid}"
         )
     sizes = {
-        "codebook_size": int(tok["codebook_size"]),
+        **code_sizes(tok, section),
         "seq_len": info.seq_len,
         "tokens_per_frame": info.frame_tokens,
         "text_dim": info.text_dim,
     }
-    if tok.get("quantizer") == "fsq" and "code_levels" not in section:
-        sizes["code_levels"] = list(tok["fsq_levels"])  # predict an FSQ code's digits (`code_levels: null`: off)
     model = build_dataclass(MaskGITConfig, {**(config.get("transformer") or {}), **sizes})
     latent_frames = info.seq_len // info.frame_tokens
     text_cfg = config.get("text_encoder") or {}

@@ -98,10 +98,13 @@ class CViViTConfig:
 
 def cvivit_debug(**overrides) -> CViViTConfig:
     """The tiny named debug preset (torchtitan's `llama3_debugmodel` idea): 32x32, 8x8 patches, 80 tokens per
-    9-frame clip, width 32; real code paths in milliseconds. `configs/debug.yaml` holds the same values."""
+    9-frame clip, width 32; real code paths in milliseconds. `configs/debug.yaml` holds the same values. It
+    makes the demo preset's choices (local FSQ codes, the first frame as a static tubelet), so `phenaki demo
+    --fast` runs the demo's code paths; `phenaki describe --config cvivit-paper` is the paper's layout."""
     values = dict(
         image_size=32, patch_size=8, temporal_patch_size=2, dim=32, spatial_depth=1, temporal_depth=1,
-        heads=4, mlp_dim=64, code_dim=8, codebook_size=64, max_latent_frames=16,
+        heads=4, mlp_dim=64, code_dim=8, codebook_size=64, max_latent_frames=16, first_frame="repeat",
+        encoder_spatial_depth=0, encoder_positions=False, quantizer="fsq", fsq_levels=[4, 4, 4],
     )  # fmt: skip
     return CViViTConfig(**{**values, **overrides})
 

@@ -425,7 +425,6 @@ def write_debug_checkpoint(
     temporal_patch_size: int = 2,
     num_frames: int = 9,
     fps: float = 8.0,
-    codebook_size: int = 64,
     text_encoder: str = DEFAULT_TEXT_ENCODER,
     text_dim: int = 384,
     sampling: dict | None = None,
@@ -434,13 +433,11 @@ def write_debug_checkpoint(
     """An untrained, tiny transformer checkpoint with its tokenizer inside (tests, smoke runs of serve/generate)."""
     directory = Path(directory)
     torch.manual_seed(seed)
-    tok_cfg = cvivit_debug(
-        image_size=image_size, patch_size=patch_size, temporal_patch_size=temporal_patch_size,
-        codebook_size=codebook_size,
-    )  # fmt: skip
+    tok_cfg = cvivit_debug(image_size=image_size, patch_size=patch_size, temporal_patch_size=temporal_patch_size)
     tok = CViViT(tok_cfg).eval()
     t, h, w = tok.token_grid(num_frames)
-    mg_cfg = maskgit_debug(codebook_size=codebook_size, seq_len=t * h * w, tokens_per_frame=h * w, text_dim=text_dim)
+    mg_cfg = maskgit_debug(codebook_size=tok_cfg.codebook_size, seq_len=t * h * w, tokens_per_frame=h * w,
+                           text_dim=text_dim, code_levels=tok_cfg.fsq_levels)  # fmt: skip
     mg = MaskGIT(mg_cfg).eval()
     extra = {"text_encoder": text_encoder, "num_frames": num_frames, "fps": fps, "sampling": sampling or {}}
     save_checkpoint(directory, mg, mg_cfg, extra)

@@ -116,9 +116,21 @@ class MaskGITConfig:
         return self.seq_len // self.tokens_per_frame, side, side
 
 
+def code_sizes(tokenizer: dict, transformer: dict) -> dict:
+    """The transformer's code-dependent sizes from a tokenizer config dict: `codebook_size`, and for an FSQ
+    tokenizer its levels as `code_levels` (factorized codes) unless the `transformer` section sets
+    `code_levels` itself (`null`: one softmax over the K ids)."""
+    sizes: dict = {"codebook_size": int(tokenizer["codebook_size"])}
+    if tokenizer.get("quantizer") == "fsq" and "code_levels" not in transformer:
+        sizes["code_levels"] = [int(v) for v in tokenizer["fsq_levels"]]
+    return sizes
+
+
 def maskgit_debug(**overrides) -> MaskGITConfig:
-    """The tiny named debug preset: width 32, 2 layers, sized for `cvivit_debug` tokens (80 per clip)."""
-    values = dict(codebook_size=64, seq_len=80, tokens_per_frame=16, dim=32, depth=2, heads=4, mlp_dim=64, text_dim=384)
+    """The tiny named debug preset: width 32, 2 layers, sized for `cvivit_debug` tokens (80 per clip, FSQ
+    levels [4, 4, 4]: factorized codes and axial positions, as the demo preset)."""
+    values = dict(codebook_size=64, seq_len=80, tokens_per_frame=16, dim=32, depth=2, heads=4, mlp_dim=64, text_dim=384,
+                  position_embedding="axial", code_levels=[4, 4, 4])  # fmt: skip
     return MaskGITConfig(**{**values, **overrides})
 
 

@@ -12,7 +12,7 @@ from modeling.maskgit import MaskGIT, maskgit_debug
 @pytest.fixture
 def model() -> MaskGIT:
     torch.manual_seed(0)
-    return MaskGIT(maskgit_debug()).eval()
+    return MaskGIT(maskgit_debug(code_levels=None, position_embedding="learned")).eval()  # the paper's layout
 
 
 def text(b: int = 2, length: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,7 +65,7 @@ def test_describe_cli_prints_json(capsys):
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{"):])
     assert report["config"] == "debug" and report["transformer"]["depth"] == 3
-    real = MaskGIT(maskgit_debug(depth=3, codebook_size=64, seq_len=80, tokens_per_frame=16))
+    real = MaskGIT(maskgit_debug(depth=3, codebook_size=64, seq_len=80, tokens_per_frame=16))  # FSQ [4, 4, 4] codes
     assert report["transformer"]["parameters"] == sum(p.numel() for p in real.parameters())
 
 
