@@ -83,3 +83,19 @@ def test_tokenizer_fidelity_runs_the_model_and_writes_examples(tmp_path, clips) 
     from PIL import Image
 
     assert Image.open(tmp_path / examples[0]["file"]).size == (FRAMES * 32 * 4, (2 * 32 + 2) * 4)
+
+
+def test_eval_cli_reports_a_checkpoints_fidelity(tmp_path, capsys) -> None:
+    """`phenaki eval --tokenizer` on a transformer checkpoint finds the tokenizer inside it."""
+    import json
+
+    from jobs.cli import main
+    from modeling.generation import write_debug_checkpoint
+
+    ckpt = write_debug_checkpoint(tmp_path / "transformer", num_frames=FRAMES)
+    assert main(["eval", "--tokenizer", str(ckpt), "--out", str(tmp_path / "fidelity.json")]) == 0
+    out = capsys.readouterr().out
+    assert "object fidelity of" in out and "one clean object" in out
+    report = json.loads((tmp_path / "fidelity.json").read_text())
+    assert report["tokenizer"].endswith("tokenizer") and report["frames"] == FRAMES and report["clips"] == 72
+    assert len(report["per_clip"]) == 72 and 0.0 <= report["clean"] <= 1.0

@@ -102,6 +102,9 @@ def test_tokenizer_trains_and_exports(tokenizer_run) -> None:
     assert "lecam" not in rows[1] and all(math.isfinite(r["lecam"]) for r in rows[2:])  # the regulariser ran
     assert "restarted_codes" in rows[1]
     assert evaluation["clips"] == 2 and math.isfinite(evaluation["psnr_db"])
+    fidelity = evaluation["fidelity"]  # the detector on reconstructions of 72 fresh clips, with strips
+    assert fidelity["clips"] == 72 and all(0.0 <= fidelity[k] <= 1.0 for k in ("clean", "colour", "shape", "motion"))
+    assert fidelity["examples"] and all((out / "fidelity" / e["file"]).exists() for e in fidelity["examples"])
     assert json.loads((out / "eval.json").read_text()) == evaluation
     assert (out / "run_config.yaml").exists()  # kept across the export
     assert len(list((out / "ray" / "tokenizer").glob("checkpoint-*"))) == 2  # steps 2 and 4
