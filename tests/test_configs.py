@@ -47,13 +47,15 @@ def test_preset_sections_build(preset):
     tokenize_config_from(config)
 
 
-@pytest.mark.parametrize("preset", ["demo", "debug"])
+@pytest.mark.parametrize("preset", ["demo", "debug", "quality"])
 def test_demo_presets_are_consistent(preset):
     config = load_config(preset)
     tokenizer = CViViT(build_dataclass(CViViTConfig, config["tokenizer"]))
     assert config["prepare"]["size"] == config["tokenizer"]["image_size"]
     t, h, w = tokenizer.token_grid(config["prepare"]["num_frames"])
     assert (t, h, w) == (5, 4, 4)  # 80 tokens per clip (shared/calibration.md)
+    # the transformer's codes: an FSQ tokenizer's digits, whose product is the codebook
+    assert config["tokenizer"]["quantizer"] == "fsq" and tokenizer.cfg.codebook_size == tokenizer.quantizer.codebook_size
 
 
 def test_debug_yaml_matches_the_named_debug_preset():
