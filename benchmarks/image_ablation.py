@@ -6,7 +6,7 @@ benchmark trains two demo-preset transformers on one token cache and one tokeniz
 but `transformer_train.video_fraction` (0.8: the paper's 80/20 mix; 1.0: videos only), for the same number
 of optimizer steps (no time budget, so CPU contention cannot change what either run sees). Each is then
 asked for every purple composition (12 triples) and, as a control, the 10 held-out video compositions, with
-several seeds, and the detector scores colour / shape / motion adherence.
+several seeds, and the detector reads one clean object, then colour (also in every frame) / shape / motion.
 
     python -m benchmarks.image_ablation --work /tmp/ablation [--reuse DEMO_OUT] [--seeds 2]
 
@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"\n{'arm':<12} {'kind':<9} {'colour':>7} {'shape':>7} {'motion':>7} {'all':>7}")
+    columns = ("clean", "colour", "shape", "motion", "colour_every_frame", "all")
+    print(f"\n{'arm':<12} {'kind':<9} " + " ".join(f"{c:>8.8}" for c in columns))
     for name, arm in arms.items():
         for kind, a in arm["adherence"].items():
-            cells = " ".join(f"{a[k]:>7.2f}" if a[k] is not None else f"{'-':>7}" for k in ("colour", "shape", "motion", "all"))
+            cells = " ".join(f"{a[k]:>8.2f}" if a.get(k) is not None else f"{'-':>8}" for k in columns)
             print(f"{name:<12} {kind:<9} {cells}")
     print(f"\nwritten to {out}")
     return 0
