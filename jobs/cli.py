@@ -20,13 +20,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("jobs.serve", "Ray Serve: the sampler as an HTTP endpoint"),
     "eval": ("jobs.eval", "detector-based adherence (colour/shape/motion) of generated videos"),
     "submit": ("jobs.submit", "submit a job to a Ray cluster (Jobs API: working-dir upload, token auth, streamed logs)"),
-    "describe": ("jobs.describe", "a preset's parameter counts, token shapes and FLOPs as JSON (no weights allocated)"),
+    "describe": ("jobs.describe", "a preset's parameter counts, token shapes and FLOPs (no weights allocated; --json for scripts)"),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world, on a local Ray cluster"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenaki", description="Phenaki text-to-video on Ray")
+    parser = argparse.ArgumentParser(prog="phenaki", description="Phenaki text-to-video on Ray", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    parser = argparse.ArgumentParser(prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1])
+    parser = argparse.ArgumentParser(prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1], allow_abbrev=False)
     module.add_arguments(parser)
     return int(module.main(parser.parse_args(argv[1:])) or 0)
 

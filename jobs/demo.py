@@ -209,7 +209,7 @@ def summary_text(results: dict, out: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__, allow_abbrev=False)
     add_arguments(parser)
     return parser
 

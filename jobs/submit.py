@@ -298,7 +298,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.submit")
+    parser = argparse.ArgumentParser(prog="python -m jobs.submit", allow_abbrev=False)
     add_arguments(parser)
     return parser
 

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jobs.tokenize", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jobs.tokenize", description=__doc__, allow_abbrev=False)
     add_arguments(parser)
     return parser
 

@@ -293,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenaki train-transformer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="phenaki train-transformer", description=__doc__.split("\n")[0], allow_abbrev=False)
     add_arguments(parser)
     return parser
 

@@ -69,3 +69,13 @@ def test_magvit_debug_yaml_matches_the_named_debug_preset():
 
     family, cfg = tokenizer_config_from(load_config("magvit-debug")["tokenizer"])
     assert family.name == "magvit_vq" and cfg == magvit_vq_debug()
+
+
+def test_cli_refuses_abbreviated_options(capsys) -> None:
+    # argparse would take `--sourc` as `--source`: a typo must fail, not run with a guessed option
+    from jobs.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--sourc", "x.csv", "--out", "y"])
+    assert exit_info.value.code == 2
+    assert "--sourc" in capsys.readouterr().err

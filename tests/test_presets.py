@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_describe_allocates_no_weights():
 def test_describe_cli_prints_json(capsys):
     from jobs.cli import main
 
-    assert main(["describe", "--config", "debug", "transformer.depth=3"]) == 0
+    assert main(["describe", "--config", "debug", "--json", "transformer.depth=3"]) == 0
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{"):])
     assert report["config"] == "debug" and report["transformer"]["depth"] == 3
@@ -101,3 +102,28 @@ def test_magvit_presets_match_the_paper():
     assert b["tokenizer"]["codebook_size"] == 1024
     assert abs(b["tokenizer"]["parameters"] / 41e6 - 1) < 0.05
     assert l_["tokenizer"]["parameters"] > 3 * b["tokenizer"]["parameters"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_describe_runs_on_every_config_and_labels_its_totals(path, capsys):
+    from jobs.cli import main
+
+    assert main(["describe", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "tokenizer" in out and "parameters" in out and "what a checkpoint holds" in out
+    report = describe(load_config(str(path)))
+    assert report["total_parameters"] == report["tokenizer"]["parameters"] + report.get("transformer", {}).get("parameters", 0)
+    assert report["trained_parameters"] == report["total_parameters"] + report["discriminator_parameters"]
+    if report["discriminator_parameters"]:
+        assert "with the discriminator" in out
+
+
+def test_describe_counts_the_commit_transformer_it_trains():
+    from modeling.commit_model import CommitTransformer, CommitTransformerConfig
+
+    report = describe(load_config("magvit-commit-debug"))["transformer"]
+    assert report["family"] == "commit" and report["seq_len"] == 64 and report["text_dim"] is None
+    real = CommitTransformer(CommitTransformerConfig(codebook_size=64, num_classes=4, seq_len=64, grid=(4, 4, 4), dim=32,
+                                                     depth=2, heads=4, mlp_dim=64, dropout=0.0))  # fmt: skip
+    assert report["parameters"] == sum(p.numel() for p in real.parameters())
+    assert report["forward_flops_per_clip"] > 0
