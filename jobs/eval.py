@@ -70,6 +70,11 @@ def main(args: argparse.Namespace) -> int:
     if args.video and not args.prompt:
         raise SystemExit("phenaki eval: --video needs the --prompt it was generated from")
     records = load_records(args.results) if args.results else [{"prompts": args.prompt, "file": args.video}]
+    from pipelines.detector import unscored_note
+
+    prompts = dict.fromkeys(p for r in records for p in r["prompts"])  # each once, in order
+    for note in filter(None, map(unscored_note, prompts)):
+        print(f"note: {note}")
     report = evaluate_videos(records)
     summary = {k: v for k, v in report.items() if k != "segments"}
     print(json.dumps(summary, indent=2))

@@ -335,6 +335,25 @@ def parse_caption(text: str) -> Attributes:
     return Attributes(colour=first(_COLOUR_WORDS), shape=first(_SHAPE_LOOKUP), motion=first(_MOTION_LOOKUP))
 
 
+def unscored_note(prompt: str) -> str | None:
+    """None when the prompt names a colour, a shape and a direction the detector knows; else one line saying
+    which attributes go unscored and the words that would be read (the detector knows the synthetic world)."""
+    want = parse_caption(prompt)
+    vocab = {
+        "colour": sorted(set(_COLOUR_WORDS)),
+        "shape": sorted(set(_SHAPE_LOOKUP)),
+        "motion": sorted(set(_MOTION_LOOKUP)),
+    }
+    missing = [name for name in vocab if getattr(want, name) is None]
+    if not missing:
+        return None
+    words = "; ".join(f"{name}: {', '.join(vocab[name])}" for name in missing)
+    return (
+        f"prompt {prompt!r} names no {' / '.join(missing)} the detector knows, so that is not scored (only "
+        f"'one clean object' and what it does name); words it reads: {words}"
+    )
+
+
 def adherence_of(want: Attributes, got: Detection) -> dict[str, bool | None]:
     """`clean` plus one entry per attribute the prompt names (None where it is silent). An attribute
     counts only on a video that shows one clean object: patch soup can average to any colour.

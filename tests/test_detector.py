@@ -214,3 +214,26 @@ def test_colour_every_frame_catches_a_fading_colour() -> None:
     verdict = adherence("a purple ball moving right", fading)
     assert verdict["clean"] and verdict["colour_every_frame"] is False
     assert adherence("a purple ball moving right", purple)["colour_every_frame"] is True
+
+
+def test_unscored_note_names_what_a_prompt_outside_the_vocabulary_leaves_unscored() -> None:
+    from pipelines.detector import unscored_note
+
+    assert unscored_note("a red square moving left") is None
+    note = unscored_note("a dog running on the beach")
+    assert "colour / shape / motion" in note and "'a dog running on the beach'" in note
+    assert "purple" in note and "triangle" in note and "left" in note  # the words it would read
+    partial = unscored_note("a blue thing moving up")
+    assert "names no shape the detector knows" in partial
+
+
+def test_eval_cli_says_when_a_prompt_is_outside_the_detectors_vocabulary(tmp_path, capsys) -> None:
+    from jobs.cli import main
+
+    video = render_video("red", "square", "left", num_frames=9, size=64, start_xy=(40, 30), radius=9, speed=1.2)
+    path = encode_mp4_file(video, tmp_path / "v.mp4", fps=8)
+    assert main(["eval", "--video", str(path), "--prompt", "a dog on a beach"]) == 0
+    out = capsys.readouterr().out
+    assert "note: prompt 'a dog on a beach' names no colour / shape / motion" in out
+    assert main(["eval", "--video", str(path), "--prompt", "a red square moving left"]) == 0
+    assert "note:" not in capsys.readouterr().out
