@@ -100,6 +100,54 @@ def setup_logging(verbose: bool = False) -> None:
     quiet_known_noise()
 
 
+def driver_runtime_env(job_runtime_env: dict | None) -> dict:
+    """The runtime_env our `ray.init` asks for, less what a submitted job's own runtime_env already sets.
+
+    Ray merges a job's runtime_env (`ray job submit --runtime-env-json`, `phenaki submit`) into the driver's
+    `ray.init(runtime_env=...)` and refuses to start when both name the same field or environment variable,
+    even with equal values. A job submitted with WORKER_ENV (as `phenaki submit` does) keeps its values."""
+    job = job_runtime_env or {}
+    job_vars = job.get("env_vars") or {}
+    wanted = {"env_vars": dict(WORKER_ENV), "worker_process_setup_hook": "jobs.runtime.quiet_ray_worker"}
+    env = {k: v for k, v in wanted.items() if k not in job and k != "env_vars"}
+    env_vars = {k: v for k, v in wanted["env_vars"].items() if k not in job_vars}
+    return {**env, "env_vars": env_vars} if env_vars else env
+
+
+def submitted_job_runtime_env() -> dict | None:
+    """The runtime_env of the Ray job this driver runs as (None outside a submitted job)."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    raw = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    return json.loads(raw).get("runtime_env") if raw else None
+
+
+def cluster_address(explicit: str | None, environ: dict[str, str]) -> tuple[str | None, str | None]:
+    """Where `init_ray` connects: (a Ray address, or None to start a fresh local cluster; a note to log or None).
+
+    - `--address` wins; inside a submitted Ray job the job's own cluster ("auto" when Ray left RAY_ADDRESS unset).
+    - RAY_ADDRESS=http(s)://HEAD:8265 is a Jobs API address (what `ray job submit` and `phenaki submit` use), not
+      one a driver can join: this command runs on a fresh local cluster and says how to run it on that cluster.
+    - No address: a fresh local cluster, even when a `ray start --head` runs on this machine (joining it would
+      refuse our `num_cpus`, and a laptop command should not land on a shared head unasked)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if explicit:
+        return explicit, None
+    env_address = environ.get("RAY_ADDRESS") or None
+    if RAY_JOB_CONFIG_JSON_ENV_VAR in environ:
+        return env_address or "auto", None
+    if env_address and env_address.startswith(("http://", "https://")):
+        return None, (
+            f"RAY_ADDRESS={env_address} is a Jobs API address (for `phenaki submit` / `ray job submit`); this "
+            f"command runs on a local Ray cluster. To run it on that cluster: phenaki submit --address "
+            f"{env_address} JOB ARGS, or pass --address auto on the head."
+        )
+    return env_address, None
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address` (or $RAY_ADDRESS), else start a local cluster; no-op when already connected."""
     import ray
@@ -107,16 +155,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.update({k: os.environ.get(k, v) for k, v in WORKER_ENV.items()})
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, note = cluster_address(address, dict(os.environ))
+    if note:
+        log.info(note)
     quiet_known_noise()  # before ray.init, which logs the token-auth line
     # The hook is imported by name in every Ray worker; `jobs` is importable wherever the trainers' loops
-    # (pickled by reference) already are. A copy of WORKER_ENV: Ray adds the hook's variable to env_vars.
-    runtime_env = {"env_vars": dict(WORKER_ENV), "worker_process_setup_hook": "jobs.runtime.quiet_ray_worker"}
+    # (pickled by reference) already are. A fresh dict each time: Ray adds the hook's variable to env_vars.
+    runtime_env = driver_runtime_env(submitted_job_runtime_env())
     kwargs = {"runtime_env": runtime_env, "log_to_driver": True, "logging_level": logging.WARNING}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+        # "local": a new cluster, never a head that happens to run on this machine (see `cluster_address`).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
     quiet_known_noise()  # again, now that ray's file-named loggers can be named
     log.info(RAY_LINES_NOTE)
     # Ray Data's per-operator progress bars interleave badly with our stage logs on small terminals.

@@ -4,6 +4,7 @@ with Ray's token authentication (on by default for local clusters since Ray 2.59
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -108,6 +109,34 @@ def test_address_defaults(monkeypatch):
     assert normalize_address("10.0.0.5:8265/") == "http://10.0.0.5:8265"
     monkeypatch.setenv("RAY_ADDRESS", "https://ray.example.com")
     assert normalize_address(None) == "https://ray.example.com"
+
+
+def test_a_submitted_jobs_driver_asks_ray_only_for_what_the_job_does_not_set():
+    from jobs.runtime import driver_runtime_env
+
+    hook = "jobs.runtime.quiet_ray_worker"
+    # `phenaki submit` sends WORKER_ENV: the driver adds only the worker hook (same keys would be refused)
+    assert driver_runtime_env({"working_dir": "x", "env_vars": dict(WORKER_ENV)}) == {"worker_process_setup_hook": hook}
+    # plain `ray job submit` with one of the variables: the driver adds the others
+    key = next(iter(WORKER_ENV))
+    partial = driver_runtime_env({"env_vars": {key: "1"}})
+    assert key not in partial["env_vars"] and set(partial["env_vars"]) == set(WORKER_ENV) - {key}
+    assert driver_runtime_env(None) == {"worker_process_setup_hook": hook, "env_vars": dict(WORKER_ENV)}
+    assert "worker_process_setup_hook" not in driver_runtime_env({"worker_process_setup_hook": "theirs"})
+
+
+def test_cluster_address_for_local_commands_and_jobs():
+    from jobs.runtime import cluster_address
+
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}
+    assert cluster_address(None, {}) == (None, None)  # a fresh local cluster
+    assert cluster_address("10.0.0.1:6379", {"RAY_ADDRESS": "auto"}) == ("10.0.0.1:6379", None)
+    assert cluster_address(None, {"RAY_ADDRESS": "10.0.0.1:6379"}) == ("10.0.0.1:6379", None)
+    assert cluster_address(None, job) == ("auto", None)
+    assert cluster_address(None, {**job, "RAY_ADDRESS": "127.0.0.1:6379"}) == ("127.0.0.1:6379", None)
+    # the README's `export RAY_ADDRESS=http://HEAD:8265` (for job submission) must not break local commands
+    address, note = cluster_address(None, {"RAY_ADDRESS": "http://head:8265"})
+    assert address is None and "Jobs API address" in note and "phenaki submit --address http://head:8265" in note
 
 
 @pytest.mark.parametrize("argv, address, job_args", [
@@ -269,6 +298,25 @@ def test_submit_streams_logs_and_the_job_writes_its_outputs(ray_head, tmp_path):
     assert "SUCCEEDED" in lines[-1]
     assert (out / "webvid.csv").exists() and (out / "laion.parquet").exists()
     assert len(list((out / "videos").glob("*.mp4"))) == 2 and len(list((out / "images").glob("*.jpg"))) == 1
+
+
+@pytest.mark.ray
+def test_submitted_prepare_starts_ray_inside_the_job_and_writes_shards(ray_head, tmp_path):
+    """A job that calls `ray.init` itself (every stage but synth) joins the job's cluster; Ray refuses a driver
+    whose runtime_env repeats the job's env vars, which `phenaki submit` sets."""
+    from pipelines.synth import synthesize
+
+    synthesize(tmp_path / "source", num_videos=4, num_images=2, seed=0)
+    out = tmp_path / "clips"
+    proc = submit_cmd(
+        "--address", ray_head.address, "prepare", "--source", str(tmp_path / "source" / "webvid.csv"),
+        "--source", str(tmp_path / "source" / "laion.parquet"), "--out", str(out), "--config", "debug",
+        env=clean_env(RAY_AUTH_TOKEN=ray_head.token), timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Failed to merge" not in proc.stdout and "SUCCEEDED" in proc.stdout.splitlines()[-1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 6 and manifest["counts"] == {"video": 4, "image": 2} and not manifest["skips"]
 
 
 @pytest.mark.ray
