@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     parser = argparse.ArgumentParser(prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1], allow_abbrev=False)
     module.add_arguments(parser)
-    return int(module.main(parser.parse_args(argv[1:])) or 0)
+    from jobs.runtime import run_command
+
+    return run_command(f"phenaki {argv[0]}", module.main, parser.parse_args(argv[1:]))
 
 
 if __name__ == "__main__":

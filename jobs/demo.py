@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from jobs.runtime import add_ray_arguments, init_ray, log, setup_logging, stage
+from jobs.runtime import add_ray_arguments, init_ray, log, run_command, setup_logging, stage
 
 
 def demo_prompts(fast: bool) -> list[dict]:
@@ -215,4 +215,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.demo", main, build_parser().parse_args()))

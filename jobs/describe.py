@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import json
 
-from jobs.runtime import setup_logging
+from jobs.runtime import run_command, setup_logging
 
 
 def text_width(config: dict) -> int:
@@ -193,4 +193,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.describe", main, build_parser().parse_args()))

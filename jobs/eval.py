@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.runtime import setup_logging
+from jobs.runtime import run_command, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,4 +90,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.eval", main, build_parser().parse_args()))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.runtime import log, setup_logging
+from jobs.runtime import log, run_command, setup_logging
 
 COMMIT_KIND = "commit"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -367,4 +367,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.generate", main, build_parser().parse_args()))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Two busy processes on few cores waste 2-3x CPU spin-waiting in OpenMP without this (calibration.md).
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -91,6 +92,19 @@ def quiet_ray_worker() -> None:
 
     quiet_known_noise()
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def run_command(name: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a job's `main(args)`; a bad input or config (ValueError, FileNotFoundError: our errors name the input
+    and the fix) ends in one line on stderr and exit 1, not a traceback. PHENAKI_TRACEBACK=1 shows the
+    traceback as well."""
+    try:
+        return int(main(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("PHENAKI_TRACEBACK") == "1":
+            raise
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 1
 
 
 def setup_logging(verbose: bool = False) -> None:

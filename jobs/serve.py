@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
-from jobs.runtime import WORKER_ENV, log, setup_logging
+from jobs.runtime import WORKER_ENV, log, run_command, setup_logging
 from jobs.serve_commit import CommitServer
 from jobs.serve_common import (
     COMMIT_FIELDS,
@@ -449,4 +449,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.serve", main, build_parser().parse_args()))

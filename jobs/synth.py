@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.runtime import log, setup_logging
+from jobs.runtime import log, run_command, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,4 +32,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.synth", main, build_parser().parse_args()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.runtime import add_ray_arguments, init_ray, log, setup_logging
+from jobs.runtime import add_ray_arguments, init_ray, log, run_command, setup_logging
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,4 +63,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.tokenize", main, build_parser().parse_args()))

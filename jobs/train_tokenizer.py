@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from jobs.runtime import add_ray_arguments, init_ray
+from jobs.runtime import add_ray_arguments, init_ray, run_command
 from jobs.train_common import (
     TrainConfig,
     build_engine,
@@ -102,6 +102,22 @@ def job_from_config(config: dict, data: str) -> TokenizerJob:
         disc=disc,
         family=family,
     )
+
+
+def check_clips(job: TokenizerJob) -> None:
+    """Fail once, before any worker starts, when the clip shards cannot feed this tokenizer (Ray Train would
+    retry a run whose every step fails the same way): missing shards, or clips shorter than it trains on."""
+    from pipelines.shards import read_manifest
+
+    manifest = read_manifest(job.data)  # names the missing dataset and the job that writes it
+    have = (manifest.get("config") or {}).get("num_frames")
+    want = job.train.num_frames
+    if want is not None and have is not None and int(have) < want:
+        raise ValueError(
+            f"clips in {job.data} have {have} frames, but the {job.family.name} tokenizer trains on "
+            f"tokenizer_train.num_frames={want}: prepare clips of at least {want} frames "
+            f"(`phenaki prepare ... prepare.num_frames={want}`, or the preset that matches this tokenizer)"
+        )
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -341,6 +357,7 @@ def run(config: dict, data: str, out_dir: str) -> dict:
     from jobs.train_tokenizer import train_loop as loop
 
     job = job_from_config(config, data)
+    check_clips(job)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(
@@ -362,8 +379,10 @@ def run(config: dict, data: str, out_dir: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    check_clips(job_from_config(config, args.data))  # a bad config or dataset fails before Ray starts
     init_ray(args.address)
-    evaluation = run(load_config(args.config, args.overrides), args.data, args.out)
+    evaluation = run(config, args.data, args.out)
     print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB")
     if evaluation.get("fidelity"):
         from pipelines.fidelity import summary_line
@@ -373,4 +392,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.train_tokenizer", main, build_parser().parse_args()))

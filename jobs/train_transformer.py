@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from jobs.runtime import add_ray_arguments, init_ray
+from jobs.runtime import add_ray_arguments, init_ray, run_command
 from jobs.train_common import (
     CHECKPOINT_FILES,
     TrainConfig,
@@ -308,4 +308,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build_parser().parse_args()))
+    raise SystemExit(run_command("python -m jobs.train_transformer", main, build_parser().parse_args()))

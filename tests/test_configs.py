@@ -79,3 +79,22 @@ def test_cli_refuses_abbreviated_options(capsys) -> None:
         main(["prepare", "--sourc", "x.csv", "--out", "y"])
     assert exit_info.value.code == 2
     assert "--sourc" in capsys.readouterr().err
+
+
+def test_clips_too_short_for_the_tokenizer_fail_once_in_one_line_before_ray(tmp_path, capsys) -> None:
+    import json
+
+    from jobs.cli import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "manifest.json").write_text(json.dumps({"config": {"num_frames": 9}, "shards": []}))
+    code = main(["train-tokenizer", "--config", "magvit-debug", "--data", str(clips), "--out", str(tmp_path / "tok")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"clips in {clips} have 9 frames" in err and "tokenizer_train.num_frames=16" in err
+    assert "prepare.num_frames=16" in err  # the fix
+    assert not (tmp_path / "tok").exists()  # nothing started
+
+    code = main(["train-tokenizer", "--config", "debug", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")])
+    assert code == 1 and "no manifest.json in" in capsys.readouterr().err
