@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jobs.runtime import WORKER_ENV, init_ray
+from jobs.runtime import WORKER_ENV, init_ray, log
 from modeling.lr_schedule import warmup_cosine
 
 STATE_FILE = "state.json"
@@ -160,6 +160,12 @@ def launch(
             worker_runtime_env={"env_vars": {**WORKER_ENV, **storage_env(), PROGRESS_ENV: progress}},
         ),
     )
+    # The workers take a while before their first line (each imports PyTorch and DeepSpeed; a new machine also
+    # builds DeepSpeed's CPU comm op once, ~70 s): say so, so the silence does not read as a hang.
+    log.info(
+        "[%s] starting %d Ray Train worker(s) with DeepSpeed ZeRO-%d; the first step follows in ~30 s (~100 s on a "
+        "machine's first run), checkpoints and metrics go to %s", run_name, cfg.num_workers, cfg.zero_stage, out,
+    )  # fmt: skip
     if progress != "bar":
         return trainer.fit()
     with ProgressFollower(out / METRICS_FILE, cfg.steps, run_name, cfg.time_budget_s):
