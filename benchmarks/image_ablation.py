@@ -28,12 +28,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "image_ablation.json"
 ARMS = {"with-images": 0.8, "videos-only": 1.0}
 
 
-def purple_triples() -> list[tuple[str, str, str]]:
-    from pipelines.synth import IMAGE_ONLY_COLOURS, MOTIONS, SHAPES
-
-    return [(c, s, m) for c in IMAGE_ONLY_COLOURS for s in SHAPES for m in MOTIONS]
-
-
 def prepare_tokens(work: Path, config: dict, reuse: Path | None) -> tuple[str, str]:
     """-> (token cache dir, tokenizer checkpoint dir), from `reuse` or made here (the demo's first stages)."""
     if reuse is not None:
@@ -80,27 +74,10 @@ def train_arm(work: Path, config_name: str, tokens: str, tokenizer: str, video_f
 def evaluate_arm(checkpoint: str, seeds: int, sampling: dict) -> dict:
     """Generate every purple and held-out composition with `seeds` seeds; detector adherence per kind."""
     from modeling.generation import SamplingConfig, VideoGenerator
-    from pipelines.evaluate import evaluate_videos
-    from pipelines.media import encode_mp4
-    from pipelines.synth import HELD_OUT, caption_for
+    from pipelines.evaluate import generated_adherence
 
     gen = VideoGenerator.from_checkpoint(checkpoint)
-    videos = Path(checkpoint) / "ablation-videos"
-    videos.mkdir(exist_ok=True)
-    cfg = SamplingConfig.from_dict(sampling)
-    summary = {}
-    for kind, triples in (("purple", purple_triples()), ("held-out", list(HELD_OUT))):
-        records = []
-        for c, s, m in triples:
-            prompt = caption_for(c, s, m, 0)
-            for seed in range(seeds):
-                video = gen.generate([prompt], cfg.replace(seed=seed))
-                path = videos / f"{kind}-{c}-{s}-{m}-seed{seed}.mp4"
-                path.write_bytes(encode_mp4(video.frames, video.fps))
-                records.append({"prompts": [prompt], "file": str(path)})
-        report = evaluate_videos(records)
-        summary[kind] = {k: v for k, v in report.items() if k != "segments"}
-    return summary
+    return generated_adherence(gen, seeds, SamplingConfig.from_dict(sampling), Path(checkpoint) / "ablation-videos")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,13 +94,14 @@ def score_records(records: list[dict], out: Path) -> dict:
     return summary
 
 
-def reuse_commands(out: Path) -> str:
+def reuse_commands(out: Path, config: str = "demo") -> str:
+    """The commands that go on from what a demo run made (`config`: the preset or YAML file it ran with)."""
     return "\n".join([
         f"  phenaki generate --checkpoint {out}/transformer --prompt 'a green circle moving up' --out my.mp4",
         f"  phenaki generate --checkpoint {out}/transformer --prompt 'a red square moving left' "
         f"--prompt 'a blue ball moves down' --out story.mp4",
         f"  phenaki serve --checkpoint {out}/transformer --port 8000",
-        f"  phenaki train-transformer --config configs/demo.yaml --data {out}/tokens "
+        f"  phenaki train-transformer --config {config} --data {out}/tokens "
         f"--tokenizer {out}/tokenizer --out {out}/transformer-2 transformer_train.time_budget_s=900",
         f"  phenaki tokenize --tokenizer {out}/tokenizer --data {out}/clips --out {out}/tokens",
         f"  phenaki eval --results {out}/results.json",
@@ -162,7 +163,7 @@ def write_page(out: Path, results: dict) -> Path:
     from jobs.train_metrics import METRICS_FILE
     from pipelines.demo_page import write_demo_page
 
-    return write_demo_page(out, results, reuse_commands(out), METRICS_FILE)
+    return write_demo_page(out, results, reuse_commands(out, results.get("config", "demo")), METRICS_FILE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +205,7 @@ def summary_text(results: dict, out: Path) -> str:
         f"Where quality is lost: {diagnosis(results['adherence'], results['tokenizer_eval'])}", "",
         f"Open the results page: {(out / 'index.html').as_uri()}",
         f"Results as JSON: {out / 'results.json'}", "",
-        f"Go on by hand (artifacts in {out}):", reuse_commands(out),
+        f"Go on by hand (artifacts in {out}):", reuse_commands(out, results.get("config", "demo")),
     ])  # fmt: skip
 
 

@@ -99,3 +99,27 @@ def test_eval_cli_reports_a_checkpoints_fidelity(tmp_path, capsys) -> None:
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["tokenizer"].endswith("tokenizer") and report["frames"] == FRAMES and report["clips"] == 72
     assert len(report["per_clip"]) == 72 and 0.0 <= report["clean"] <= 1.0
+
+
+def test_eval_cli_generates_and_reads_the_prompt_suite(tmp_path, capsys) -> None:
+    """`phenaki eval --checkpoint`: every held-out and purple composition, `--seeds` each, read by the detector
+    from H.264 files, with the sampling settings it used."""
+    import json
+
+    from jobs.cli import main
+    from modeling.generation import write_debug_checkpoint
+    from pipelines.evaluate import prompt_suite
+
+    ckpt = write_debug_checkpoint(tmp_path / "transformer", num_frames=FRAMES, sampling={"steps": 2})
+    argv = ["eval", "--checkpoint", str(ckpt), "--seeds", "1", "--sampling", "guidance_scale=0.5",
+            "--out", str(tmp_path / "adherence.json")]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "adherence.json").read_text())
+    suite = prompt_suite()
+    assert report["seeds"] == 1 and report["sampling"]["guidance_scale"] == 0.5 and report["sampling"]["steps"] == 2
+    for kind, triples in suite.items():
+        assert report[kind]["num_videos"] == len(triples) and report[kind]["num_errors"] == 0
+        assert 0.0 <= report[kind]["clean"] <= 1.0
+    assert len(list((ckpt / "eval-videos").glob("*.mp4"))) == sum(map(len, suite.values()))
+    assert main(["eval", "--checkpoint", str(ckpt), "--sampling", "guidance_scale"]) == 1
+    assert "--sampling wants KEY=VALUE" in capsys.readouterr().err
