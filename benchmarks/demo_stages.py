@@ -1,6 +1,6 @@
 """Demo wall time per stage and adherence, over several full runs of `phenaki demo` (medians reported).
 
-    python -m benchmarks.demo_stages --runs 3 --work /tmp/demo-bench
+    python -m benchmarks.demo_stages --runs 3 --work /tmp/demo-bench [--vary-seeds]
 
 Each run is a fresh `phenaki demo` process with its own local Ray cluster and output directory. Writes
 benchmarks/results/demo_stages.json with the machine described. Run it alone on the machine: the figures
@@ -35,6 +35,11 @@ def run_once(out: Path, extra: list[str]) -> dict:
     return results
 
 
+def seed_overrides(run: int) -> list[str]:
+    """Run `run`'s own seeds: the synthetic world's, and both trainings' (initial weights, batches, masks)."""
+    return [f"demo.seed={run}", f"tokenizer_train.seed={run}", f"transformer_train.seed={run}"]
+
+
 def median_table(runs: list[dict]) -> dict:
     stages = list(runs[0]["timings_s"])
     timings = {s: statistics.median(r["timings_s"][s] for r in runs) for s in stages}
@@ -65,17 +70,22 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default="/tmp/demo-bench", help="where the runs write their outputs")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--vary-seeds", action="store_true",
+                        help="run i uses seed i for the world and both trainings (default: the preset's seeds, "
+                        "so runs differ only by how far each time budget got)")
     parser.add_argument("extra", nargs="*", help="extra `phenaki demo` arguments / overrides")
     args = parser.parse_args()
     runs = []
     for i in range(args.runs):
-        results = run_once(Path(args.work) / f"run-{i}", args.extra)
+        extra = [*args.extra, *(seed_overrides(i) if args.vary_seeds else [])]
+        results = run_once(Path(args.work) / f"run-{i}", extra)
         runs.append(results)
         print(f"run {i}: {results['timings_s']['total']:.1f} s, adherence {json.dumps(results['adherence'])}", flush=True)
     report = {
         "machine": describe_machine(),
         "runs": args.runs,
         "demo_arguments": args.extra,
+        "seeds": "run i: seed i" if args.vary_seeds else "the preset's",
         **median_table(runs),
         "per_run": [{"timings_s": r["timings_s"], "adherence": r["adherence"], "tokenizer_eval": r["tokenizer_eval"]} for r in runs],
     }

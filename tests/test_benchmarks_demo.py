@@ -27,3 +27,12 @@ def test_median_table_takes_medians_and_skips_unread_attributes() -> None:
     assert "shape" not in table["adherence_median"]["purple"]  # no run read it
     assert table["tokenizer_psnr_db_median"] == 20.0
     assert table["tokenizer_fidelity_median"] == {"clean": 1.0, "colour": 0.9, "shape": 0.4, "motion": 1.0}
+
+
+def test_seed_overrides_are_valid_demo_overrides() -> None:
+    from benchmarks.demo_stages import seed_overrides
+    from modeling.presets import load_config
+
+    config = load_config("demo", seed_overrides(2))
+    assert config["demo"]["seed"] == 2
+    assert config["tokenizer_train"]["seed"] == 2 and config["transformer_train"]["seed"] == 2
