@@ -31,20 +31,25 @@ figures are wall times.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.ar_decode import KVCache, _ar_step, ar_sample
+from benchmarks.flop_accounting import (
+    ATTN_FLOP_FORMULA,
+    achieved,
+    add_fractions,
+    count_flops,
+    counter_counts_sdpa_natively,
+    counting_forwards,
+)
 from benchmarks.machine import describe_machine
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.maskgit import MaskGIT, MaskGITConfig
@@ -57,7 +62,6 @@ TEXT_TOKENS = 24  # configs/demo.yaml text_encoder.max_length
 STEPS = (12, 24, 48)
 QUICK_STEPS = (2, 4)
 AR_RUNS_CAP_PAPER = 3  # AR over 1536 tokens is run at most this many times (plus a short warm-up)
-ATTN_FLOP_FORMULA = "4 * B * H * Nq * Nk * Dh"
 
 # The paper-shaped model: configs/phenaki-1.8b.yaml (the paper's C-ViViT and 6x16x16 token grid, codebook 8192)
 # with the transformer narrowed from 24 x 2048 (MLP 8192) so that it runs on a few CPU cores.
@@ -109,33 +113,6 @@ def summary(seconds: list[float]) -> dict:
     return {"seconds": [round(s, 6) for s in seconds], "seconds_median": round(statistics.median(seconds), 6)}
 
 
-def sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    b, h, nq, dh = query_shape
-    return 4 * b * h * nq * key_shape[-2] * dh
-
-
-def flop_counter() -> FlopCounterMode:
-    return FlopCounterMode(
-        display=False, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flops}
-    )
-
-
-def count_flops(fn: Callable[[], object]) -> tuple[int, dict[str, int]]:
-    with flop_counter() as counter:
-        fn()
-    by_op = {
-        str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()
-    }
-    return int(counter.get_total_flops()), by_op
-
-
-def counter_counts_sdpa_natively() -> bool:
-    q = torch.randn(1, 2, 8, 4)
-    with FlopCounterMode(display=False) as counter:
-        F.scaled_dot_product_attention(q, q, q)
-    return counter.get_total_flops() > 0
-
-
 def matmul_peak(n: int, runs: int) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
@@ -143,41 +120,11 @@ def matmul_peak(n: int, runs: int) -> dict:
     return {"n": n, **summary(seconds), "gflops": round(2 * n**3 / statistics.median(seconds) / 1e9, 2)}
 
 
-@contextlib.contextmanager
-def counting_forwards(model: MaskGIT) -> Iterator[list[int]]:
-    """Counts `forward_with_context` calls (the forward passes a sampler really makes)."""
-    calls = [0]
-    inner = model.forward_with_context
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return inner(*args, **kwargs)
-
-    model.forward_with_context = counted  # type: ignore[method-assign]
-    try:
-        yield calls
-    finally:
-        del model.forward_with_context
-
-
 def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 # ---- one model ------------------------------------------------------------------------------------------------
-
-
-def achieved(flops: int, seconds: float) -> dict:
-    return {"achieved_gflops": round(flops / seconds / 1e9, 3)}
-
-
-def add_fractions(node: object, peak_gflops: float) -> None:
-    """Adds fraction_of_peak beside every achieved_gflops in the report tree."""
-    if isinstance(node, dict):
-        if "achieved_gflops" in node:
-            node["fraction_of_peak"] = round(node["achieved_gflops"] / peak_gflops, 4)
-        for value in node.values():
-            add_fractions(value, peak_gflops)
 
 
 def bench_model(
