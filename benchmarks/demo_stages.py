@@ -35,6 +35,14 @@ def run_once(out: Path, extra: list[str]) -> dict:
     return results
 
 
+def tokenizer_summary(results: dict) -> dict:
+    """A run's tokenizer evaluation without the fidelity's per-clip rows and example strips (in its own out dir)."""
+    evaluation = dict(results["tokenizer_eval"])
+    if "fidelity" in evaluation:
+        evaluation["fidelity"] = {k: v for k, v in evaluation["fidelity"].items() if k not in ("per_clip", "examples")}
+    return evaluation
+
+
 def seed_overrides(run: int) -> list[str]:
     """Run `run`'s own seeds: the synthetic world's, and both trainings' (initial weights, batches, masks)."""
     return [f"demo.seed={run}", f"tokenizer_train.seed={run}", f"transformer_train.seed={run}"]
@@ -87,7 +95,7 @@ def main() -> int:
         "demo_arguments": args.extra,
         "seeds": "run i: seed i" if args.vary_seeds else "the preset's",
         **median_table(runs),
-        "per_run": [{"timings_s": r["timings_s"], "adherence": r["adherence"], "tokenizer_eval": r["tokenizer_eval"]} for r in runs],
+        "per_run": [{"timings_s": r["timings_s"], "adherence": r["adherence"], "tokenizer_eval": tokenizer_summary(r)} for r in runs],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

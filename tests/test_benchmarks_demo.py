@@ -36,3 +36,11 @@ def test_seed_overrides_are_valid_demo_overrides() -> None:
     config = load_config("demo", seed_overrides(2))
     assert config["demo"]["seed"] == 2
     assert config["tokenizer_train"]["seed"] == 2 and config["transformer_train"]["seed"] == 2
+
+
+def test_per_run_tokenizer_summary_drops_per_clip_rows() -> None:
+    from benchmarks.demo_stages import tokenizer_summary
+
+    run = {"tokenizer_eval": {"psnr_db": 30.0, "fidelity": {"shape": 0.6, "per_clip": [{}] * 72, "examples": [{}]}}}
+    assert tokenizer_summary(run) == {"psnr_db": 30.0, "fidelity": {"shape": 0.6}}
+    assert "per_clip" in run["tokenizer_eval"]["fidelity"]  # the run's own results are left as they are
