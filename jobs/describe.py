@@ -53,17 +53,12 @@ def _commit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
     """COMMIT (MAGVIT): sizes as `jobs.train_commit` builds them (codebook and grid from the tokenizer)."""
     import torch
 
-    from modeling.commit_model import CommitTransformer, CommitTransformerConfig
+    from jobs.train_commit import commit_model_config
+    from modeling.commit_model import CommitTransformer
     from modeling.flops import count_parameters, meta_forward_flops
-    from modeling.presets import build_dataclass
 
-    section = {k: v for k, v in config["transformer"].items() if k != "family"}
-    text = bool(section.pop("text", False))
-    t, h, w = grid
-    cfg = build_dataclass(CommitTransformerConfig, {
-        **section, "codebook_size": tok_cfg.codebook_size, "seq_len": t * h * w, "grid": (t, h, w),
-        "text_dim": text_width(config) if text else None,
-    })  # fmt: skip
+    text = bool(config["transformer"].get("text", False))
+    cfg = commit_model_config(config["transformer"], tok_cfg.codebook_size, grid, text_width(config) if text else 0)
     flops = meta_forward_flops(
         lambda: CommitTransformer(cfg), lambda m: m(torch.zeros(1, cfg.seq_len, dtype=torch.long), "fp")
     )
@@ -109,7 +104,9 @@ def describe(config: dict) -> dict:
             discriminator = count_parameters(StyleGANDiscriminator, disc_cfg)
             report["discriminator"] = {"parameters": discriminator, "dims": disc_cfg.dims}
         if "transformer" in config:
-            build = _commit_report if config["transformer"].get("family") == "commit" else _maskgit_report
+            from jobs.train_commit import is_commit
+
+            build = _commit_report if is_commit(config) else _maskgit_report
             report["transformer"] = build(config, tok_cfg, (t, h, w))
             model += report["transformer"]["parameters"]
     # What a checkpoint holds (tokenizer + transformer; the text encoder is frozen and loaded by name) and,

@@ -107,6 +107,17 @@ def run_command(name: str, main: Callable[[argparse.Namespace], int | None], arg
         return 1
 
 
+def key_value_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
+    """Repeated `option KEY=VALUE` arguments -> {KEY: VALUE} (the value may hold `=` or be empty)."""
+    values = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} wants KEY=VALUE, got {pair!r}")
+        values[key] = value
+    return values
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s | %(message)s", datefmt="%H:%M:%S"

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.runtime import WORKER_ENV
+from jobs.runtime import WORKER_ENV, key_value_pairs
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,13 +82,7 @@ def read_requirements(path: str | os.PathLike) -> list[str]:
 
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:
-    env = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env wants KEY=VALUE, got {pair!r}")
-        env[key] = value
-    return env
+    return key_value_pairs(pairs, "--env")
 
 
 def build_runtime_env(

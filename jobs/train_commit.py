@@ -104,6 +104,18 @@ class CommitJob:
     extra: dict
 
 
+def commit_model_config(
+    section: dict | None, codebook_size: int, grid: tuple[int, int, int], text_dim: int
+) -> CommitTransformerConfig:
+    """A `transformer` section (`family: commit`, `text: true|false`, sizes) + the tokenizer's codebook and token
+    grid (t, h, w) + the text width (used only with `text: true`) -> the model's config."""
+    values = {k: v for k, v in (section or {}).items() if k != "family"}
+    text = bool(values.pop("text", False))
+    t, h, w = grid
+    sizes = {"codebook_size": codebook_size, "seq_len": t * h * w, "grid": (t, h, w), "text_dim": text_dim if text else None}
+    return build_dataclass(CommitTransformerConfig, {**values, **sizes})
+
+
 def is_commit(config: dict) -> bool:
     """Whether a config selects the COMMIT trainer (`transformer.family: commit`; default maskgit)."""
     family = (config.get("transformer") or {}).get("family", "maskgit")
@@ -139,15 +151,7 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
         raise ValueError(
             f"token cache {data} has a {h}x{w} grid, tokenizer {tokenizer} {tok.grid}x{tok.grid}"
         )
-    section = {k: v for k, v in (config.get("transformer") or {}).items() if k != "family"}
-    text = bool(section.pop("text", False))
-    sizes = {
-        "codebook_size": tok.codebook_size,
-        "seq_len": t * h * w,
-        "grid": (t, h, w),
-        "text_dim": info.text_dim if text else None,
-    }
-    model = build_dataclass(CommitTransformerConfig, {**section, **sizes})
+    model = commit_model_config(config.get("transformer"), tok.codebook_size, (t, h, w), info.text_dim)
     train = build_dataclass(CommitTrainConfig, config.get("transformer_train"))
     if train.class_keywords and len(train.class_keywords) > model.num_classes:
         raise ValueError(

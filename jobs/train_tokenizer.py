@@ -353,17 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(config: dict, data: str, out_dir: str) -> dict:
     """Train from a loaded config dict; returns the held-out evaluation (also in `<out>/eval.json`)."""
+    job = job_from_config(config, data)
+    check_clips(job)
+    return train(job, out_dir)
+
+
+def train(job: TokenizerJob, out_dir: str) -> dict:
+    """Train a checked job (`run` minus building and checking it)."""
     # Import the loop under its module name, so Ray pickles it by reference even under `python -m`.
     from jobs.train_tokenizer import train_loop as loop
 
-    job = job_from_config(config, data)
-    check_clips(job)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(
         yaml.safe_dump(
             {
-                "data": data,
+                "data": job.data,
                 "tokenizer": {"family": job.family.name, **dataclasses.asdict(job.model)},
                 "tokenizer_train": dataclasses.asdict(job.train),
                 "tokenizer_loss": dataclasses.asdict(job.loss),
@@ -379,10 +384,10 @@ def run(config: dict, data: str, out_dir: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    check_clips(job_from_config(config, args.data))  # a bad config or dataset fails before Ray starts
+    job = job_from_config(load_config(args.config, args.overrides), args.data)
+    check_clips(job)  # a bad config or dataset fails before Ray starts
     init_ray(args.address)
-    evaluation = run(config, args.data, args.out)
+    evaluation = train(job, args.out)
     print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB")
     if evaluation.get("fidelity"):
         from pipelines.fidelity import summary_line
