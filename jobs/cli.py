@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown command {argv[0]!r}")
         parser.print_help()
         return 0
+    if not {"-h", "--help"} & set(argv[1:]):
+        # Importing a job (torch, Ray) takes seconds before it can log anything: say it has started.
+        print(f"phenaki {argv[0]}: starting", file=sys.stderr, flush=True)
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     parser = argparse.ArgumentParser(prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1], allow_abbrev=False)
     module.add_arguments(parser)

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from jobs.runtime import add_ray_arguments, init_ray, log, run_command, setup_logging, stage
+from jobs.runtime import add_ray_arguments, init_ray, log, run_command, stage
 
 
 def demo_prompts(fast: bool) -> list[dict]:
@@ -176,7 +176,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = Path(args.out).resolve()
     config = args.config or ("debug" if args.fast else "demo")

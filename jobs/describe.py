@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import json
 
-from jobs.runtime import run_command, setup_logging
+from jobs.runtime import run_command
 
 
 def text_width(config: dict) -> int:
@@ -177,7 +177,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from modeling.presets import load_config
 
-    setup_logging()
     report = {"config": args.config, **describe(load_config(args.config, args.overrides))}
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jobs.runtime import run_command, setup_logging
+from jobs.runtime import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +86,6 @@ def main(args: argparse.Namespace) -> int:
     from pipelines.detector import unscored_note
     from pipelines.evaluate import evaluate_videos
 
-    setup_logging()
     if args.checkpoint:
         return _emit(checkpoint_adherence_report(args.checkpoint, args.seeds, args.sampling), args.out)
     if args.tokenizer:

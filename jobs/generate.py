@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.runtime import log, run_command, setup_logging
+from jobs.runtime import log, run_command
 
 COMMIT_KIND = "commit"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -300,14 +300,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
-    parser.add_argument(
-        "--task",
-        choices=("fp", "fi", "opc", "opv", "oph", "opd", "ipc", "ipd", "cg", "cfp"),
-        help="MAGVIT (COMMIT checkpoint): the generation task",
-    )
+    from modeling.commit_tasks import TASK_DESCRIPTIONS, TASKS
+
+    parser.add_argument("--task", choices=TASKS, help="MAGVIT (COMMIT checkpoint): the generation task (below)")
     parser.add_argument("--input", help="MAGVIT: the condition video (or a still for fp/cfp); cg needs none")
     parser.add_argument(
         "--class", dest="class_id", help="MAGVIT cg/cfp: class id or name (-1: the null class)"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the task table's lines
+    parser.epilog = "MAGVIT tasks (--task; docs/magvit.md has the exact regions):\n" + "\n".join(
+        f"  {task:<4} {text}" for task, text in TASK_DESCRIPTIONS.items()
     )
 
 
@@ -318,7 +320,6 @@ def main(args: argparse.Namespace) -> int:
     from modeling.generation import VideoGenerator
     from pipelines.media import decode_image, encode_mp4_file, write_gif
 
-    setup_logging()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.task or read_checkpoint_meta(args.checkpoint).get("kind") == COMMIT_KIND:
         return commit_main(args, device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.runtime import add_ray_arguments, init_ray, log, run_command, setup_logging
+from jobs.runtime import add_ray_arguments, init_ray, log, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,6 @@ def main(args: argparse.Namespace) -> int:
     from modeling.presets import apply_overrides, build_dataclass, load_config
     from pipelines.prepare import PrepareConfig, prepare
 
-    setup_logging()
     config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
     section = dict(config.get("prepare") or {})
     if args.format:

@@ -97,7 +97,8 @@ def quiet_ray_worker() -> None:
 def run_command(name: str, main: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a job's `main(args)`; a bad input or config (ValueError, FileNotFoundError: our errors name the input
     and the fix) ends in one line on stderr and exit 1, not a traceback. PHENAKI_TRACEBACK=1 shows the
-    traceback as well."""
+    traceback as well. Logging is set up here, once for every command (`phenaki X` and `python -m jobs.X`)."""
+    setup_logging()
     try:
         return int(main(args) or 0)
     except (ValueError, FileNotFoundError) as error:
@@ -119,6 +120,8 @@ def key_value_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """INFO lines on stderr as `HH:MM:SS logger | message` (stdout stays for results: `describe --json`); a
+    no-op once the root logger has a handler."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s | %(message)s", datefmt="%H:%M:%S"
     )
@@ -191,6 +194,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        log.info("starting a local Ray cluster (%d CPUs; takes a few seconds)", num_cpus or os.cpu_count())
         # "local": a new cluster, never a head that happens to run on this machine (see `cluster_address`).
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
     quiet_known_noise()  # again, now that ray's file-named loggers can be named

@@ -34,7 +34,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
-from jobs.runtime import WORKER_ENV, log, run_command, setup_logging
+from jobs.runtime import WORKER_ENV, log, run_command
 from jobs.serve_commit import CommitServer
 from jobs.serve_common import (
     COMMIT_FIELDS,
@@ -403,7 +403,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
     url = start(
         args.checkpoint,
         host=args.host,

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.runtime import WORKER_ENV, key_value_pairs
+from jobs.runtime import WORKER_ENV, DropMessages, key_value_pairs
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -238,6 +238,21 @@ def ray_job_hint(token_source: str) -> str:
     return "RAY_AUTH_MODE=token "
 
 
+# What Ray's job client logs on every healthy submission that is not news to the user: a warning that .git and
+# .venv are not uploaded (DEFAULT_EXCLUDES leaves them out anyway) and the log stream's normal close.
+CLIENT_NOISE = ("Directory '.git' is now ignored", "Directory '.venv' is now ignored", "WebSocket closed for job")
+
+
+def quiet_client_noise() -> None:
+    """Drop `CLIENT_NOISE` at Ray's log handlers (Ray's helpers log through their callers' loggers, so a filter
+    on one logger misses them) and Ray's per-file INFO lines while packaging the working dir (the upload line,
+    at the dashboard SDK's logger, stays)."""
+    logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, DropMessages) for f in handler.filters):
+            handler.addFilter(DropMessages(CLIENT_NOISE))
+
+
 def submit(args: argparse.Namespace) -> int:
     address = normalize_address(args.address)
     entrypoint = build_entrypoint(args.job, args.job_args, python=args.python)
@@ -246,9 +261,8 @@ def submit(args: argparse.Namespace) -> int:
         env=parse_env(args.env), excludes=args.excludes,
     )
     token, token_source = resolve_token(args.token)
-    # Ray logs every skipped .gitignore at INFO while packaging the working dir; its upload line stays.
-    logging.getLogger("ray._private.runtime_env.packaging").setLevel(logging.WARNING)
     client = connect(address, token, token_source)
+    quiet_client_noise()  # after connect: importing Ray's client sets up the handlers it filters
     submission_id = client.submit_job(
         entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.submission_id,
         metadata={"job": args.job, "submitted_by": "phenaki submit"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.runtime import log, run_command, setup_logging
+from jobs.runtime import log, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pipelines.synth import HELD_OUT, synthesize
 
-    setup_logging()
     summary = synthesize(args.out, num_videos=args.videos, num_images=args.images, seed=args.seed, num_frames=args.frames)
     log.info("wrote %s", summary)
     log.info("held-out compositions (never in a video): %s", ", ".join(" ".join(t) for t in HELD_OUT))

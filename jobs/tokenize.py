@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.runtime import add_ray_arguments, init_ray, log, run_command, setup_logging
+from jobs.runtime import add_ray_arguments, init_ray, log, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,6 @@ def main(args: argparse.Namespace) -> int:
     from modeling.presets import apply_overrides, load_config
     from pipelines.tokenize import tokenize
 
-    setup_logging()
     config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
     cfg = tokenize_config_from(config)
     if args.text_encoder:

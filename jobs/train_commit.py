@@ -306,9 +306,14 @@ def train_loop(config: dict) -> None:
 # --------------------------------------------------------------------------------------------- driver
 def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
     """Train COMMIT from a loaded config dict; returns the last logged metrics (empty if no step ran)."""
+    return train(job_from_config(config, data, tokenizer), out_dir)
+
+
+def train(job: CommitJob, out_dir: str) -> dict:
+    """Train a checked job (`run` minus building and checking it)."""
     from jobs.train_commit import train_loop as loop  # by module name, so Ray pickles it by reference
 
-    job = job_from_config(config, data, tokenizer)
+    tokenizer = job.tokenizer
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(

@@ -388,7 +388,9 @@ def main(args: argparse.Namespace) -> int:
     check_clips(job)  # a bad config or dataset fails before Ray starts
     init_ray(args.address)
     evaluation = train(job, args.out)
-    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: {evaluation.get('psnr_db')} dB")
+    psnr = evaluation.get("psnr_db")
+    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: "
+          + (f"{psnr:.2f} dB" if psnr is not None else "n/a (no held-out clips)"))
     if evaluation.get("fidelity"):
         from pipelines.fidelity import summary_line
 

@@ -240,17 +240,22 @@ def copy_tokenizer(src: str, dst: str) -> None:
 def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
     """Train from a loaded config dict; returns the last logged metrics (empty if no step ran).
 
-    `transformer.family: commit` runs MAGVIT's COMMIT trainer (`jobs.train_commit.run`) instead."""
-    from jobs.train_commit import is_commit
+    `transformer.family: commit` runs MAGVIT's COMMIT trainer (`jobs.train_commit.train`) instead."""
+    return train(job_from_config(config, data, tokenizer), out_dir)
 
-    if is_commit(config):
-        from jobs.train_commit import run as run_commit
 
-        return run_commit(config, data, tokenizer, out_dir)
+def train(job, out_dir: str) -> dict:
+    """Train a checked job (`run` minus building and checking it): a `TransformerJob`, or a COMMIT job."""
+    from jobs.train_commit import CommitJob
+
+    if isinstance(job, CommitJob):
+        from jobs.train_commit import train as train_commit
+
+        return train_commit(job, out_dir)
     # Import the loop under its module name, so Ray pickles it by reference even under `python -m`.
     from jobs.train_transformer import train_loop as loop
 
-    job = job_from_config(config, data, tokenizer)
+    tokenizer = job.tokenizer
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(
@@ -299,11 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    # A bad config, token cache or tokenizer fails here, in one line, before Ray starts (and is never retried).
+    job = job_from_config(load_config(args.config, args.overrides), args.data, args.tokenizer)
     init_ray(args.address)
-    last = run(load_config(args.config, args.overrides), args.data, args.tokenizer, args.out)
-    print(
-        f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  last step: {last.get('step')} loss: {last.get('loss')}"
-    )
+    last = train(job, args.out)
+    loss = last.get("loss")
+    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  last step: {last.get('step')}  loss: "
+          + (f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"))
     return 0
 
 

@@ -53,6 +53,20 @@ import torch
 
 TASKS = ("fp", "fi", "opc", "opv", "oph", "opd", "ipc", "ipd", "cg", "cfp")
 TASK_IDS = {task: i for i, task in enumerate(TASKS)}
+# What each task generates from what, in words (for `--help`, the serve page and the docs; the table above has
+# the exact regions).
+TASK_DESCRIPTIONS = {
+    "fp": "frame prediction: continue the input's first frame",
+    "fi": "frame interpolation: fill in between the input's first and last frames",
+    "opc": "central outpainting: keep the input's central box, generate the border around it",
+    "opv": "vertical outpainting: keep the input's central vertical strip, generate left and right",
+    "oph": "horizontal outpainting: keep the input's central horizontal strip, generate top and bottom",
+    "opd": "dynamic outpainting: keep a half-width strip sweeping left to right, generate the rest",
+    "ipc": "central inpainting: generate the central box, keep the rest of the input",
+    "ipd": "dynamic inpainting: generate a box sweeping left to right, keep the rest of the input",
+    "cg": "class-conditional generation: a clip from the class alone (--class; no input)",
+    "cfp": "class-conditional frame prediction: fp, steered by the class (--class)",
+}
 CLASS_TASKS = ("cg", "cfp")  # tasks whose prefix carries the class token
 DYNAMIC_TASKS = ("opd", "ipd")
 DEFAULT_STRIDE = (4, 8, 8)  # MAGVIT 3D-VQ: 4x temporal, 8x8 spatial

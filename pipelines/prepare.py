@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from modeling.presets import build_dataclass
 from pipelines.clip_samples import SkipSample, record_samples, skip_record
 from pipelines.fetch import FetchPolicy, check_scheme, resolve_and_check, url_scheme
 from pipelines.media import DecodeLimits
-from pipelines.ray_utils import iter_rows_released
+from pipelines.ray_utils import iter_rows_released, progress_note
 from pipelines.shards import (
     absolute_uri,
     check_no_foreign_shards,
@@ -342,16 +343,13 @@ def prepare(sources: list[str | SourceSpec], out_dir: str, cfg: PrepareConfig | 
     if pending:
         log.info("prepare: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
     with contextlib.closing(_run_shards(pending, out_dir, cfg)) as finished:
+        started = time.monotonic()
         for n, st in enumerate(finished, start=1):
             states[st["index"]] = st
             log.info(
-                "prepare: shard %s done (%d samples, skips %s) [%d/%d]",
-                st["name"],
-                st["num_samples"],
-                st["skips"],
-                n,
-                len(pending),
-            )
+                "prepare: shard %s done (%d samples, skips %s) %s", st["name"], st["num_samples"], st["skips"],
+                progress_note(n, len(pending), time.monotonic() - started),
+            )  # fmt: skip
 
     manifest = build_manifest(
         source_stats, cfg, plan_digest, [states[i] for i in sorted(states)], len(records), duplicates

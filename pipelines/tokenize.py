@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.ray_utils import iter_rows_released
+from pipelines.ray_utils import iter_rows_released, progress_note
 from pipelines.shards import (
     PlanMismatchError,
     absolute_uri,
@@ -410,16 +411,13 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
     if pending:
         log.info("tokenize: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
     with contextlib.closing(_run(pending, tokenizer_ckpt, out_dir, cfg, identity)) as finished:
+        started = time.monotonic()
         for n, st in enumerate(finished, start=1):
             states[st["index"]] = st
             log.info(
-                "tokenize: shard %s done (%d samples, skips %s) [%d/%d]",
-                st["name"],
-                st["num_samples"],
-                st["skips"],
-                n,
-                len(pending),
-            )
+                "tokenize: shard %s done (%d samples, skips %s) %s", st["name"], st["num_samples"], st["skips"],
+                progress_note(n, len(pending), time.monotonic() - started),
+            )  # fmt: skip
 
     ordered = [states[i] for i in sorted(states)]
     counts: Counter[str] = Counter()

@@ -248,7 +248,7 @@ def ray_head():
     env = clean_env(RAY_AUTH_TOKEN=token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     cmd = [
         str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=1",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
         f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
@@ -300,23 +300,45 @@ def test_submit_streams_logs_and_the_job_writes_its_outputs(ray_head, tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 2 and len(list((out / "images").glob("*.jpg"))) == 1
 
 
+def submit_stage(head: Head, job: str, *job_args: str, timeout: float = 420) -> str:
+    """Submits one stage to the head as `phenaki submit` does, asserts it succeeded, returns its streamed log."""
+    proc = submit_cmd("--address", head.address, job, "--", *job_args,
+                      env=clean_env(RAY_AUTH_TOKEN=head.token), timeout=timeout)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{job} exited {proc.returncode}:\n{log[-6000:]}"
+    assert "Failed to merge" not in log and "SUCCEEDED" in proc.stdout.splitlines()[-1], log[-4000:]
+    assert "Traceback" not in log and "is now ignored by default" not in log, log[-4000:]  # a log a person reads
+    return proc.stdout
+
+
 @pytest.mark.ray
-def test_submitted_prepare_starts_ray_inside_the_job_and_writes_shards(ray_head, tmp_path):
-    """A job that calls `ray.init` itself (every stage but synth) joins the job's cluster; Ray refuses a driver
-    whose runtime_env repeats the job's env vars, which `phenaki submit` sets."""
+def test_every_stage_runs_as_a_submitted_job(ray_head, tmp_path):
+    """prepare -> train-tokenizer -> tokenize -> train-transformer (debug preset), each a Ray job on a head with
+    token auth: every job calls `ray.init` itself and joins the job's cluster (Ray refuses a driver whose
+    runtime_env repeats the env vars `phenaki submit` sets), streams its own log and writes its outputs."""
     from pipelines.synth import synthesize
 
-    synthesize(tmp_path / "source", num_videos=4, num_images=2, seed=0)
-    out = tmp_path / "clips"
-    proc = submit_cmd(
-        "--address", ray_head.address, "prepare", "--source", str(tmp_path / "source" / "webvid.csv"),
-        "--source", str(tmp_path / "source" / "laion.parquet"), "--out", str(out), "--config", "debug",
-        env=clean_env(RAY_AUTH_TOKEN=ray_head.token), timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "Failed to merge" not in proc.stdout and "SUCCEEDED" in proc.stdout.splitlines()[-1]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["num_samples"] == 6 and manifest["counts"] == {"video": 4, "image": 2} and not manifest["skips"]
+    synthesize(tmp_path / "source", num_videos=8, num_images=4, seed=0)
+    clips, tok, tokens, gen = (tmp_path / name for name in ("clips", "tokenizer", "tokens", "transformer"))
+    log = submit_stage(ray_head, "prepare", "--source", str(tmp_path / "source" / "webvid.csv"),
+                       "--source", str(tmp_path / "source" / "laion.parquet"), "--out", str(clips), "--config", "debug")
+    manifest = json.loads((clips / "manifest.json").read_text())
+    assert manifest["num_samples"] == 12 and manifest["counts"] == {"video": 8, "image": 4} and not manifest["skips"]
+    assert "python -m jobs.prepare" in log
+
+    log = submit_stage(ray_head, "train-tokenizer", "--config", "debug", "--data", str(clips), "--out", str(tok))
+    assert (tok / "model.safetensors").exists() and (tok / "digest.txt").exists()
+    assert json.loads((tok / "eval.json").read_text())["psnr_db"] > 0
+    assert "step 4/4" in log, log[-3000:]  # the training progress, streamed from the job
+
+    submit_stage(ray_head, "tokenize", "--tokenizer", str(tok), "--data", str(clips), "--out", str(tokens))
+    assert json.loads((tokens / "manifest.json").read_text())["num_samples"] == 12
+
+    log = submit_stage(ray_head, "train-transformer", "--config", "debug", "--data", str(tokens),
+                       "--tokenizer", str(tok), "--out", str(gen))
+    assert (gen / "model.safetensors").exists() and "step 4/4" in log, log[-3000:]
+    metrics = [json.loads(line) for line in (gen / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(m["loss"] == m["loss"] for m in metrics if "loss" in m)  # finite, logged
 
 
 @pytest.mark.ray

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,8 @@ from jobs.train_progress import (
     postfix,
     progress_mode,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def append(path, *rows, raw: str = ""):
@@ -133,3 +136,32 @@ def test_known_noise_is_filtered_and_nothing_else(caplog):
         "Detected that the Ray Train co", "Failed to query Ray Train Cont"
     ]
     assert [r.name for r in caplog.records] == [cleaner, "phenaki"]
+
+
+def test_shard_progress_note_gives_rate_and_time_left():
+    from pipelines.ray_utils import progress_note
+
+    assert progress_note(0, 40, 0.0) == "[0/40]"
+    assert progress_note(4, 40, 8.0) == "[4/40 · 0.5 shards/s · ~72 s left]"
+    assert progress_note(1, 40, 10.0) == "[1/40 · 0.1 shards/s · ~6.5 min left]"
+    assert progress_note(40, 40, 80.0) == "[40/40 · 0.5 shards/s · done]"
+
+
+def test_every_command_says_it_started_before_its_imports(tmp_path):
+    """`phenaki X` prints a start-up line before importing the job (torch, Ray: seconds), and sets up logging
+    for every command in one place (`run_command`), so the trainers' own start-up lines reach the terminal."""
+    import subprocess
+    import sys
+
+    from jobs.cli import SUBCOMMANDS
+
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "describe", "--config", "debug", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[0] == "phenaki describe: starting"
+    assert json.loads(proc.stdout)  # stdout stays machine-readable
+    helped = subprocess.run([sys.executable, "-m", "jobs.cli", "train-tokenizer", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "starting" not in helped.stderr and "usage: phenaki" in helped.stdout
+    for module, _ in SUBCOMMANDS.values():  # nobody configures logging on their own any more
+        assert "setup_logging()" not in (REPO / f"{module.replace('.', '/')}.py").read_text(), module
