@@ -185,7 +185,10 @@ class PlainQuantizer(nn.Module):
         return F.embedding(indices, self.codebook)
 
     def _distances(self, z: torch.Tensor) -> torch.Tensor:
-        zf, cb = z.float(), self.codebook.float()
+        # An EMA codebook is rewritten in place by `_update_statistics` in this same forward, while autograd
+        # keeps it for the entropy loss's backward: give autograd a copy (K x D, small).
+        cb = self.codebook.float() if self.codebook_update == "loss" else self.codebook.float().clone()
+        zf = z.float()
         return zf.pow(2).sum(-1, keepdim=True) - 2 * zf @ cb.t() + cb.pow(2).sum(-1)
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:

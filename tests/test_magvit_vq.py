@@ -105,9 +105,12 @@ def test_ema_codebook_and_dead_code_restart():
     torch.manual_seed(0)
     m = MagvitVQ(magvit_vq_debug(codebook_update="ema")).train()
     assert "quantizer.codebook" not in dict(m.named_parameters())  # a buffer: ours to edit under ZeRO
+    assert m.quantizer.entropy_weight > 0  # the entropy loss backpropagates through the codebook distances
     before = m.quantizer.codebook.clone()
     out = m(clip())
     assert not torch.equal(before, m.quantizer.codebook)
+    (F.mse_loss(out.recon, clip()) + out.vq_loss).backward()  # the in-place EMA update broke this (issue 12)
+    assert all(p.grad is not None for p in m.encoder.parameters() if p.requires_grad)
     restarted = m.quantizer.restart_dead_codes(out.latents, threshold=0.5, generator=torch.Generator().manual_seed(0))
     assert 0 < restarted <= 64 and torch.isfinite(m.quantizer.codebook).all()
 
