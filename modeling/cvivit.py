@@ -16,7 +16,6 @@ neighbours, which is how a re-implementation leaked future frames into past toke
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +23,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from modeling.quantizer import FactorizedQuantizer, FiniteScalarQuantizer
+from modeling.quantizer import FactorizedQuantizer, FiniteScalarQuantizer, check_fsq_levels
 from modeling.transformer import Stack
 
 FIRST_FRAME_MODES = ("separate", "repeat")
@@ -60,12 +59,7 @@ class CViViTConfig:
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.quantizer == "fsq":
-            levels = list(self.fsq_levels or [])
-            if not levels or math.prod(levels) != self.codebook_size:
-                raise ValueError(
-                    f"quantizer fsq needs fsq_levels whose product is codebook_size: got levels {levels} "
-                    f"and codebook_size {self.codebook_size} (e.g. fsq_levels [8, 8, 8, 8] with codebook_size 4096)"
-                )
+            check_fsq_levels(self.fsq_levels, self.codebook_size)
         if self.encoder_spatial_depth is not None and self.encoder_spatial_depth < 0:
             raise ValueError(f"encoder_spatial_depth must be >= 0, got {self.encoder_spatial_depth}")
 

@@ -34,7 +34,7 @@ from einops import rearrange
 from torch import nn
 
 from modeling.magvit_blocks import PAD_MODES, Decoder, Encoder
-from modeling.quantizer import QuantizerOutput
+from modeling.quantizer import FiniteScalarQuantizer, QuantizerOutput, check_fsq_levels
 
 
 @dataclass
@@ -53,6 +53,10 @@ class MagvitVQConfig:
     codebook_update: str = "loss"  # "loss": learned by ||sg(z) - e||^2 (MAGVIT); "ema": buffers (restartable)
     padding: str = "reflect"  # "reflect" (MAGVIT), "replicate" or "zeros"
     norm_groups: int = 32  # GroupNorm groups (capped at the width)
+    # "vq": MAGVIT's plain VQ (above). "fsq": finite scalar quantization (`modeling.quantizer`), not the paper's:
+    # the demo preset's choice, because a small learned codebook loses the object's colour (docs/magvit.md).
+    quantizer: str = "vq"
+    fsq_levels: list[int] | None = None  # quantizer "fsq": levels per dim; codebook_size = their product
 
     def __post_init__(self):
         if len(self.temporal_downsample) != len(self.channel_multipliers) - 1:
@@ -64,6 +68,10 @@ class MagvitVQConfig:
             raise ValueError(f"padding must be one of {PAD_MODES}, got {self.padding!r}")
         if self.codebook_update not in ("ema", "loss"):
             raise ValueError(f"codebook_update must be 'ema' or 'loss', got {self.codebook_update!r}")
+        if self.quantizer not in ("vq", "fsq"):
+            raise ValueError(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer == "fsq":
+            check_fsq_levels(self.fsq_levels, self.codebook_size)
 
     @property
     def spatial_compression(self) -> int:
@@ -268,11 +276,14 @@ class MagvitVQ(nn.Module):
         self.cfg = cfg
         _ = cfg.grid  # validates image_size
         self.encoder = Encoder(cfg, self.dims)
-        self.quantizer = PlainQuantizer(
-            cfg.embedding_dim, cfg.codebook_size,
-            commitment_weight=cfg.commitment_weight, entropy_weight=cfg.entropy_weight,
-            entropy_temperature=cfg.entropy_temperature, codebook_update=cfg.codebook_update,
-        )  # fmt: skip
+        if cfg.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(cfg.embedding_dim, cfg.fsq_levels)
+        else:
+            self.quantizer = PlainQuantizer(
+                cfg.embedding_dim, cfg.codebook_size,
+                commitment_weight=cfg.commitment_weight, entropy_weight=cfg.entropy_weight,
+                entropy_temperature=cfg.entropy_temperature, codebook_update=cfg.codebook_update,
+            )  # fmt: skip
         self.decoder = Decoder(cfg, self.dims)
 
     # ---- shapes -------------------------------------------------------------------------------------------

@@ -156,6 +156,15 @@ class FactorizedQuantizer(nn.Module):
         return num_dead
 
 
+def check_fsq_levels(levels: list[int] | tuple[int, ...] | None, codebook_size: int) -> None:
+    """A tokenizer config's `quantizer: fsq` needs `fsq_levels` whose product is its `codebook_size`."""
+    if not levels or math.prod(levels) != codebook_size:
+        raise ValueError(
+            f"quantizer fsq needs fsq_levels whose product is codebook_size: got levels {list(levels or [])} "
+            f"and codebook_size {codebook_size} (e.g. fsq_levels [8, 8, 8, 8] with codebook_size 4096)"
+        )
+
+
 class FiniteScalarQuantizer(nn.Module):
     """Finite scalar quantization (FSQ, Mentzer et al. 2023): project to len(levels) dims, bound each to its
     number of levels and round (straight-through). The codebook is implicit, the grid prod(levels), so no

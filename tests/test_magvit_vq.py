@@ -244,3 +244,18 @@ def test_generator_and_discriminator_losses_take_magvit_outputs(model):
     assert model.encoder.conv_in.weight.grad is not None
     d_loss, d_metrics = discriminator_loss(disc, x, out.recon, cfg, LeCamEMA())
     assert torch.isfinite(d_loss) and "lecam" in d_metrics
+
+
+def test_fsq_quantizer_option():
+    """`quantizer: fsq` (the demo preset's choice, not the paper's): an implicit grid of prod(levels) codes,
+    trained by the reconstruction loss alone; levels must multiply to codebook_size."""
+    torch.manual_seed(0)
+    m = MagvitVQ(magvit_vq_debug(quantizer="fsq", fsq_levels=[4, 4, 4], codebook_size=64)).train()
+    out = m(clip())
+    assert out.indices.shape == (2, 4, 4, 4) and 0 <= out.indices.min() and out.indices.max() < 64
+    F.mse_loss(out.recon, clip()).backward()
+    assert m.quantizer.project_in.weight.grad is not None
+    ids = torch.randint(0, 64, (1, 4, 4, 4))
+    assert m.decode(ids).shape == (1, 3, 16, 32, 32)
+    with pytest.raises(ValueError, match="fsq_levels whose product is codebook_size"):
+        magvit_vq_debug(quantizer="fsq", fsq_levels=[4, 4], codebook_size=64)
