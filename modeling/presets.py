@@ -74,17 +74,37 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
     return apply_overrides(_load_with_parents(path_or_name, ()), list(overrides or []))
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
+def _number(value: str, kind: type) -> int | float:
+    """'5e-4' -> 0.0005, '1e4' -> 10000: YAML 1.1 (PyYAML) reads exponent numbers without a dot as strings."""
+    number = float(value)
+    if kind is int:
+        if not number.is_integer():
+            raise ValueError(value)
+        return int(number)
+    return number
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """`value` as the field's type where that is safe (int -> float, '5e-4' -> float, list -> tuple); a value of
+    the wrong scalar type is an error naming the field, before any worker sees it."""
     origin = typing.get_origin(annotation)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return value if value is None or len(args) != 1 else _coerce(value, args[0])
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return value if value is None or len(args) != 1 else _coerce(value, args[0], name)
     if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return build_dataclass(annotation, value)
+    if annotation in (int, float, bool, str):
+        if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if annotation in (int, float) and isinstance(value, str):
+            try:
+                return _number(value, annotation)
+            except ValueError:
+                pass
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ValueError(f"{name} must be {annotation.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -96,4 +116,4 @@ def build_dataclass(cls: type[T], values: dict | None) -> T:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})
+    return cls(**{k: _coerce(v, hints[k], f"{cls.__name__}.{k}") for k, v in values.items()})

@@ -127,3 +127,21 @@ def test_describe_counts_the_commit_transformer_it_trains():
                                                      depth=2, heads=4, mlp_dim=64, dropout=0.0))  # fmt: skip
     assert report["parameters"] == sum(p.numel() for p in real.parameters())
     assert report["forward_flops_per_clip"] > 0
+
+
+def test_typed_configs_coerce_safe_values_and_name_wrong_ones():
+    """An override reaches the dataclass as YAML parsed it: `peak_lr=5e-4` is a *string* to PyYAML (YAML 1.1
+    wants a dot) and used to fail on the workers, after the cluster started, with a TypeError."""
+    from jobs.train_common import TrainConfig
+    from modeling.presets import apply_overrides, build_dataclass
+
+    section = apply_overrides({"t": {}}, ["t.peak_lr=5e-4", "t.steps=1e3", "t.warmup_steps=10"])["t"]
+    cfg = build_dataclass(TrainConfig, section)
+    assert cfg.peak_lr == 5e-4 and cfg.steps == 1000 and isinstance(cfg.steps, int)
+    assert build_dataclass(TrainConfig, {"peak_lr": 1}).peak_lr == 1.0
+    for bad, message in (({"peak_lr": "fast"}, "TrainConfig.peak_lr must be float, got 'fast'"),
+                         ({"steps": 2.5}, "TrainConfig.steps must be int"),
+                         ({"steps": "2.5e0"}, "TrainConfig.steps must be int"),
+                         ({"steps": True}, "TrainConfig.steps must be int")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            build_dataclass(TrainConfig, bad)
