@@ -336,6 +336,7 @@ def main(args: argparse.Namespace) -> int:
     )
     image = decode_image(args.image) if args.image else None
     prompts = list(args.prompt)
+    log.info("sampling %d segment(s), %d MaskGIT steps each, on %s", len(prompts), cfg.steps, device)
     video = generator.generate(prompts, cfg, image=image)
 
     out = Path(args.out)

@@ -130,6 +130,7 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
     from pipelines.loaders import check_tokenizer_digest, split_cache_dirs, token_cache_info
     from pipelines.shards import read_manifest
 
+    tokenizer = str(Path(tokenizer).resolve())  # workers run in another directory than this driver
     dirs = split_cache_dirs(data)
     data = dirs[0] if len(dirs) == 1 else dirs
     meta = read_checkpoint_meta(tokenizer)

@@ -80,6 +80,8 @@ class TokenizerJob:
 
 
 def job_from_config(config: dict, data: str) -> TokenizerJob:
+    from pipelines.shards import absolute_uri
+
     family, model = tokenizer_config_from(config.get("tokenizer"))
     disc = build_dataclass(
         DiscriminatorConfig,
@@ -95,7 +97,7 @@ def job_from_config(config: dict, data: str) -> TokenizerJob:
                 f"tokenizer_train.num_frames (e.g. 8 to crop 9-frame clips), got {train.num_frames}"
             )
     return TokenizerJob(
-        data=data,
+        data=absolute_uri(data),  # workers run in another directory than this driver
         model=model,
         train=train,
         loss=build_dataclass(TokenizerLossConfig, config.get("tokenizer_loss")),

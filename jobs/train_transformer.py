@@ -79,6 +79,7 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
     section = {k: v for k, v in (config.get("transformer") or {}).items() if k != "family"}
     config = {**config, "transformer": section}  # `family: maskgit` is the default
 
+    tokenizer = str(Path(tokenizer).resolve())  # workers run in another directory than this driver
     dirs = split_cache_dirs(data)  # a list, or comma-separated
     data = dirs[0] if len(dirs) == 1 else dirs
 

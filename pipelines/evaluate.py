@@ -129,15 +129,22 @@ def prompt_suite() -> dict[str, list[tuple[str, str, str]]]:
 def generated_adherence(generator, seeds: int, cfg, videos_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Generate every `prompt_suite` composition with `seeds` seeds (a `modeling.generation.VideoGenerator`
     and its `SamplingConfig`), write each as H.264 like the demo does, and summarise per kind."""
+    import logging
+    import time
     from pathlib import Path
 
     from pipelines.media import encode_mp4
+    from pipelines.ray_utils import progress_note
     from pipelines.synth import caption_for
 
+    log = logging.getLogger("phenaki")
     videos = Path(videos_dir)
     videos.mkdir(parents=True, exist_ok=True)
+    suite = prompt_suite()
+    total, done, started = seeds * sum(len(t) for t in suite.values()), 0, time.monotonic()
+    log.info("generating %d videos (%d compositions x %d seeds) into %s", total, total // seeds, seeds, videos)
     summary = {}
-    for kind, triples in prompt_suite().items():
+    for kind, triples in suite.items():
         records = []
         for c, s, m in triples:
             prompt = caption_for(c, s, m, 0)
@@ -146,5 +153,8 @@ def generated_adherence(generator, seeds: int, cfg, videos_dir: str | os.PathLik
                 path = videos / f"{kind}-{c}-{s}-{m}-seed{seed}.mp4"
                 path.write_bytes(encode_mp4(video.frames, video.fps))
                 records.append({"prompts": [prompt], "file": str(path)})
+                done += 1
+                if done % max(total // 10, 1) == 0 or done == total:  # about ten lines, however many videos
+                    log.info("generated %s", progress_note(done, total, time.monotonic() - started, "videos"))
         summary[kind] = {k: v for k, v in evaluate_videos(records).items() if k != "segments"}
     return summary

@@ -45,9 +45,12 @@ class TokenLoaderConfig:
 
 
 def split_cache_dirs(cache_dir: str | Sequence[str]) -> list[str]:
-    """One cache, a list of caches, or comma-separated caches (as given on the command line) -> a list."""
+    """One cache, a list of caches, or comma-separated caches (as given on the command line) -> a list, local
+    paths made absolute here (Ray workers run in another directory than the driver that read the command)."""
+    from pipelines.shards import absolute_uri
+
     items = [cache_dir] if isinstance(cache_dir, str) else list(cache_dir)
-    dirs = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    dirs = [absolute_uri(part.strip()) for item in items for part in str(item).split(",") if part.strip()]
     if not dirs:
         raise ValueError("no token cache directory given")
     repeated = sorted(d for d, n in Counter(dirs).items() if n > 1)
