@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling.maskgit import MaskGIT
+from modeling.maskgit import MaskGIT, MaskGITConfig
 
 # FlopCounterMode has no formula for the CPU flash-attention kernel; the matmuls it performs are these.
 ATTN_FLOP_FORMULA = "4 * B * H * Nq * Nk * Dh"
@@ -73,3 +73,16 @@ def add_fractions(node: object, peak_gflops: float) -> None:
             node["fraction_of_peak"] = round(node["achieved_gflops"] / peak_gflops, 4)
         for value in node.values():
             add_fractions(value, peak_gflops)
+
+
+def full_preset_step_flops(cfg: MaskGITConfig, text_tokens: int) -> int:
+    """FLOPs of one guided step (2 rows x N tokens) of a full-size preset, on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = MaskGIT(cfg).eval()
+        text = torch.zeros(2, text_tokens, cfg.text_dim)
+        context = model.encode_text(
+            text, torch.ones(2, text_tokens, dtype=torch.bool), torch.tensor([False, True])
+        )
+        tokens = torch.zeros(2, cfg.seq_len, dtype=torch.long)
+        flops, _ = count_flops(lambda: model.forward_with_context(tokens, context))
+    return flops

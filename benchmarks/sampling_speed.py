@@ -49,6 +49,7 @@ from benchmarks.flop_accounting import (
     count_flops,
     counter_counts_sdpa_natively,
     counting_forwards,
+    full_preset_step_flops,
 )
 from benchmarks.machine import describe_machine
 from modeling.cvivit import CViViT, CViViTConfig
@@ -278,19 +279,6 @@ def per_step_breakdown(by_steps: dict, forward_s: float, ar_result: dict, ar_ste
         out["maskgit_non_forward_seconds_per_step"] = round(fit.slope - forward_s, 6)
         out["maskgit_fixed_seconds"] = round(fit.intercept, 6)
     return out
-
-
-def full_preset_step_flops(cfg: MaskGITConfig, text_tokens: int) -> int:
-    """FLOPs of one guided step (2 rows x N tokens) of a full-size preset, on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = MaskGIT(cfg).eval()
-        text = torch.zeros(2, text_tokens, cfg.text_dim)
-        context = model.encode_text(
-            text, torch.ones(2, text_tokens, dtype=torch.bool), torch.tensor([False, True])
-        )
-        tokens = torch.zeros(2, cfg.seq_len, dtype=torch.long)
-        flops, _ = count_flops(lambda: model.forward_with_context(tokens, context))
-    return flops
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
