@@ -3,10 +3,10 @@
 Either a demo/generation `results.json` (records `{"prompts": [...], "file": ..., "segments": ...}`, files
 relative to the JSON's directory), one `--video` with its `--prompt`(s), `--checkpoint CKPT` (a transformer
 checkpoint: it generates every held-out and purple composition of the synthetic world with `--seeds` seeds,
-and the detector reads them; a COMMIT checkpoint runs every task on 72 fresh clips instead), or `--tokenizer CKPT` (a tokenizer checkpoint, or a transformer checkpoint with
-its tokenizer inside): the detector on the tokenizer's reconstructions of fresh clips of every colour x shape
-x motion (`pipelines.fidelity`). Every figure leads with "one clean object": colour, shape and motion count
-only on a video that shows one.
+and the detector reads them; a COMMIT checkpoint runs every task on 72 fresh clips instead), or `--tokenizer
+CKPT` (a tokenizer checkpoint, or a transformer checkpoint with its tokenizer inside): the detector on the
+tokenizer's reconstructions of fresh clips of every colour x shape x motion (`pipelines.fidelity`). Every
+figure leads with "one clean object": colour, shape and motion count only on a video that shows one.
 """
 
 from __future__ import annotations

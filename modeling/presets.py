@@ -12,6 +12,7 @@ copying it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,21 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 T = TypeVar("T")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1) plus YAML 1.2's exponent floats: 1.1 wants a dot, so `peak_lr: 5e-4`
+    or the override `peak_lr=5e-4` would load as the *string* '5e-4' and fail on the workers."""
+
+
+ConfigLoader.add_implicit_resolver(  # copies the resolver table: yaml.SafeLoader itself is unchanged
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def load_yaml(text: str):
+    """Config YAML (files and override values) through `ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def resolve_config_path(path_or_name: str | Path) -> Path:
@@ -46,7 +62,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {key!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw)
     return config
 
 
@@ -62,7 +78,7 @@ def _load_with_parents(path_or_name: str | Path, chain: tuple[str, ...]) -> dict
     path = resolve_config_path(path_or_name)
     if str(path.resolve()) in chain:
         raise ValueError(f"config {path} inherits from itself: {' -> '.join(chain)} -> {path}")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = load_yaml(path.read_text()) or {}
     parents = config.pop("inherit", None) or []
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:
@@ -74,19 +90,9 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
     return apply_overrides(_load_with_parents(path_or_name, ()), list(overrides or []))
 
 
-def _number(value: str, kind: type) -> int | float:
-    """'5e-4' -> 0.0005, '1e4' -> 10000: YAML 1.1 (PyYAML) reads exponent numbers without a dot as strings."""
-    number = float(value)
-    if kind is int:
-        if not number.is_integer():
-            raise ValueError(value)
-        return int(number)
-    return number
-
-
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """`value` as the field's type where that is safe (int -> float, '5e-4' -> float, list -> tuple); a value of
-    the wrong scalar type is an error naming the field, before any worker sees it."""
+    """`value` as the field's type where that is safe (int -> float, 1000.0 -> 1000 for an int, list -> tuple);
+    a value of the wrong scalar type is an error naming the field, before any worker sees it."""
     origin = typing.get_origin(annotation)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
@@ -98,11 +104,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if annotation in (int, float, bool, str):
         if annotation is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
-        if annotation in (int, float) and isinstance(value, str):
-            try:
-                return _number(value, annotation)
-            except ValueError:
-                pass
+        if annotation is int and isinstance(value, float) and value.is_integer():  # `steps: 1e4`
+            return int(value)
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ValueError(f"{name} must be {annotation.__name__}, got {value!r} ({type(value).__name__})")
     return value

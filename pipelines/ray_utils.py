@@ -1,4 +1,4 @@
-"""Small helpers around Ray Data execution."""
+"""Small helpers around Ray Data execution and the progress lines of long stages."""
 
 from __future__ import annotations
 

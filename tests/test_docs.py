@@ -95,10 +95,10 @@ def test_magvit_recipe_serve(magvit_recipe):
     """docs/magvit.md's serving block on the recipe's checkpoint: the server starts, the health check passes,
     fp from a base64 video and cg from a class name come back as videos, and `kill %1` stops it."""
     from pipelines.media import decode_video
-    from tests.test_submit import free_ports
+    from tests.serve_helpers import free_port
 
     cwd, _ = magvit_recipe
-    (port,) = free_ports(1)
+    port = free_port()
     block = doc_block("docs/magvit.md", "tests/test_docs.py::test_magvit_recipe_serve")
     proc = run_block(block, {"8000": str(port)}, cwd=cwd, env=venv_env(OMP_WAIT_POLICY="PASSIVE"), timeout=300)
     assert "x-phenaki-task: fp" in proc.stdout.lower()  # the headers of the fp answer (-D -)

@@ -139,6 +139,9 @@ def test_typed_configs_coerce_safe_values_and_name_wrong_ones():
     cfg = build_dataclass(TrainConfig, section)
     assert cfg.peak_lr == 5e-4 and cfg.steps == 1000 and isinstance(cfg.steps, int)
     assert build_dataclass(TrainConfig, {"peak_lr": 1}).peak_lr == 1.0
+    from modeling.presets import load_yaml
+
+    assert load_yaml("t: {peak_lr: 5e-4, steps: 1e3, name: 1e}") == {"t": {"peak_lr": 5e-4, "steps": 1000.0, "name": "1e"}}
     for bad, message in (({"peak_lr": "fast"}, "TrainConfig.peak_lr must be float, got 'fast'"),
                          ({"steps": 2.5}, "TrainConfig.steps must be int"),
                          ({"steps": "2.5e0"}, "TrainConfig.steps must be int"),
