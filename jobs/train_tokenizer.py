@@ -64,6 +64,14 @@ class TokenizerTrainConfig(TrainConfig):
     fidelity_repeats: int = 1  # object fidelity on 72 x this fresh clips (every colour x shape x motion); 0: off
     restart_every: int = 50  # dead-code restart interval in steps (0: off)
     restart_threshold: float = 0.03  # a code is dead when its averaged usage falls below this
+    hue_rotation: float = 0.0  # share of training clips with randomly rotated hues (colour apart from motion)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.hue_rotation <= 1.0:
+            raise ValueError(
+                f"tokenizer_train.hue_rotation is the share of clips rotated, in [0, 1]; got {self.hue_rotation}"
+            )
 
 
 @dataclass
@@ -232,6 +240,7 @@ def train_loop(config: dict) -> None:
             num_frames=cfg.num_frames,
             seed=cfg.seed,
             holdout=cfg.eval_clips,
+            hue_rotation=cfg.hue_rotation,
         ),
         rank=worker.rank,
         world_size=worker.world_size,

@@ -98,6 +98,11 @@ class ClipLoaderConfig:
     num_frames: int | None = None  # crop clips to this many frames; None: the clips' own (equal) length
     seed: int = 0
     holdout: int = 0  # videos kept out of training for evaluation (the same on every rank)
+    hue_rotation: float = 0.0  # share of clips (and stills) whose hues are rotated (`pipelines.augment`)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hue_rotation <= 1.0:
+            raise ValueError(f"hue_rotation is a share of clips, in [0, 1]; got {self.hue_rotation}")
 
 
 def _decode_clip(sample: dict, kind: str, num_frames: int | None) -> np.ndarray | None:
@@ -209,11 +214,21 @@ class ClipBatches:
     def step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         cfg = self.cfg
         idx = self._streams["video"].take(step * cfg.video_batch_size, cfg.video_batch_size)
-        out = [{"video": _to_video_tensor(self.videos[idx])}]
+        out = [{"video": self._augment(_to_video_tensor(self.videos[idx]), "video", step)}]
         if self.images is not None:
             idx = self._streams["image"].take(step * cfg.image_batch_size, cfg.image_batch_size)
-            out.append({"video": _to_video_tensor(self.images[idx])})
+            out.append({"video": self._augment(_to_video_tensor(self.images[idx]), "image", step)})
         return out
+
+    def _augment(self, clips: torch.Tensor, kind: str, step: int) -> torch.Tensor:
+        """Hue rotation drawn from (seed, rank, kind, step): a resumed run sees the same batches."""
+        if not self.cfg.hue_rotation:
+            return clips
+        from pipelines.augment import random_hue_rotation
+
+        draw = np.random.default_rng([self.cfg.seed, self.rank, _KIND_ID[kind], step, 0xC010])
+        seed = int(draw.integers(2**62))
+        return random_hue_rotation(clips, self.cfg.hue_rotation, torch.Generator().manual_seed(seed))
 
     def iterate(self, start: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:
         step = start

@@ -455,3 +455,16 @@ def test_token_names_stay_importable_from_loaders() -> None:
     assert TokenBatches is token_batches.TokenBatches
     with pytest.raises(AttributeError):
         _ = loaders.NoSuchThing
+
+
+def test_hue_rotation_in_the_loader_is_resumable_and_validated(clip_dir: str) -> None:
+    cfg = ClipLoaderConfig(video_batch_size=4, image_batch_size=2, seed=3, hue_rotation=1.0)
+    plain = ClipBatches(clip_dir, ClipLoaderConfig(video_batch_size=4, image_batch_size=2, seed=3))
+    a, b = ClipBatches(clip_dir, cfg), ClipBatches(clip_dir, cfg)
+    first = [next(it) for it in [a.iterate(0)] for _ in range(3)]
+    resumed = next(b.iterate(2))
+    for got, want in zip(resumed, first[2], strict=True):
+        assert torch.equal(got["video"], want["video"])
+    assert not torch.allclose(first[0][0]["video"], plain.step_batches(0)[0]["video"])
+    with pytest.raises(ValueError, match="hue_rotation"):
+        ClipLoaderConfig(hue_rotation=2.0)
