@@ -3,7 +3,8 @@
 (a) A worker killed mid-run (`fail_at_step`) under `FailureConfig(max_failures=1)`: Ray Train V2 restarts
     the group from the latest checkpoint and the run finishes with the per-step losses and sample ids of an
     uninterrupted twin. (b) A driver SIGKILLed with its own local Ray after its first checkpoint, rerun with
-    the same --out: it resumes from that checkpoint and matches the twin too.
+    the same --out: it resumes from that checkpoint and matches the twin too. (c) A run stopped by its time
+    budget after step 1 (it checkpoints at the stop), rerun with the same --out: it matches the twin.
 
 Dropout is on, so the steps draw from the global torch RNG: exact only because the checkpoints carry
 every rank's RNG states in the DeepSpeed client state.
@@ -308,3 +309,18 @@ def test_killed_driver_rerun_resumes_from_its_checkpoint(tmp_path, twin, data) -
         assert rerun[0]["restored_from"] >= saved  # the checkpoint seen (or a later one before the kill)
         assert rerun[-1]["step"] == STEPS
     assert_matches_twin(out, twin, range(resumed[0]["step"], STEPS + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_time_budget_stop_then_rerun_continues_the_same_run(tmp_path, twin, data) -> None:
+    from jobs.train_transformer import run
+
+    cache, tokenizer = data
+    out = tmp_path / "budget"
+    run(config("transformer_train.time_budget_s=0"), cache, tokenizer, str(out))
+    assert [r["step"] for r in read_metrics(out)] == [1]  # stopped after its first step, checkpointed there
+    last = run(config(), cache, tokenizer, str(out))
+    assert last["step"] == STEPS
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, STEPS + 1))  # step 1 not trained twice
+    assert_matches_twin(out, twin, range(1, STEPS + 1))

@@ -135,7 +135,8 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
         emulator.make_bucket("phenaki-runs")
         storage = "gs://phenaki-runs/runs"
     train = {**COMMON, "batch_size": 2, "image_batch_size": 2, "zero_stage": zero_stage, "eval_clips": 2,
-             "checkpoint_every": 1, "storage_path": storage, "activation_checkpointing": zero_stage == 3}  # fmt: skip
+             "checkpoint_every": 1, "storage_path": storage, "activation_checkpointing": zero_stage == 3,
+             "fidelity_repeats": 0}  # fmt: skip  (object fidelity is tokenizer_run's check)
     config = {
         "tokenizer": TOKENIZER,
         "tokenizer_train": {**train, "steps": 2},
@@ -241,27 +242,6 @@ def test_transformer_zero3_trains_and_exports_self_contained(tmp_path, tokenizer
     tokens = torch.randint(0, CODEBOOK, (2, 48))
     logits = loaded.model(tokens, torch.randn(2, 5, TEXT_DIM), torch.ones(2, 5, dtype=torch.bool))
     assert logits.shape == (2, 48, CODEBOOK) and torch.isfinite(logits).all()
-
-
-def test_transformer_resume_continues_the_same_run(tmp_path, tokenizer_run, token_cache) -> None:
-    """Stopped after step 1 (time budget 0) and rerun in the same --out: steps 2-4 match an uninterrupted run."""
-    from jobs.train_transformer import run
-
-    tokenizer_dir = str(tokenizer_run[0])
-    run(transformer_config(zero_stage=2), token_cache, tokenizer_dir, str(tmp_path / "full"))
-    run(
-        transformer_config(zero_stage=2, time_budget_s=0),
-        token_cache,
-        tokenizer_dir,
-        str(tmp_path / "resumed"),
-    )
-    assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [1]
-    run(transformer_config(zero_stage=2), token_cache, tokenizer_dir, str(tmp_path / "resumed"))
-    full = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "full")}
-    resumed = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed")}
-    assert sorted(resumed) == [1, 2, 3, 4]
-    for step in (1, 2, 3, 4):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-5), step
 
 
 def test_transformer_refuses_a_cache_from_another_tokenizer(tmp_path, tokenizer_run) -> None:
