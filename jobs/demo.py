@@ -169,7 +169,7 @@ def write_page(out: Path, results: dict) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", help="output directory (every artifact is kept here)")
     parser.add_argument("--fast", action="store_true", help="a tiny run of every stage with the `debug` preset (~1 min)")
-    parser.add_argument("--config", default=None, help="config preset or YAML file (default: demo, ~12 min on 2 cores; quality: the same "
+    parser.add_argument("--config", default=None, help="config preset or YAML file (default: demo, ~14 min on 2 cores; quality: the same "
                         "models trained ~5x longer, ~1 h; debug with --fast)")
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transformer_train.time_budget_s=600")

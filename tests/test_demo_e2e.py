@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 def test_readme_quick_start(tmp_path):
     """The README's two commands as written, in the checkout: `bash scripts/demo.sh` with `--fast --out` added
-    (the full demo is ~12 minutes; `phenaki demo --fast` runs every stage at debug size), and `bash
+    (the full demo is ~14 minutes; `phenaki demo --fast` runs every stage at debug size), and `bash
     scripts/test.sh` through ruff to pytest collecting one module (running it here would recurse; CI runs it
     whole)."""
     from tests.doc_blocks import REPO, doc_block, run_block, venv_env
