@@ -153,7 +153,9 @@ def sample_motion_params(
     return MotionParams(start_xy=(float(start[0]), float(start[1])), radius=radius, speed=speed)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: RGB) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: RGB | int
+) -> None:
     """Draws one shape centred at (cx, cy) with half-width r, all in supersampled pixels."""
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r - 1, cy + r - 1), fill=fill)
@@ -175,6 +177,18 @@ def render_frame(
     cx, cy = center_xy
     _draw_shape(ImageDraw.Draw(canvas), shape, cx * s, cy * s, radius * s, PALETTE[colour])
     return np.asarray(canvas.resize((size, size), Image.Resampling.BOX))
+
+
+def shape_coverage(
+    shape: str, center_xy: tuple[float, float], radius: float, height: int, width: int
+) -> np.ndarray:
+    """(height, width) float32 in [0, 1]: the share of each pixel the shape covers, drawn exactly as
+    `render_frame` draws it (same geometry, same supersampling), so a reader can fit it to a frame."""
+    s = _SUPERSAMPLE
+    canvas = Image.new("L", (width * s, height * s), 0)
+    cx, cy = center_xy
+    _draw_shape(ImageDraw.Draw(canvas), shape, cx * s, cy * s, radius * s, 255)
+    return np.asarray(canvas.resize((width, height), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
 def render_video(
