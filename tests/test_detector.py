@@ -191,8 +191,8 @@ def test_shape_reading_as_a_person_reads_it() -> None:
 def test_shape_reading_agrees_with_a_person_on_tokenizer_reconstructions() -> None:
     """72 reconstructions by a demo tokenizer, labelled by a person who did not see the prompts
     (benchmarks/shape_reading.py): the person named the true shape in 64; the fill/skew reading agreed with
-    the person on 41, mostly calling clear triangles circles; the fitted reading agrees on 65."""
-    tokenizer = person_agreement(load_labels())["tokenizer"]
+    the person on 39, mostly calling clear triangles circles; the fitted reading agrees on 65."""
+    tokenizer = person_agreement(load_labels())["demo-tokenizer"]
     assert tokenizer["clips"] == 72 and tokenizer["person_right"] == 64
     assert tokenizer["detector_agrees_with_person"] >= 60, tokenizer["differ"]
 
