@@ -6,7 +6,7 @@ COMMIT vs MaskGIT-style latent masking at an equal budget (MAGVIT Table 5).
 
 Everything trains in process with plain PyTorch loops over `modeling/` (no Ray, no DeepSpeed), with the jobs'
 own losses (`modeling.losses.generator_loss` without GAN, `commit_training_step`) and optimizer settings
-(`jobs.train_common.TrainConfig`: AdamW, betas, weight decay, clipping; warm-up + cosine learning rate).
+(`jobs.training.common.TrainConfig`: AdamW, betas, weight decay, clipping; warm-up + cosine learning rate).
 
 1. Tokenizers: the MAGVIT 3D-VQ (`magvit-commit-debug` preset) against C-ViViT at the `debug` and `demo` presets.
    The budget is the *same number of optimizer steps on the same batches* (same clips, batch size and learning
@@ -46,8 +46,8 @@ from benchmarks.magvit_metrics import (
     render_clips,
     summary,
 )
-from jobs.train_commit import sample_tasks, task_probs
-from jobs.train_common import TrainConfig
+from jobs.training.commit import sample_tasks, task_probs
+from jobs.training.common import TrainConfig
 from modeling.commit import TASKS, CommitConfig, commit_decode, tokenize_with_condition
 from modeling.commit_model import CommitTransformer, commit_training_step, commit_transformer_debug
 from modeling.generation import video_to_frames

@@ -22,7 +22,7 @@ memory      An idle Ray worker's RSS, and the same process's after importing tor
             The demo transformer job at ZeRO-1, 2 and 3 on 2 workers (fp32, --steps; ZeRO-2 is the
             throughput job): the peak RSS of each `ray::RayTrainWorker` process (polled every 50 ms, with the
             kernel's VmHWM) and its excess over those two baselines. Then a probe loop
-            (`training_runs.probe_loop`: `jobs.train_common.build_engine` on a MaskGIT, --probe-steps MVTM steps on random
+            (`training_runs.probe_loop`: `jobs.training.common.build_engine` on a MaskGIT, --probe-steps MVTM steps on random
             batches) at ZeRO-1, 2 and 3 on 2 workers reads what DeepSpeed holds per rank (module parameters,
             fp32 master partition, Adam state) next to the fp32 formula, and the worker's own RSS before the
             model, after it, after the engine and at its peak. The probe's model is the demo's widened to

@@ -241,7 +241,7 @@ def worker_baselines() -> dict:
             import ray.train.torch  # noqa: F401
             import torch  # noqa: F401
 
-            import jobs.train_common  # noqa: F401
+            import jobs.training.common  # noqa: F401
             import modeling.maskgit  # noqa: F401
 
             return self.rss_mib()
@@ -255,7 +255,7 @@ def worker_baselines() -> dict:
     return {
         "idle_worker_rss_mib": round(idle["rss"], 1),
         "loaded_worker_rss_mib": round(loaded["rss"], 1),
-        "loaded_imports": "torch, deepspeed, ray.train.torch, jobs.train_common, modeling.maskgit",
+        "loaded_imports": "torch, deepspeed, ray.train.torch, jobs.training.common, modeling.maskgit",
     }
 
 

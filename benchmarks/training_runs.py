@@ -15,8 +15,8 @@ import numpy as np
 
 from benchmarks.process_memory import status_kib
 from benchmarks.training_memory import ESTIMATE_PRESET, GIB, MIB, TrainWorkerWatch, maskgit_config
-from jobs.train_metrics import GPU_PEAK_BF16_TFLOPS  # noqa: F401  (the trainers' table; re-exported)
-from jobs.train_metrics import gpu_peak_tflops as datasheet_peak_tflops
+from jobs.training.metrics import GPU_PEAK_BF16_TFLOPS  # noqa: F401  (the trainers' table; re-exported)
+from jobs.training.metrics import gpu_peak_tflops as datasheet_peak_tflops
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -142,12 +142,18 @@ def deepspeed_bytes(engine, zero_stage: int) -> dict[str, int]:
 
 
 def probe_loop(config: dict) -> None:
-    """A Ray Train worker: build the MaskGIT, wrap it with `jobs.train_common.build_engine`, run
+    """A Ray Train worker: build the MaskGIT, wrap it with `jobs.training.common.build_engine`, run
     config['train'].steps MVTM steps on random batches, write what it measured to probe-rank<R>.json."""
     import deepspeed  # noqa: F401  (imported here, in the worker, as the jobs do)
     import torch
 
-    from jobs.train_common import build_engine, construct_model, deepspeed_config, engine_dtype, setup_worker
+    from jobs.training.common import (
+        build_engine,
+        construct_model,
+        deepspeed_config,
+        engine_dtype,
+        setup_worker,
+    )
     from modeling.maskgit import MaskGIT
     from modeling.masking import mvtm_loss
 
@@ -214,7 +220,7 @@ def run_probe(out: Path, model_cfg, *, zero_stage: int, workers: int, steps: int
               text_len: int, precision: str = "fp32", use_gpu: bool | None = False) -> tuple[list[dict], dict]:  # fmt: skip
     """The probe loop on `workers` Ray Train workers; -> (per-rank results, peak RSS seen from outside)."""
     from benchmarks.training_runs import probe_loop as loop  # by module name: Ray pickles it by reference
-    from jobs.train_common import TrainConfig, launch
+    from jobs.training.common import TrainConfig, launch
 
     cfg = TrainConfig(steps=steps, batch_size=batch_size, zero_stage=zero_stage, precision=precision,
                       num_workers=workers, use_gpu=use_gpu, max_failures=0)  # fmt: skip

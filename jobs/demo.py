@@ -160,7 +160,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
 
 def write_page(out: Path, results: dict) -> Path:
     """`<out>/index.html` (and its training plots) from the demo's results."""
-    from jobs.train_metrics import METRICS_FILE
+    from jobs.training.metrics import METRICS_FILE
     from pipelines.demo_page import write_demo_page
 
     return write_demo_page(out, results, reuse_commands(out, results.get("config", "demo")), METRICS_FILE)

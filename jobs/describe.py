@@ -19,9 +19,10 @@ def text_width(config: dict) -> int:
     transformer = config.get("transformer") or {}
     if "text_dim" in transformer:
         return int(transformer["text_dim"])
-    from modeling.text_encoder import resolve_text_encoder
+    from modeling.presets import build_dataclass
+    from modeling.text_encoder import TextEncoderConfig, resolve_text_encoder
 
-    _, path, family = resolve_text_encoder((config.get("text_encoder") or {}).get("name", "minilm"))
+    _, path, family = resolve_text_encoder(build_dataclass(TextEncoderConfig, config.get("text_encoder")).name)
     encoder_config = json.loads((path / "config.json").read_text())
     return int(encoder_config["d_model" if family == "t5" else "hidden_size"])
 
@@ -30,9 +31,10 @@ def _maskgit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
     from modeling.flops import count_parameters, maskgit_forward_flops
     from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
     from modeling.presets import build_dataclass
+    from modeling.text_encoder import TextEncoderConfig
 
     t, h, w = grid
-    max_text = int((config.get("text_encoder") or {}).get("max_length", 32))
+    max_text = build_dataclass(TextEncoderConfig, config.get("text_encoder")).max_length
     section = {k: v for k, v in config["transformer"].items() if k != "family"}
     cfg = build_dataclass(MaskGITConfig, {
         **section, **code_sizes(dataclasses.asdict(tok_cfg), section),
@@ -50,10 +52,10 @@ def _maskgit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
 
 
 def _commit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
-    """COMMIT (MAGVIT): sizes as `jobs.train_commit` builds them (codebook and grid from the tokenizer)."""
+    """COMMIT (MAGVIT): sizes as `jobs.training.commit` builds them (codebook and grid from the tokenizer)."""
     import torch
 
-    from jobs.train_commit import commit_model_config
+    from jobs.training.commit import commit_model_config
     from modeling.commit_model import CommitTransformer
     from modeling.flops import count_parameters, meta_forward_flops
 
@@ -104,9 +106,9 @@ def describe(config: dict) -> dict:
             discriminator = count_parameters(StyleGANDiscriminator, disc_cfg)
             report["discriminator"] = {"parameters": discriminator, "dims": disc_cfg.dims}
         if "transformer" in config:
-            from jobs.train_commit import is_commit
+            from jobs.training.families import transformer_family
 
-            build = _commit_report if is_commit(config) else _maskgit_report
+            build = {"maskgit": _maskgit_report, "commit": _commit_report}[transformer_family(config)]
             report["transformer"] = build(config, tok_cfg, (t, h, w))
             model += report["transformer"]["parameters"]
     # What a checkpoint holds (tokenizer + transformer; the text encoder is frozen and loaded by name) and,

@@ -26,14 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def tokenize_config_from(config: dict):
     """The TokenizeConfig a config file implies: its `tokenize` section plus the `text_encoder` section."""
     from modeling.presets import build_dataclass
+    from modeling.text_encoder import TextEncoderConfig
     from pipelines.tokenize import TokenizeConfig
 
     section = dict(config.get("tokenize") or {})
-    text = config.get("text_encoder") or {}
-    if "name" in text:
-        section.setdefault("text_encoder", text["name"])
-    if "max_length" in text:
-        section.setdefault("max_text_length", text["max_length"])
+    text = build_dataclass(TextEncoderConfig, config.get("text_encoder"))
+    section.setdefault("text_encoder", text.name)
+    section.setdefault("max_text_length", text.max_length)
     return build_dataclass(TokenizeConfig, section)
 
 

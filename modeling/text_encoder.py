@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +22,21 @@ import torch
 from torch import nn
 
 DEFAULT_TEXT_ENCODER = "minilm"
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The `text_encoder` config section: the frozen encoder that embeds prompts, read by `tokenize` (the
+    cache's embeddings), the transformer trainers (recorded in the checkpoint) and `describe`."""
+
+    name: str = DEFAULT_TEXT_ENCODER  # "minilm" (bundled), "t5:/path", or a local Hugging Face encoder directory
+    max_length: int = 32  # prompt tokens kept
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError('text_encoder.name is empty: use "minilm", "t5:/path/to/t5" or a local model directory')
+        if self.max_length < 1:
+            raise ValueError(f"text_encoder.max_length is the number of prompt tokens kept, >= 1; got {self.max_length}")
 
 
 def _minilm_path() -> Path:

@@ -337,7 +337,7 @@ def render(results: dict, out: Path, plots: list[dict], next_commands: str) -> s
 
 def write_demo_page(out_dir: str | Path, results: dict, next_commands: str, metrics_file: str) -> Path:
     """Plot the training curves (`<out>/plots/`) and write `<out>/index.html`; returns its path.
-    `metrics_file`: the trainers' per-step metrics file name (`jobs.train_metrics.METRICS_FILE`)."""
+    `metrics_file`: the trainers' per-step metrics file name (`jobs.training.metrics.METRICS_FILE`)."""
     from pipelines.demo_plots import plot_training
 
     out = Path(out_dir)

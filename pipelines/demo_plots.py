@@ -1,4 +1,4 @@
-"""Training curves as PNG plots, from the `metrics.jsonl` each trainer writes (`jobs.train_metrics.MetricsLog`).
+"""Training curves as PNG plots, from the `metrics.jsonl` each trainer writes (`jobs.training.metrics.MetricsLog`).
 
 One figure per run, one panel per thing a person watches: the tokenizer's loss, reconstruction PSNR and
 codebook usage (`used_codes`, `perplexity`); the transformer's loss and masked-token accuracy. Panels whose
@@ -92,7 +92,7 @@ def plot_run(rows: list[dict], title: str, panels: list[tuple[str, list[str]]], 
 
 def plot_training(out_dir: str | Path, metrics_file: str, plots_dir: str = "plots") -> list[dict]:
     """Plot every run under `out_dir` that has `<run>/<metrics_file>` (the trainers' name for it,
-    `jobs.train_metrics.METRICS_FILE`); returns [{run, title, file}] with `file` relative to `out_dir`, or
+    `jobs.training.metrics.METRICS_FILE`); returns [{run, title, file}] with `file` relative to `out_dir`, or
     None for a run without metrics."""
     out = Path(out_dir)
     made = []

@@ -58,7 +58,7 @@ def test_random_rotation_is_drawn_from_the_generator_only() -> None:
 
 
 def test_the_tokenizer_config_refuses_a_share_outside_0_1_before_any_cluster() -> None:
-    from jobs.train_tokenizer import job_from_config
+    from jobs.training.tokenizer import job_from_config
 
     config = {"tokenizer": {}, "tokenizer_train": {"hue_rotation": 1.5}}
     with pytest.raises(ValueError, match=r"tokenizer_train.hue_rotation .* \[0, 1\]"):

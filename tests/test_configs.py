@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from jobs.tokenize import tokenize_config_from
-from jobs.train_commit import CommitTrainConfig
-from jobs.train_tokenizer import TokenizerTrainConfig
-from jobs.train_transformer import TransformerTrainConfig
+from jobs.training.commit import CommitTrainConfig
+from jobs.training.tokenizer import TokenizerTrainConfig
+from jobs.training.transformer import TransformerTrainConfig
 from modeling.commit import CommitConfig
 from modeling.commit_model import CommitTransformerConfig
 from modeling.cvivit import CViViT, CViViTConfig
@@ -16,6 +16,7 @@ from modeling.generation import SamplingConfig
 from modeling.losses import TokenizerLossConfig
 from modeling.maskgit import MaskGITConfig
 from modeling.presets import CONFIG_DIR, build_dataclass, load_config
+from modeling.text_encoder import TextEncoderConfig
 from modeling.tokenizers import tokenizer_config_from
 from pipelines.prepare import PrepareConfig
 
@@ -26,6 +27,7 @@ SECTIONS = {
     "discriminator": DiscriminatorConfig,
     "transformer_train": TransformerTrainConfig,
     "sampling": SamplingConfig,
+    "text_encoder": TextEncoderConfig,
 }
 
 
@@ -98,3 +100,13 @@ def test_clips_too_short_for_the_tokenizer_fail_once_in_one_line_before_ray(tmp_
 
     code = main(["train-tokenizer", "--config", "debug", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")])
     assert code == 1 and "no manifest.json in" in capsys.readouterr().err
+
+
+def test_text_encoder_section_is_typed() -> None:
+    """One typed `text_encoder` section (name, max_length), checked before anything runs."""
+    assert build_dataclass(TextEncoderConfig, None) == TextEncoderConfig("minilm", 32)
+    assert tokenize_config_from({"text_encoder": {"max_length": 24}}).max_text_length == 24
+    with pytest.raises(ValueError, match="max_lenght"):
+        build_dataclass(TextEncoderConfig, {"max_lenght": 24})
+    with pytest.raises(ValueError, match="text_encoder.max_length"):
+        build_dataclass(TextEncoderConfig, {"max_length": 0})

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from jobs.demo import score_records, summary_text, write_page
-from jobs.train_common import Worker
-from jobs.train_metrics import METRICS_FILE, MetricsLog
+from jobs.training.common import Worker
+from jobs.training.metrics import METRICS_FILE, MetricsLog
 from pipelines.demo_page import (
     FIDELITY_DIR,
     diagnosis,

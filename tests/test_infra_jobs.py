@@ -46,10 +46,14 @@ def check_job_config(where: str, module, ns: argparse.Namespace) -> None:
     elif name == "jobs.tokenize":
         module.tokenize_config_from(config)
     elif name == "jobs.train_tokenizer":
-        job = module.job_from_config(config, ns.data)
+        from jobs.training.tokenizer import job_from_config
+
+        job = job_from_config(config, ns.data)
         assert not any(o.startswith("tokenizer_train.use_gpu=") for o in ns.overrides) or job.train.use_gpu
     elif name == "jobs.train_transformer":
-        train = build_dataclass(module.TransformerTrainConfig, config.get("transformer_train"))
+        from jobs.training.transformer import TransformerTrainConfig
+
+        train = build_dataclass(TransformerTrainConfig, config.get("transformer_train"))
         assert not any(o.startswith("transformer_train.use_gpu=") for o in ns.overrides) or train.use_gpu
 
 

@@ -169,8 +169,8 @@ def test_text_conditioning_trains_and_generates(tmp_path, cache, tokenizer, clip
     trainer's data path (loader, task draw, condition selection, training step) run in process for a few
     steps, exported, and generated from with prompts."""
     from jobs.generate import CommitGenerator
-    from jobs.train_commit import job_from_config, sample_tasks, task_probs
-    from jobs.train_transformer import copy_tokenizer
+    from jobs.training.commit import job_from_config, sample_tasks, task_probs
+    from jobs.training.export import copy_tokenizer
     from modeling.checkpoint import save_checkpoint
     from modeling.commit_model import CommitTransformer, commit_training_step
     from pipelines.commit_data import CommitBatches, select_condition, task_token_masks

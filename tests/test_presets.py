@@ -132,7 +132,7 @@ def test_describe_counts_the_commit_transformer_it_trains():
 def test_typed_configs_coerce_safe_values_and_name_wrong_ones():
     """An override reaches the dataclass as YAML parsed it: `peak_lr=5e-4` is a *string* to PyYAML (YAML 1.1
     wants a dot) and used to fail on the workers, after the cluster started, with a TypeError."""
-    from jobs.train_common import TrainConfig
+    from jobs.training.common import TrainConfig
     from modeling.presets import apply_overrides, build_dataclass
 
     section = apply_overrides({"t": {}}, ["t.peak_lr=5e-4", "t.steps=1e3", "t.warmup_steps=10"])["t"]

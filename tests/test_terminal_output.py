@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from jobs.runtime import KNOWN_NOISE, quiet_known_noise
-from jobs.train_common import Worker
-from jobs.train_metrics import METRICS_FILE, MetricsLog
-from jobs.train_progress import (
+from jobs.training.common import Worker
+from jobs.training.metrics import METRICS_FILE, MetricsLog
+from jobs.training.progress import (
     PROGRESS_ENV,
     JsonlTail,
     ProgressFollower,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_loaders import make_clip_shards, make_token_cache, render_clip
 
-from jobs.train_common import TrainConfig, deepspeed_config
+from jobs.training.common import TrainConfig, deepspeed_config
 from modeling.checkpoint import load_checkpoint
 from modeling.generation import VideoGenerator
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (a fixture, requested by name)
@@ -126,8 +126,8 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
     """ZeRO-1 with its checkpoints in gs:// (the storage emulator), ZeRO-3 (built under zero.Init) with
     activation checkpointing: each trains, checkpoints, and a rerun with more steps resumes from the last
     checkpoint rather than from step 0. Every step reports throughput and MFU, also as TensorBoard events."""
-    from jobs.train_metrics import read_tensorboard_scalars
     from jobs.train_tokenizer import run
+    from jobs.training.metrics import read_tensorboard_scalars
 
     storage = None
     if zero_stage == 1:
@@ -172,7 +172,7 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
 def test_lecam_anchors_are_checkpointed_and_restored() -> None:
     """The LeCam EMA anchors travel in the checkpoint's client state, one per batch of a step; off unless
     both the GAN and the regulariser are on (the paper presets set lecam_weight, which used to be ignored)."""
-    from jobs.train_tokenizer import _client_state, _lecam_anchors, job_from_config
+    from jobs.training.tokenizer import _client_state, _lecam_anchors, job_from_config
 
     config = {"tokenizer": TOKENIZER, "tokenizer_loss": {"adv_weight": 0.1, "lecam_weight": 0.001}}
     job = job_from_config(config, "unused")
@@ -245,7 +245,7 @@ def test_transformer_zero3_trains_and_exports_self_contained(tmp_path, tokenizer
 
 
 def test_transformer_refuses_a_cache_from_another_tokenizer(tmp_path, tokenizer_run) -> None:
-    from jobs.train_transformer import job_from_config
+    from jobs.training.families import transformer_job as job_from_config
 
     cache = make_token_cache(
         tmp_path / "tokens",

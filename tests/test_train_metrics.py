@@ -1,4 +1,4 @@
-"""Training observability (`jobs.train_metrics`) and the FLOP counts MFU divides by (`modeling.flops`)."""
+"""Training observability (`jobs.training.metrics`) and the FLOP counts MFU divides by (`modeling.flops`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from jobs.train_common import Worker, run_storage
-from jobs.train_metrics import (
+from jobs.training.common import Worker, run_storage
+from jobs.training.metrics import (
     MetricsLog,
     Throughput,
     gpu_peak_tflops,

@@ -1,4 +1,4 @@
-"""ZeRO-3 construction: a model built through `jobs.train_common.construct_model` is partitioned as it is
+"""ZeRO-3 construction: a model built through `jobs.training.common.construct_model` is partitioned as it is
 built (`deepspeed.zero.Init`), so no rank ever holds it whole (what lets the 1.8B preset start on GPUs
 smaller than its 7.4 GB of fp32 weights).
 
@@ -33,13 +33,13 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    from jobs.train_common import (
+    from jobs.training.common import (
         TrainConfig,
         build_engine,
         construct_model,
         deepspeed_config,
-        gathered_state_dict,
     )
+    from jobs.training.export import gathered_state_dict
     from modeling.maskgit import MaskGIT, maskgit_debug
     from modeling.masking import mvtm_loss
 

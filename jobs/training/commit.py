@@ -1,6 +1,6 @@
 """COMMIT training (MAGVIT sec. 3.2): `phenaki train-transformer` with `transformer.family: commit`.
 
-The same Ray Train + DeepSpeed job as the MaskGIT trainer (`jobs.train_transformer` dispatches here), on a
+The same trainer as MaskGIT's (`jobs.training.loop`; `jobs.training.families` sends `commit` here), on a
 token cache made by `phenaki tokenize` with `tokenize.commit: true` and a MAGVIT-VQ tokenizer: each sample
 holds z = f_T(V) and the nine condition-token rows z~ = f_T(V~) (`pipelines.commit_data`). Every step draws a
 task per row (`task_sampling: row`, the default) or one for the whole batch (`step`, as the reference code
@@ -24,33 +24,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
-from jobs.train_common import (
+from jobs.training.common import (
     TrainConfig,
+    Worker,
     build_engine,
+    clip_fps,
     engine_dtype,
-    export_serving,
-    launch,
-    restore,
-    schedule_lr,
-    set_lr,
-    setup_worker,
-    worker_print,
 )
-from jobs.train_loop import StepTail
-from jobs.train_metrics import MetricsLog, Throughput
-from jobs.train_transformer import _clip_fps, copy_tokenizer
+from jobs.training.export import copy_tokenizer, export_serving
+from jobs.training.loop import last_metrics, step_generator
+from jobs.training.metrics import Throughput
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.commit import TASKS, CommitConfig
 from modeling.commit_model import CommitTransformer, CommitTransformerConfig, commit_training_step
 from modeling.magvit_vq import MagvitVQConfig
 from modeling.presets import build_dataclass
+from modeling.text_encoder import TextEncoderConfig
 
 RUN_NAME = "transformer"
 FAMILY = "commit"
@@ -95,6 +90,8 @@ def task_probs(weights: dict[str, float] | None) -> torch.Tensor:
 
 @dataclass
 class CommitJob:
+    """A COMMIT training run (a `jobs.training.loop.TrainTask`)."""
+
     data: str | list[str]
     tokenizer: str
     model: CommitTransformerConfig
@@ -102,6 +99,111 @@ class CommitJob:
     commit: CommitConfig
     clip_shape: tuple[int, int, int]  # (T, H, W) of the cache's clips
     extra: dict
+    run_name = RUN_NAME
+    # worker side, made by `setup`
+    _loader: Any = field(default=None, init=False, repr=False)
+    _masks: Any = field(default=None, init=False, repr=False)
+    _probs: Any = field(default=None, init=False, repr=False)
+    _worker: Any = field(default=None, init=False, repr=False)
+
+    def run_config(self) -> dict:
+        return {
+            "data": self.data if isinstance(self.data, str) else list(self.data),
+            "tokenizer": self.tokenizer,
+            "transformer": {"family": FAMILY, **dataclasses.asdict(self.model)},
+            "transformer_train": dataclasses.asdict(self.train),
+            "commit": dataclasses.asdict(self.commit),
+            "extra": self.extra,
+        }
+
+    def setup(self, worker: Worker, out_dir: str) -> dict[str, Any]:
+        from pipelines.commit_data import CommitBatches, task_token_masks
+
+        self._worker = worker
+        self._loader = CommitBatches(self.data, self.train.loader_config(), rank=worker.rank,
+                                     world_size=worker.world_size)  # fmt: skip
+        self._masks = task_token_masks(self.clip_shape, self.commit.tokenizer_stride, self.commit).to(worker.device)
+        self._probs = task_probs(self.train.task_weights)
+        return {"transformer": build_engine(lambda: CommitTransformer(self.model), self.train, worker.world_size)}
+
+    def resume(self, state: dict | None) -> int:
+        state = state or {"step": 0, "data_position": 0}
+        self._loader.load_state({"position": int(state["data_position"])})
+        return int(state["step"])
+
+    def banner(self, step: int) -> str:
+        m = self.model
+        return (f"COMMIT: videos on rank 0 {self._loader.num_samples}, grid {m.grid}, codebook {m.codebook_size}, "
+                f"classes {m.num_classes}, text {m.text_dim}, tasks per {self.train.task_sampling}, "
+                f"start step {step}")  # fmt: skip
+
+    def throughput(self, worker: Worker) -> Throughput:
+        """Per-worker work of a step: the transformer over [task, class] + N visual tokens per video (counted
+        on the meta device, `modeling.flops`), text cross-attention included for text models."""
+        from modeling.flops import meta_forward_flops
+
+        cfg, model_cfg = self.train, self.model
+        n = model_cfg.seq_len
+        text_len = int(self.extra.get("max_text_length") or 1)
+
+        def forward(model: CommitTransformer) -> object:
+            tokens = torch.zeros(1, n, dtype=torch.long)
+            if model_cfg.text_dim is None:
+                return model(tokens, "fp")
+            text = torch.zeros(1, text_len, model_cfg.text_dim)
+            return model(tokens, "fp", text=text, text_mask=torch.ones(1, text_len, dtype=torch.bool))
+
+        samples = cfg.batch_size * cfg.grad_accum
+        flops = samples * meta_forward_flops(lambda: CommitTransformer(model_cfg), forward)
+        return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples, tokens=samples * n, flops=flops)
+
+    def step(self, step: int, engines: dict[str, Any]) -> dict[str, float]:
+        from pipelines.commit_data import select_condition
+
+        cfg, worker, engine = self.train, self._worker, engines["transformer"]
+        dtype = engine_dtype(engine)
+        gen = step_generator(cfg.seed, worker.rank, 0xC0, step)  # tasks, masks and drops: pure in the step
+        counts = torch.zeros(len(TASKS))
+        for _ in range(cfg.grad_accum):
+            batch = self._loader.next_batch()
+            z = batch["tokens"].to(worker.device)
+            tasks = sample_tasks(self._probs, z.shape[0], cfg.task_sampling, gen).to(worker.device)
+            counts += torch.bincount(tasks.cpu(), minlength=len(TASKS)).float()
+            z_cond, cond_mask = select_condition(batch["cond_tokens"].to(worker.device), tasks, self._masks)
+            text = text_mask = None
+            if self.model.text_dim is not None:
+                text = batch["text"].to(worker.device, dtype)
+                text_mask = batch["text_mask"].to(worker.device)
+            loss, metrics = commit_training_step(
+                engine,
+                z,
+                z_cond,
+                cond_mask,
+                tasks,
+                batch["class_ids"].to(worker.device),
+                cfg=self.commit,
+                generator=gen,
+                text=text,
+                text_mask=text_mask,
+                class_drop_prob=cfg.class_drop_prob,
+            )
+            engine.backward(loss)
+            engine.step()
+        metrics.update(loss=float(loss.detach()))
+        metrics.update({f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)})
+        return metrics
+
+    def state(self, step: int) -> dict:
+        return {"step": step, "data_position": self._loader.position}
+
+    def export(self, engines: dict[str, Any], step: int, out_dir: str, worker: Worker) -> None:
+        export_serving(engines["transformer"], lambda: CommitTransformer(self.model), self.model, out_dir, worker,
+                       self.train.zero_stage, {**self.extra, "step": step})  # fmt: skip
+        if worker.is_main:
+            copy_tokenizer(self.tokenizer, str(Path(out_dir) / "tokenizer"))
+
+    def result(self, out: Path) -> dict:
+        return last_metrics(out)
 
 
 def commit_model_config(
@@ -114,14 +216,6 @@ def commit_model_config(
     t, h, w = grid
     sizes = {"codebook_size": codebook_size, "seq_len": t * h * w, "grid": (t, h, w), "text_dim": text_dim if text else None}
     return build_dataclass(CommitTransformerConfig, {**values, **sizes})
-
-
-def is_commit(config: dict) -> bool:
-    """Whether a config selects the COMMIT trainer (`transformer.family: commit`; default maskgit)."""
-    family = (config.get("transformer") or {}).get("family", "maskgit")
-    if family not in ("maskgit", FAMILY):
-        raise ValueError(f"unknown transformer.family {family!r}; expected 'maskgit' or 'commit'")
-    return family == FAMILY
 
 
 def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> CommitJob:
@@ -174,13 +268,13 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
         tokenizer_stride=stride,
         **{k: record[k] for k in _GEOMETRY},
     )
-    text_cfg = config.get("text_encoder") or {}
+    text_cfg = build_dataclass(TextEncoderConfig, config.get("text_encoder"))
     extra = {
         "family": FAMILY,
         "num_frames": t * tok.temporal_compression,
-        "fps": _clip_fps(meta, config),
-        "text_encoder": info.text_encoder or text_cfg.get("name", "minilm"),
-        "max_text_length": int(info.max_text_length or text_cfg.get("max_length", 32)),
+        "fps": clip_fps(meta, config),
+        "text_encoder": info.text_encoder or text_cfg.name,
+        "max_text_length": int(info.max_text_length or text_cfg.max_length),
         "commit": dataclasses.asdict(commit),  # generation defaults + condition geometry
         "class_names": list(train.class_keywords or []),
         "tokenizer_digest": info.tokenizer_digest,
@@ -191,148 +285,8 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
     return CommitJob(data, tokenizer, model, train, commit, clip_shape, extra)
 
 
-# --------------------------------------------------------------------------------------------- worker
-def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """Task, mask and drop randomness as a pure function of (seed, rank, step)."""
-    value = int(np.random.SeedSequence([seed, rank, 0xC0, step]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(value)
-
-
 def sample_tasks(probs: torch.Tensor, batch: int, per: str, generator: torch.Generator) -> torch.Tensor:
     """(B,) task ids in TASKS order: one per row, or one repeated for the batch."""
     if per == "step":
         return torch.multinomial(probs, 1, generator=generator).expand(batch).clone()
     return torch.multinomial(probs, batch, replacement=True, generator=generator)
-
-
-def _throughput(job: CommitJob, worker) -> Throughput:
-    """Per-worker work of a step: the transformer over [task, class] + N visual tokens per video (counted on
-    the meta device, `modeling.flops`), text cross-attention included for text models."""
-    from modeling.flops import meta_forward_flops
-
-    cfg, model_cfg = job.train, job.model
-    n = model_cfg.seq_len
-    text_len = int(job.extra.get("max_text_length") or 1)
-
-    def forward(model: CommitTransformer) -> object:
-        tokens = torch.zeros(1, n, dtype=torch.long)
-        if model_cfg.text_dim is None:
-            return model(tokens, "fp")
-        text = torch.zeros(1, text_len, model_cfg.text_dim)
-        return model(tokens, "fp", text=text, text_mask=torch.ones(1, text_len, dtype=torch.bool))
-
-    samples = cfg.batch_size * cfg.grad_accum
-    flops = samples * meta_forward_flops(lambda: CommitTransformer(model_cfg), forward)
-    return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples, tokens=samples * n, flops=flops)
-
-
-def train_loop(config: dict) -> None:
-    import deepspeed  # noqa: F401  (imported here, in the worker)
-
-    from pipelines.commit_data import CommitBatches, select_condition, task_token_masks
-
-    job: CommitJob = config["job"]
-    cfg = job.train
-    worker = setup_worker(cfg)
-    loader = CommitBatches(job.data, cfg.loader_config(), rank=worker.rank, world_size=worker.world_size)
-    masks = task_token_masks(job.clip_shape, job.commit.tokenizer_stride, job.commit).to(worker.device)
-    probs = task_probs(cfg.task_weights)
-    engine = build_engine(lambda: CommitTransformer(job.model), cfg, worker.world_size)
-    engines = {"transformer": engine}
-    state = restore(engines) or {"step": 0, "data_position": 0}
-    step = int(state["step"])
-    loader.load_state({"position": int(state["data_position"])})
-    out_dir = config["out_dir"]
-    log = MetricsLog(out_dir, worker, cfg.log_every, cfg.steps, RUN_NAME)
-    if worker.is_main:
-        worker_print(
-            f"[{RUN_NAME}] COMMIT: videos on rank 0 {loader.num_samples}, grid {job.model.grid}, codebook "
-            f"{job.model.codebook_size}, classes {job.model.num_classes}, text {job.model.text_dim}, "
-            f"tasks per {cfg.task_sampling}, start step {step}"
-        )
-    dtype = engine_dtype(engine)
-    tail = StepTail(cfg, worker, engines, log, _throughput(job, worker), out_dir, start_step=step)
-    while step < cfg.steps:
-        lr = schedule_lr(cfg, step)
-        set_lr(engine, lr)
-        gen = _step_generator(cfg.seed, worker.rank, step)
-        counts = torch.zeros(len(TASKS))
-        for _ in range(cfg.grad_accum):
-            batch = loader.next_batch()
-            z = batch["tokens"].to(worker.device)
-            tasks = sample_tasks(probs, z.shape[0], cfg.task_sampling, gen).to(worker.device)
-            counts += torch.bincount(tasks.cpu(), minlength=len(TASKS)).float()
-            z_cond, cond_mask = select_condition(batch["cond_tokens"].to(worker.device), tasks, masks)
-            text = text_mask = None
-            if job.model.text_dim is not None:
-                text = batch["text"].to(worker.device, dtype)
-                text_mask = batch["text_mask"].to(worker.device)
-            loss, metrics = commit_training_step(
-                engine,
-                z,
-                z_cond,
-                cond_mask,
-                tasks,
-                batch["class_ids"].to(worker.device),
-                cfg=job.commit,
-                generator=gen,
-                text=text,
-                text_mask=text_mask,
-                class_drop_prob=cfg.class_drop_prob,
-            )
-            engine.backward(loss)
-            engine.step()
-        step += 1
-        metrics.update(loss=float(loss.detach()))
-        metrics.update(
-            {f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)}
-        )
-        if tail.after_step(step, lr, metrics, {"step": step, "data_position": loader.position}):
-            break
-    tail.finish(step, {"step": step, "data_position": loader.position})
-
-    export_serving(
-        engine,
-        lambda: CommitTransformer(job.model),
-        job.model,
-        out_dir,
-        worker,
-        cfg.zero_stage,
-        {**job.extra, "step": step},
-    )
-    if worker.is_main:
-        copy_tokenizer(job.tokenizer, str(Path(out_dir) / "tokenizer"))
-
-
-# --------------------------------------------------------------------------------------------- driver
-def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:
-    """Train COMMIT from a loaded config dict; returns the last logged metrics (empty if no step ran)."""
-    return train(job_from_config(config, data, tokenizer), out_dir)
-
-
-def train(job: CommitJob, out_dir: str) -> dict:
-    """Train a checked job (`run` minus building and checking it)."""
-    from jobs.train_commit import train_loop as loop  # by module name, so Ray pickles it by reference
-
-    tokenizer = job.tokenizer
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "data": job.data if isinstance(job.data, str) else list(job.data),
-                "tokenizer": tokenizer,
-                "transformer": {"family": FAMILY, **dataclasses.asdict(job.model)},
-                "transformer_train": dataclasses.asdict(job.train),
-                "commit": dataclasses.asdict(job.commit),
-                "extra": job.extra,
-            },
-            sort_keys=False,
-        )
-    )
-    result = launch(loop, {"job": job}, job.train, str(out), RUN_NAME)
-    if result.error is not None:
-        raise result.error
-    metrics_file = out / "metrics.jsonl"
-    lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
-    return json.loads(lines[-1]) if lines else {}

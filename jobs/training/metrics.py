@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from jobs.train_common import Worker, worker_print
-from jobs.train_progress import PROGRESS_ENV
+from jobs.training.common import Worker, worker_print
+from jobs.training.progress import PROGRESS_ENV
 from modeling.flops import TRAINING_FLOPS_PER_FORWARD
 
 METRICS_FILE = "metrics.jsonl"
@@ -122,7 +122,7 @@ class Throughput:
 class MetricsLog:
     """Rank 0 appends one JSON line per step to `<out>/metrics.jsonl`, writes the same scalars as TensorBoard
     events under `<out>/tensorboard/`, and prints every `log_every` steps, unless the driver draws a progress
-    bar from that file (`jobs.train_progress`: PROGRESS_ENV is "bar")."""
+    bar from that file (`jobs.training.progress`: PROGRESS_ENV is "bar")."""
 
     def __init__(self, out_dir: str, worker: Worker, log_every: int, total_steps: int, run: str):
         self.path = Path(out_dir) / METRICS_FILE

@@ -1,12 +1,12 @@
-"""Ray Train + DeepSpeed glue shared by the tokenizer and transformer training jobs.
+"""Ray Train + DeepSpeed glue under the one trainer (`jobs.training.loop`) and its model families.
 
 Driver side: `launch` builds a `TorchTrainer` (Ray Train V2) whose storage lives under `<out>/ray/<run>`, so
 re-running a job with the same --out resumes from its last reported checkpoint, and `FailureConfig` restarts a
 failed worker group from it. Resumes are exact: a checkpoint holds the step, the data position and every
 rank's RNG states (DeepSpeed client state), and is committed before training goes on. Worker side: the helpers
 below wrap a plain `nn.Module` in a DeepSpeed engine (`modeling/` never sees DeepSpeed), set the learning
-rate from the pure schedule, save/restore engine state through `ray.train.report`/`get_checkpoint`, log
-metrics, and export a serving checkpoint (`modeling.checkpoint`).
+rate from the pure schedule, save/restore engine state through `ray.train.report`/`get_checkpoint` and
+reduce metrics over ranks (the serving export is `jobs.training.export`).
 
 DeepSpeed is imported inside worker functions only: the driver and `modeling/` never need it, and the
 import is slow and pulls in accelerator probing.
@@ -35,7 +35,6 @@ from modeling.lr_schedule import warmup_cosine
 
 STATE_FILE = "state.json"
 FAULT_MARKER = ".fault-injected"  # TrainConfig.fail_at_step: written once, so a restarted group runs on
-CHECKPOINT_FILES = ("model.safetensors", "config.yaml", "digest.txt")
 
 
 @dataclass
@@ -136,8 +135,8 @@ def launch(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.train_metrics import METRICS_FILE
-    from jobs.train_progress import PROGRESS_ENV, ProgressFollower, on_terminal, progress_mode
+    from jobs.training.metrics import METRICS_FILE
+    from jobs.training.progress import PROGRESS_ENV, ProgressFollower, on_terminal, progress_mode
     from pipelines.prepare import storage_env  # emulator / credential variables, for gs:// storage
 
     init_ray()  # no-op when already connected
@@ -454,41 +453,9 @@ def maybe_inject_fault(cfg: TrainConfig, step: int, out_dir: str, worker: Worker
     os._exit(1)
 
 
-def gathered_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 CPU weights of the engine's module, on every rank (a collective under ZeRO-3)."""
-    module = engine.module
-    if zero_stage == 3:
-        import deepspeed
-
-        params = list(module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-
-
-def export_serving(
-    engine,
-    build: Callable[[], nn.Module],
-    config: Any,
-    directory: str,
-    worker: Worker,
-    zero_stage: int,
-    extra: dict | None = None,
-) -> str | None:
-    """Write a serving checkpoint from rank 0 (all ranks must call: ZeRO-3 gathers). Returns the digest there.
-
-    Weights go into a freshly built fp32 model so the export is independent of training precision and of
-    DeepSpeed's parameter wrappers.
-    """
-    from modeling.checkpoint import save_checkpoint
-
-    state = gathered_state_dict(engine, zero_stage)
-    digest = None
-    if worker.is_main:
-        model = build()
-        model.load_state_dict(state)
-        # save_checkpoint carries over the run's own files (metrics.jsonl, run_config.yaml) in `directory`.
-        digest = save_checkpoint(directory, model, config, extra)
-    if dist.is_initialized():
-        dist.barrier()
-    return digest
+def clip_fps(tokenizer_meta: dict, config: dict) -> float:
+    """Frame rate of the training clips: recorded by train-tokenizer, else the prepare config's."""
+    fps = (tokenizer_meta.get("extra") or {}).get("fps") or (config.get("prepare") or {}).get("fps")
+    if not fps:
+        raise ValueError("unknown clip frame rate: the tokenizer checkpoint has no extra.fps; set prepare.fps")
+    return float(fps)

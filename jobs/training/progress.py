@@ -1,8 +1,8 @@
 """A training run's progress bar, drawn by the driver from the run's `metrics.jsonl`.
 
 Ray Train workers' stdout reaches the driver line by line, so a bar drawn in a worker cannot render. Rank 0
-appends one JSON line per step to `<out>/metrics.jsonl` (`jobs.train_metrics.MetricsLog`); while
-`jobs.train_common.launch` waits on the trainer, a thread here follows that file and draws one tqdm bar:
+appends one JSON line per step to `<out>/metrics.jsonl` (`jobs.training.metrics.MetricsLog`); while
+`jobs.training.common.launch` waits on the trainer, a thread here follows that file and draws one tqdm bar:
 step/total, steps/s, time left, the latest loss. With the bar on, workers print no per-step lines (they read
 `PROGRESS_ENV`); where output is not a terminal (CI logs, `ray job submit`) or the file is on another machine,
 there is no bar and workers print every `log_every` steps as before.
