@@ -24,7 +24,8 @@ from torch import nn
 from modeling.presets import build_dataclass
 
 
-def _registry() -> dict[str, tuple[type, type]]:
+def checkpoint_kinds() -> dict[str, tuple[type, type]]:
+    """Every model family a checkpoint can hold: kind -> (model class, config class)."""
     from modeling.commit_model import CommitTransformer, CommitTransformerConfig
     from modeling.cvivit import CViViT, CViViTConfig
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
@@ -42,7 +43,7 @@ def _registry() -> dict[str, tuple[type, type]]:
 
 
 def kind_of(model: nn.Module) -> str:
-    for kind, (cls, _) in _registry().items():
+    for kind, (cls, _) in checkpoint_kinds().items():
         if isinstance(model, cls):
             return kind
     raise TypeError(f"no checkpoint kind registered for {type(model).__name__}")
@@ -107,7 +108,7 @@ def read_checkpoint_meta(directory: str | Path) -> dict:
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Loaded:
     directory = Path(directory)
     meta = read_checkpoint_meta(directory)
-    model_cls, config_cls = _registry()[meta["kind"]]
+    model_cls, config_cls = checkpoint_kinds()[meta["kind"]]
     config = build_dataclass(config_cls, meta["config"])
     model = model_cls(config)
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
