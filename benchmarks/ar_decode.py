@@ -40,7 +40,9 @@ def shifted_inputs(model: MaskGIT, tokens: torch.Tensor) -> torch.Tensor:
 
 def _one_softmax(model: MaskGIT) -> None:
     if model.digits is not None:
-        raise ValueError("AR decoding here reads one softmax over the codes; build the MaskGIT without code_levels")
+        raise ValueError(
+            "AR decoding here reads one softmax over the codes; build the MaskGIT without code_levels"
+        )
 
 
 def causal_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContext) -> torch.Tensor:

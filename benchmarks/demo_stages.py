@@ -27,7 +27,9 @@ FIDELITY = ("clean", "colour", "shape", "motion")
 
 def run_once(out: Path, extra: list[str]) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "demo", "--out", str(out), *extra], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "demo", "--out", str(out), *extra], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     results = json.loads((out / "results.json").read_text())
@@ -39,7 +41,9 @@ def tokenizer_summary(results: dict) -> dict:
     """A run's tokenizer evaluation without the fidelity's per-clip rows and example strips (in its own out dir)."""
     evaluation = dict(results["tokenizer_eval"])
     if "fidelity" in evaluation:
-        evaluation["fidelity"] = {k: v for k, v in evaluation["fidelity"].items() if k not in ("per_clip", "examples")}
+        evaluation["fidelity"] = {
+            k: v for k, v in evaluation["fidelity"].items() if k not in ("per_clip", "examples")
+        }
     return evaluation
 
 
@@ -55,7 +59,9 @@ def median_table(runs: list[dict]) -> dict:
     adherence = {}
     for kind in runs[0]["adherence"]:
         adherence[kind] = {
-            a: statistics.median(r["adherence"][kind][a] for r in runs if r["adherence"][kind].get(a) is not None)
+            a: statistics.median(
+                r["adherence"][kind][a] for r in runs if r["adherence"][kind].get(a) is not None
+            )
             for a in ATTRIBUTES
             if any(r["adherence"][kind].get(a) is not None for r in runs)
         }
@@ -74,13 +80,18 @@ def median_table(runs: list[dict]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", default="/tmp/demo-bench", help="where the runs write their outputs")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--vary-seeds", action="store_true",
-                        help="run i uses seed i for the world and both trainings (default: the preset's seeds, "
-                        "so runs differ only by how far each time budget got)")
+    parser.add_argument(
+        "--vary-seeds",
+        action="store_true",
+        help="run i uses seed i for the world and both trainings (default: the preset's seeds, "
+        "so runs differ only by how far each time budget got)",
+    )
     parser.add_argument("extra", nargs="*", help="extra `phenaki demo` arguments / overrides")
     args = parser.parse_args()
     runs = []
@@ -88,18 +99,37 @@ def main() -> int:
         extra = [*args.extra, *(seed_overrides(i) if args.vary_seeds else [])]
         results = run_once(Path(args.work) / f"run-{i}", extra)
         runs.append(results)
-        print(f"run {i}: {results['timings_s']['total']:.1f} s, adherence {json.dumps(results['adherence'])}", flush=True)
+        print(
+            f"run {i}: {results['timings_s']['total']:.1f} s, adherence {json.dumps(results['adherence'])}",
+            flush=True,
+        )
     report = {
         "machine": describe_machine(),
         "runs": args.runs,
         "demo_arguments": args.extra,
         "seeds": "run i: seed i" if args.vary_seeds else "the preset's",
         **median_table(runs),
-        "per_run": [{"timings_s": r["timings_s"], "adherence": r["adherence"], "tokenizer_eval": tokenizer_summary(r)} for r in runs],
+        "per_run": [
+            {"timings_s": r["timings_s"], "adherence": r["adherence"], "tokenizer_eval": tokenizer_summary(r)}
+            for r in runs
+        ],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("stage_seconds_median", "adherence_median", "tokenizer_psnr_db_median", "tokenizer_fidelity_median")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "stage_seconds_median",
+                    "adherence_median",
+                    "tokenizer_psnr_db_median",
+                    "tokenizer_fidelity_median",
+                )
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -54,9 +54,7 @@ def run(seeds: int, clip_frames: int = 9, num_frames: int = 24, size: int = 64, 
         degraded = decode_video(encode_mp4(degrade(clean[window], rng), fps, crf=35)).frames
         for name, clip in (("full", frames), ("clip", frames[window]), ("degraded", degraded)):
             d = detect(clip)
-            results[name].append(
-                {"truth": truth, "got": (d.colour, d.shape, d.motion), "fit": d.shape_fit}
-            )
+            results[name].append({"truth": truth, "got": (d.colour, d.shape, d.motion), "fit": d.shape_fit})
     video_seconds, video_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     for seed, (k, (colour, shape)) in itertools.product(
         range(seeds), enumerate(itertools.product(PALETTE, SHAPES))
@@ -89,8 +87,13 @@ def run(seeds: int, clip_frames: int = 9, num_frames: int = 24, size: int = 64, 
     report["fit_margins"] = {
         shape: [float(np.min(v)), float(np.max(v))]
         for shape in SHAPES
-        if (v := [min(f for s, f in r["fit"].items() if s != shape) - r["fit"][shape]
-                  for r in results["full"] + results["clip"] if r["truth"][1] == shape])  # fmt: skip
+        if (
+            v := [
+                min(f for s, f in r["fit"].items() if s != shape) - r["fit"][shape]
+                for r in results["full"] + results["clip"]
+                if r["truth"][1] == shape
+            ]
+        )  # fmt: skip
     }
     return report
 

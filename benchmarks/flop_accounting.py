@@ -43,7 +43,6 @@ def counter_counts_sdpa_natively() -> bool:
     return counter.get_total_flops() > 0
 
 
-
 @contextlib.contextmanager
 def counting_forwards(model: MaskGIT) -> Iterator[list[int]]:
     """Counts `forward_with_context` calls (the forward passes a sampler really makes)."""
@@ -59,7 +58,6 @@ def counting_forwards(model: MaskGIT) -> Iterator[list[int]]:
         yield calls
     finally:
         del model.forward_with_context
-
 
 
 def achieved(flops: int, seconds: float) -> dict:

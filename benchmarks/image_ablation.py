@@ -33,7 +33,9 @@ def prepare_tokens(work: Path, config: dict, reuse: Path | None) -> tuple[str, s
     if reuse is not None:
         for name in ("tokenizer", "tokens"):
             if not (reuse / name).exists():
-                raise FileNotFoundError(f"--reuse {reuse}: no {name}/ there; run `phenaki demo --out {reuse}` first")
+                raise FileNotFoundError(
+                    f"--reuse {reuse}: no {name}/ there; run `phenaki demo --out {reuse}` first"
+                )
         return str(reuse / "tokens"), str(reuse / "tokenizer")
     from jobs.tokenize import tokenize_config_from
     from jobs.train_tokenizer import run as train_tokenizer
@@ -44,16 +46,27 @@ def prepare_tokens(work: Path, config: dict, reuse: Path | None) -> tuple[str, s
 
     demo = config.get("demo", {})
     if not (work / "tokens" / "manifest.json").exists():
-        synthesize(work / "source", num_videos=demo.get("videos", 600), num_images=demo.get("images", 300),
-                   seed=demo.get("seed", 0))
-        prepare([str(work / "source" / "webvid.csv"), str(work / "source" / "laion.parquet")], str(work / "clips"),
-                build_dataclass(PrepareConfig, config.get("prepare")))
+        synthesize(
+            work / "source",
+            num_videos=demo.get("videos", 600),
+            num_images=demo.get("images", 300),
+            seed=demo.get("seed", 0),
+        )
+        prepare(
+            [str(work / "source" / "webvid.csv"), str(work / "source" / "laion.parquet")],
+            str(work / "clips"),
+            build_dataclass(PrepareConfig, config.get("prepare")),
+        )
         train_tokenizer(config, str(work / "clips"), str(work / "tokenizer"))
-        tokenize(str(work / "tokenizer"), str(work / "clips"), str(work / "tokens"), tokenize_config_from(config))
+        tokenize(
+            str(work / "tokenizer"), str(work / "clips"), str(work / "tokens"), tokenize_config_from(config)
+        )
     return str(work / "tokens"), str(work / "tokenizer")
 
 
-def train_arm(work: Path, config_name: str, tokens: str, tokenizer: str, video_fraction: float, steps: int) -> dict:
+def train_arm(
+    work: Path, config_name: str, tokens: str, tokenizer: str, video_fraction: float, steps: int
+) -> dict:
     from jobs.train_transformer import run as train_transformer
     from modeling.presets import load_config
 
@@ -61,14 +74,22 @@ def train_arm(work: Path, config_name: str, tokens: str, tokenizer: str, video_f
     if (out / "model.safetensors").exists():
         lines = (out / "metrics.jsonl").read_text().splitlines()
         return {"checkpoint": str(out), "last": json.loads(lines[-1]), "seconds": None, "reused": True}
-    config = load_config(config_name, [
-        f"transformer_train.video_fraction={video_fraction}",
-        f"transformer_train.steps={steps}",
-        "transformer_train.time_budget_s=null",
-    ])
+    config = load_config(
+        config_name,
+        [
+            f"transformer_train.video_fraction={video_fraction}",
+            f"transformer_train.steps={steps}",
+            "transformer_train.time_budget_s=null",
+        ],
+    )
     start = time.perf_counter()
     last = train_transformer(config, tokens, tokenizer, str(out))
-    return {"checkpoint": str(out), "last": last, "seconds": round(time.perf_counter() - start, 1), "reused": False}
+    return {
+        "checkpoint": str(out),
+        "last": last,
+        "seconds": round(time.perf_counter() - start, 1),
+        "reused": False,
+    }
 
 
 def evaluate_arm(checkpoint: str, seeds: int, sampling: dict) -> dict:
@@ -77,15 +98,21 @@ def evaluate_arm(checkpoint: str, seeds: int, sampling: dict) -> dict:
     from pipelines.evaluate import generated_adherence
 
     gen = VideoGenerator.from_checkpoint(checkpoint)
-    return generated_adherence(gen, seeds, SamplingConfig.from_dict(sampling), Path(checkpoint) / "ablation-videos")
+    return generated_adherence(
+        gen, seeds, SamplingConfig.from_dict(sampling), Path(checkpoint) / "ablation-videos"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/phenaki-image-ablation", help="working directory (kept)")
-    parser.add_argument("--reuse", default=None, help="a `phenaki demo --out` directory whose tokenizer/tokens to use")
+    parser.add_argument(
+        "--reuse", default=None, help="a `phenaki demo --out` directory whose tokenizer/tokens to use"
+    )
     parser.add_argument("--config", default="demo", help="preset for every stage (default: demo)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (default: the preset's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps per arm (default: the preset's)"
+    )
     parser.add_argument("--seeds", type=int, default=2, help="samples per composition")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -104,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, video_fraction in ARMS.items():
         trained = train_arm(work, args.config, tokens, tokenizer, video_fraction, steps)
         adherence = evaluate_arm(trained["checkpoint"], args.seeds, config.get("sampling", {}))
-        arms[name] = {"video_fraction": video_fraction, "steps": steps, "train_seconds": trained["seconds"],
-                      "final_metrics": trained["last"], "adherence": adherence}
+        arms[name] = {
+            "video_fraction": video_fraction,
+            "steps": steps,
+            "train_seconds": trained["seconds"],
+            "final_metrics": trained["last"],
+            "adherence": adherence,
+        }
     results = {
         "benchmark": "image_ablation",
         "question": "does training on stills teach a concept (purple) that no video shows?",

@@ -18,7 +18,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_machine(packages: tuple[str, ...] = ("torch", "ray", "deepspeed", "av", "numpy")) -> dict[str, object]:
+def describe_machine(
+    packages: tuple[str, ...] = ("torch", "ray", "deepspeed", "av", "numpy"),
+) -> dict[str, object]:
     versions = {}
     for name in packages:
         try:

@@ -132,7 +132,9 @@ def train(
     }
 
 
-def tokenizer_run(preset: str, train_videos: torch.Tensor, budget: Budget, seed: int) -> tuple[nn.Module, dict]:
+def tokenizer_run(
+    preset: str, train_videos: torch.Tensor, budget: Budget, seed: int
+) -> tuple[nn.Module, dict]:
     """Build the preset's tokenizer and train it on `train_videos` (N, C, T, H, W) with L2 + VQ (no GAN, no
     perceptual terms: no pretrained weights here, as in the demo). EMA codebooks get the jobs' dead-code
     restarts every 50 steps; learned codebooks (the 3D-VQ's) do not, as in `jobs.train_tokenizer`."""
@@ -159,7 +161,13 @@ def tokenizer_run(preset: str, train_videos: torch.Tensor, budget: Budget, seed:
         seed=seed, after_step=restart,
     )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
-    return model, {"preset": preset, "family": family.name, "clip_frames": frames, "parameters": params, **stats}
+    return model, {
+        "preset": preset,
+        "family": family.name,
+        "clip_frames": frames,
+        "parameters": params,
+        **stats,
+    }
 
 
 @torch.no_grad()
@@ -207,7 +215,9 @@ def commit_config(tokenizer: nn.Module, decode_steps: int) -> CommitConfig:
 
 
 @torch.no_grad()
-def token_data(tokenizer: nn.Module, videos: torch.Tensor, motions: list[str], cfg: CommitConfig) -> TokenData:
+def token_data(
+    tokenizer: nn.Module, videos: torch.Tensor, motions: list[str], cfg: CommitConfig
+) -> TokenData:
     """What `phenaki tokenize --commit` stores, computed in memory: z, the nine z~ rows, class ids."""
     n = len(videos)
     z = torch.cat([tokenizer.encode(v) for v in videos.split(32)]).reshape(n, -1)
@@ -227,7 +237,9 @@ def arm_loss(arm: str, model: CommitTransformer, data: TokenData, cfg: CommitCon
         z, classes = data.z[idx], data.classes[idx]
         if arm == "commit":
             z_cond, cond_mask = select_condition(data.cond[idx], tasks, data.masks)
-            return commit_training_step(model, z, z_cond, cond_mask, tasks, classes, cfg=cfg, generator=gen)[0]
+            return commit_training_step(model, z, z_cond, cond_mask, tasks, classes, cfg=cfg, generator=gen)[
+                0
+            ]
         return latent_masking_training_step(
             model, z, data.masks[tasks], tasks, classes, schedule=cfg.mask_schedule, generator=gen
         )[0]
@@ -251,7 +263,9 @@ def generate(arm: str, model: CommitTransformer, cond, task: str, classes: torch
     return latent_masking_decode(logits_fn, cond.z_cond, cond.cond_mask, **settings)
 
 
-def task_metrics(video: torch.Tensor, tokens: torch.Tensor, cond, truth_video: torch.Tensor, truth: list) -> dict:
+def task_metrics(
+    video: torch.Tensor, tokens: torch.Tensor, cond, truth_video: torch.Tensor, truth: list
+) -> dict:
     """Generated video (B, C, T, H, W) vs ground truth: region PSNRs, detector motion agreement, and the share
     of condition positions whose output token is z~ (COMMIT refines them; the baseline keeps all)."""
     given = cond.pixel_mask
@@ -341,7 +355,9 @@ def run(budget: Budget, quick: bool, log: Callable[[str], None] = print) -> dict
         log(f"[magvit_quality] {name}: {timings[name]} s")
         clock = time.perf_counter()
 
-    train_frames, train_motions = render_clips(budget.train_clips, seed=TRAIN_SEED, num_frames=CVIVIT_FRAMES, size=SIZE)
+    train_frames, train_motions = render_clips(
+        budget.train_clips, seed=TRAIN_SEED, num_frames=CVIVIT_FRAMES, size=SIZE
+    )
     eval_triples = TRAIN_TRIPLES[::5] + HELD_OUT  # both seen and never-seen compositions, other seeds
     eval_frames, eval_motions = render_clips(
         budget.eval_clips, seed=EVAL_SEED, num_frames=CVIVIT_FRAMES, size=SIZE, triples=eval_triples
@@ -363,13 +379,19 @@ def run(budget: Budget, quick: bool, log: Callable[[str], None] = print) -> dict
     data = token_data(magvit, train16, train_motions, cfg)
     classes = motion_class_ids(eval_motions)
     conds = {
-        t: tokenize_with_condition(magvit.encode, eval16, t, cfg.task_params(t, eval16.shape), pad_value=cfg.pad_value)
+        t: tokenize_with_condition(
+            magvit.encode, eval16, t, cfg.task_params(t, eval16.shape), pad_value=cfg.pad_value
+        )
         for t in TASKS
     }
     lap("tokenize (z, z~)")
 
     model_cfg = commit_transformer_debug(
-        codebook_size=cfg.codebook_size, num_classes=4, seq_len=data.z.shape[1], grid=cond_grid(conds), **TRANSFORMER
+        codebook_size=cfg.codebook_size,
+        num_classes=4,
+        seq_len=data.z.shape[1],
+        grid=cond_grid(conds),
+        **TRANSFORMER,
     )
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for arm in ARMS:
@@ -394,8 +416,14 @@ def run(budget: Budget, quick: bool, log: Callable[[str], None] = print) -> dict
         "threads": torch.get_num_threads(),
         "setup": {
             "budget": dataclasses.asdict(budget),
-            "clips": {"size": SIZE, "magvit_frames": FRAMES, "cvivit_frames": CVIVIT_FRAMES,
-                      "train": budget.train_clips, "eval": budget.eval_clips, "eval_triples": len(eval_triples)},
+            "clips": {
+                "size": SIZE,
+                "magvit_frames": FRAMES,
+                "cvivit_frames": CVIVIT_FRAMES,
+                "train": budget.train_clips,
+                "eval": budget.eval_clips,
+                "eval_triples": len(eval_triples),
+            },
             "tokenizer_budget": "same optimizer steps, batches and learning-rate schedule for every tokenizer",
             "tokenizer_presets": TOKENIZER_PRESETS,
             "commit": dataclasses.asdict(cfg),
@@ -419,7 +447,9 @@ def print_report(report: dict) -> None:
     for name, t in report["tokenizers"].items():
         print(f"{name:<14}{t['parameters']:>10}{t['tokens_per_clip']:>8}{t['psnr_db']['mean']:>9.2f}"
               f"{t['motion_agreement']:>8.2f}{t['seconds']:>9.1f}")  # fmt: skip
-    print(f"\n{'task':<6}{'gen dB':>8}{'cond dB':>9}{'motion':>8}{'LM gen dB':>11}{'LM motion':>11}{'ratio':>8}")
+    print(
+        f"\n{'task':<6}{'gen dB':>8}{'cond dB':>9}{'motion':>8}{'LM gen dB':>11}{'LM motion':>11}{'ratio':>8}"
+    )
     rows = report["commit_vs_latent_masking"]["tasks"]
     for task, c in report["commit_per_task"].items():
         r = rows[task]
@@ -427,16 +457,23 @@ def print_report(report: dict) -> None:
                  r["latent_masking_psnr_generated_db"], r["latent_masking_motion_agreement"],
                  r["ratio_commit_over_latent_masking"]]  # fmt: skip
         widths = (8, 9, 8, 11, 11, 8)
-        print(f"{task:<6}" + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(cells, widths, strict=True)))
+        print(
+            f"{task:<6}"
+            + "".join(f"{'-' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(cells, widths, strict=True))
+        )
     print(f"\nmean generated-region PSNR: {report['commit_vs_latent_masking']['mean_psnr_generated_db']}")
     print(f"seconds: {report['seconds']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budget, every stage (the smoke test; < 60 s)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny budget, every stage (the smoke test; < 60 s)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default: {DEFAULT_OUT}; --quick needs one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"results JSON (default: {DEFAULT_OUT}; --quick needs one)"
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out is None:  # quick-mode numbers are not results: never overwrite the real file
         parser.error("--quick needs --out (benchmarks/results/ holds full runs only)")

@@ -68,9 +68,14 @@ def person_agreement(labels: dict[str, np.ndarray]) -> dict[str, dict]:
             "detector_right": int((got == truth).sum()),
             "detector_agrees_with_person": int((got == person).sum()),
             "differ": [
-                {"index": int(i), "truth": labels["truths"][i].tolist(), "person": str(labels["person"][i]),
-                 "detector": shapes[i]}
-                for i in idx if shapes[i] != labels["person"][i]
+                {
+                    "index": int(i),
+                    "truth": labels["truths"][i].tolist(),
+                    "person": str(labels["person"][i]),
+                    "detector": shapes[i],
+                }
+                for i in idx
+                if shapes[i] != labels["person"][i]
             ],  # fmt: skip
         }
     return out
@@ -81,7 +86,9 @@ def blurred_ground_truth() -> dict[str, int]:
     clips = fidelity_clips(32, 9)
     truth = [t[1] for t in clips.truths]
     return {
-        f"{sigma:g}": sum(t == detect(f).shape for t, f in zip(truth, gaussian_blur(clips.frames, sigma), strict=True))
+        f"{sigma:g}": sum(
+            t == detect(f).shape for t, f in zip(truth, gaussian_blur(clips.frames, sigma), strict=True)
+        )
         for sigma in SIGMAS
     }
 

@@ -19,14 +19,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.generate", "sample a video (several prompts: a story; --image: animate)"),
     "serve": ("jobs.serve", "Ray Serve: the sampler as an HTTP endpoint"),
     "eval": ("jobs.eval", "detector-based adherence (colour/shape/motion) of generated videos"),
-    "submit": ("jobs.submit", "submit a job to a Ray cluster (Jobs API: working-dir upload, token auth, streamed logs)"),
-    "describe": ("jobs.describe", "a preset's parameter counts, token shapes and FLOPs (no weights allocated; --json for scripts)"),
+    "submit": (
+        "jobs.submit",
+        "submit a job to a Ray cluster (Jobs API: working-dir upload, token auth, streamed logs)",
+    ),
+    "describe": (
+        "jobs.describe",
+        "a preset's parameter counts, token shapes and FLOPs (no weights allocated; --json for scripts)",
+    ),
     "demo": ("jobs.demo", "the whole pipeline on the synthetic world, on a local Ray cluster"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenaki", description="Phenaki text-to-video on Ray", allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="phenaki", description="Phenaki text-to-video on Ray", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -45,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         # Importing a job (torch, Ray) takes seconds before it can log anything: say it has started.
         print(f"phenaki {argv[0]}: starting", file=sys.stderr, flush=True)
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    parser = argparse.ArgumentParser(prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1], allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog=f"phenaki {argv[0]}", description=SUBCOMMANDS[argv[0]][1], allow_abbrev=False
+    )
     module.add_arguments(parser)
     from jobs.runtime import run_command
 

@@ -24,7 +24,11 @@ def demo_prompts(fast: bool) -> list[dict]:
 
     held_out = HELD_OUT[:3] if fast else HELD_OUT
     requests = [{"kind": "held-out", "prompts": [caption_for(c, s, m, 0)]} for c, s, m in held_out]
-    purple = [("purple", "square", "right")] if fast else [("purple", "square", "right"), ("purple", "circle", "down")]
+    purple = (
+        [("purple", "square", "right")]
+        if fast
+        else [("purple", "square", "right"), ("purple", "circle", "down")]
+    )
     requests += [{"kind": "purple", "prompts": [caption_for(c, s, m, 0)]} for c, s, m in purple]
     story = [("blue", "circle", "right"), ("red", "square", "down")]
     if not fast:
@@ -54,21 +58,33 @@ def request_videos(url: str, requests_: list[dict], samples: int, sampling: dict
             start = time.perf_counter()
             response = requests.post(f"{url}/generate", json=body, timeout=600)
             if response.status_code != 200:
-                raise RuntimeError(f"endpoint answered {response.status_code} for {body}: {response.text[:500]}")
+                raise RuntimeError(
+                    f"endpoint answered {response.status_code} for {body}: {response.text[:500]}"
+                )
             name = f"{i:02d}-{req['kind']}-seed{seed}"
             mp4 = videos / f"{name}.mp4"
             mp4.write_bytes(response.content)
             decoded = decode_video(str(mp4))
             write_gif(decoded.frames, videos / f"{name}.gif", decoded.fps)
             segments = json.loads(response.headers.get("X-Phenaki-Segments", "null") or "null")
-            records.append({
-                "kind": req["kind"], "prompts": req["prompts"], "seed": seed,
-                "file": f"videos/{name}.mp4", "gif": f"videos/{name}.gif",
-                "segments": [[s[1], s[2]] if isinstance(s, list) else [s["start"], s["end"]] for s in segments]
-                if segments and len(req["prompts"]) > 1 else None,
-                "request_seconds": round(time.perf_counter() - start, 3),
-            })
-            log.info("  %s <- %s (%.2f s)", mp4.name, " | ".join(req["prompts"]), records[-1]["request_seconds"])
+            records.append(
+                {
+                    "kind": req["kind"],
+                    "prompts": req["prompts"],
+                    "seed": seed,
+                    "file": f"videos/{name}.mp4",
+                    "gif": f"videos/{name}.gif",
+                    "segments": [
+                        [s[1], s[2]] if isinstance(s, list) else [s["start"], s["end"]] for s in segments
+                    ]
+                    if segments and len(req["prompts"]) > 1
+                    else None,
+                    "request_seconds": round(time.perf_counter() - start, 3),
+                }
+            )
+            log.info(
+                "  %s <- %s (%.2f s)", mp4.name, " | ".join(req["prompts"]), records[-1]["request_seconds"]
+            )
     return records
 
 
@@ -96,16 +112,18 @@ def score_records(records: list[dict], out: Path) -> dict:
 
 def reuse_commands(out: Path, config: str = "demo") -> str:
     """The commands that go on from what a demo run made (`config`: the preset or YAML file it ran with)."""
-    return "\n".join([
-        f"  phenaki generate --checkpoint {out}/transformer --prompt 'a green circle moving up' --out my.mp4",
-        f"  phenaki generate --checkpoint {out}/transformer --prompt 'a red square moving left' "
-        f"--prompt 'a blue ball moves down' --out story.mp4",
-        f"  phenaki serve --checkpoint {out}/transformer --port 8000",
-        f"  phenaki train-transformer --config {config} --data {out}/tokens "
-        f"--tokenizer {out}/tokenizer --out {out}/transformer-2 transformer_train.time_budget_s=900",
-        f"  phenaki tokenize --tokenizer {out}/tokenizer --data {out}/clips --out {out}/tokens",
-        f"  phenaki eval --results {out}/results.json",
-    ])
+    return "\n".join(
+        [
+            f"  phenaki generate --checkpoint {out}/transformer --prompt 'a green circle moving up' --out my.mp4",
+            f"  phenaki generate --checkpoint {out}/transformer --prompt 'a red square moving left' "
+            f"--prompt 'a blue ball moves down' --out story.mp4",
+            f"  phenaki serve --checkpoint {out}/transformer --port 8000",
+            f"  phenaki train-transformer --config {config} --data {out}/tokens "
+            f"--tokenizer {out}/tokenizer --out {out}/transformer-2 transformer_train.time_budget_s=900",
+            f"  phenaki tokenize --tokenizer {out}/tokenizer --data {out}/clips --out {out}/tokens",
+            f"  phenaki eval --results {out}/results.json",
+        ]
+    )
 
 
 def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, address: str | None) -> dict:
@@ -129,30 +147,47 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     with stage("ray: start a local cluster", timings):
         init_ray(address)
     with stage("synth: the synthetic world", timings):
-        summary = synthesize(out / "source", num_videos=demo.get("videos", 600), num_images=demo.get("images", 300),
-                             seed=demo.get("seed", 0))
+        summary = synthesize(
+            out / "source",
+            num_videos=demo.get("videos", 600),
+            num_images=demo.get("images", 300),
+            seed=demo.get("seed", 0),
+        )
         log.info("%s", summary)
     with stage("prepare: Ray Data -> clip shards", timings):
-        prepare([str(out / "source" / "webvid.csv"), str(out / "source" / "laion.parquet")], str(out / "clips"),
-                build_dataclass(PrepareConfig, config.get("prepare")))
+        prepare(
+            [str(out / "source" / "webvid.csv"), str(out / "source" / "laion.parquet")],
+            str(out / "clips"),
+            build_dataclass(PrepareConfig, config.get("prepare")),
+        )
     with stage("train-tokenizer: Ray Train + DeepSpeed, C-ViViT", timings):
         tokenizer_eval = train_tokenizer(config, str(out / "clips"), str(out / "tokenizer"))
     with stage("tokenize: Ray Data -> token cache", timings):
-        tokenize(str(out / "tokenizer"), str(out / "clips"), str(out / "tokens"), tokenize_config_from(config))
+        tokenize(
+            str(out / "tokenizer"), str(out / "clips"), str(out / "tokens"), tokenize_config_from(config)
+        )
     with stage("train-transformer: Ray Train + DeepSpeed, MaskGIT", timings):
         train_transformer(config, str(out / "tokens"), str(out / "tokenizer"), str(out / "transformer"))
     with stage("serve: Ray Serve endpoint + HTTP requests", timings):
         url = start_serve(str(out / "transformer"), host="127.0.0.1", port=free_port())
         log.info("endpoint up at %s", url)
         try:
-            records = request_videos(url, demo_prompts(fast), demo.get("samples_per_prompt", 1), config.get("sampling", {}), out)
+            records = request_videos(
+                url, demo_prompts(fast), demo.get("samples_per_prompt", 1), config.get("sampling", {}), out
+            )
         finally:
             stop_serve()
     with stage("eval: detector adherence", timings):
         adherence = score_records(records, out)
     timings["total"] = round(time.perf_counter() - started, 2)
-    results = {"records": records, "adherence": adherence, "tokenizer_eval": tokenizer_eval, "timings_s": timings,
-               "config": config_name, "fast": fast}
+    results = {
+        "records": records,
+        "adherence": adherence,
+        "tokenizer_eval": tokenizer_eval,
+        "timings_s": timings,
+        "config": config_name,
+        "fast": fast,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_page(out, results)
     return results
@@ -168,11 +203,19 @@ def write_page(out: Path, results: dict) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", help="output directory (every artifact is kept here)")
-    parser.add_argument("--fast", action="store_true", help="a tiny run of every stage with the `debug` preset (~1 min)")
-    parser.add_argument("--config", default=None, help="config preset or YAML file (default: demo, ~14 min on 2 cores; quality: the same "
-                        "models trained ~5x longer, ~1 h; debug with --fast)")
+    parser.add_argument(
+        "--fast", action="store_true", help="a tiny run of every stage with the `debug` preset (~1 min)"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="config preset or YAML file (default: demo, ~14 min on 2 cores; quality: the same "
+        "models trained ~5x longer, ~1 h; debug with --fast)",
+    )
     add_ray_arguments(parser)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transformer_train.time_budget_s=600")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. transformer_train.time_budget_s=600"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -196,7 +239,9 @@ def summary_text(results: dict, out: Path) -> str:
         tokenizer = f"{summary_line(fidelity)} (of {fidelity['clips']} fresh clips it never saw)"
     else:
         psnr = (results["tokenizer_eval"] or {}).get("psnr_db")
-        tokenizer = "object fidelity not measured (checkpoint predates it)" + (f"; PSNR {psnr:.1f} dB" if psnr else "")
+        tokenizer = "object fidelity not measured (checkpoint predates it)" + (
+            f"; PSNR {psnr:.1f} dB" if psnr else ""
+        )
     return "\n".join([
         "Stage times:", *times, "",
         "Generated videos, read by the detector (colour, shape and motion count only on one clean object):",

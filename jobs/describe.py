@@ -22,7 +22,9 @@ def text_width(config: dict) -> int:
     from modeling.presets import build_dataclass
     from modeling.text_encoder import TextEncoderConfig, resolve_text_encoder
 
-    _, path, family = resolve_text_encoder(build_dataclass(TextEncoderConfig, config.get("text_encoder")).name)
+    _, path, family = resolve_text_encoder(
+        build_dataclass(TextEncoderConfig, config.get("text_encoder")).name
+    )
     encoder_config = json.loads((path / "config.json").read_text())
     return int(encoder_config["d_model" if family == "t5" else "hidden_size"])
 
@@ -60,7 +62,9 @@ def _commit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
     from modeling.flops import count_parameters, meta_forward_flops
 
     text = bool(config["transformer"].get("text", False))
-    cfg = commit_model_config(config["transformer"], tok_cfg.codebook_size, grid, text_width(config) if text else 0)
+    cfg = commit_model_config(
+        config["transformer"], tok_cfg.codebook_size, grid, text_width(config) if text else 0
+    )
     flops = meta_forward_flops(
         lambda: CommitTransformer(cfg), lambda m: m(torch.zeros(1, cfg.seq_len, dtype=torch.long), "fp")
     )
@@ -152,7 +156,9 @@ def format_report(report: dict) -> str:
             f"{tok['tokens_per_clip']} tokens per clip, {tok['codebook_size']} codes"
         )
     if disc := report.get("discriminator"):
-        lines.append(f"  discriminator  {'stylegan':<9} {_count(disc['parameters']):>7} parameters   (tokenizer training only)")
+        lines.append(
+            f"  discriminator  {'stylegan':<9} {_count(disc['parameters']):>7} parameters   (tokenizer training only)"
+        )
     if tr := report.get("transformer"):
         text = f", text {tr['text_dim']}-d" if tr.get("text_dim") else ", class-conditional"
         lines.append(
@@ -166,13 +172,19 @@ def format_report(report: dict) -> str:
         f"{_bytes(size['fp32'])} in fp32, {_bytes(size['bf16'])} in bf16"
     )
     if report["discriminator_parameters"]:
-        lines.append(f"  trained        {'':<9} {_count(report['trained_parameters']):>7} parameters   with the discriminator")
+        lines.append(
+            f"  trained        {'':<9} {_count(report['trained_parameters']):>7} parameters   with the discriminator"
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file or preset name (configs/<name>.yaml)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON (exact numbers, for scripts)")
+    parser.add_argument(
+        "--config", required=True, help="YAML config file or preset name (configs/<name>.yaml)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON (exact numbers, for scripts)"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transformer.depth=12")
 
 

@@ -22,17 +22,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="results.json written by `phenaki demo`")
     parser.add_argument("--video", help="one video file to score")
     parser.add_argument("--prompt", action="append", default=[], help="the video's prompt(s)")
-    parser.add_argument("--checkpoint", help="transformer checkpoint: generate the held-out and purple "
-                        "compositions and read them (videos go to <checkpoint>/eval-videos); a COMMIT "
-                        "checkpoint: every task on 72 fresh clips, read against each clip's truth")
+    parser.add_argument(
+        "--checkpoint",
+        help="transformer checkpoint: generate the held-out and purple "
+        "compositions and read them (videos go to <checkpoint>/eval-videos); a COMMIT "
+        "checkpoint: every task on 72 fresh clips, read against each clip's truth",
+    )
     parser.add_argument("--seeds", type=int, default=4, help="--checkpoint: samples per composition")
-    parser.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
-                        help="--checkpoint: a sampling setting instead of the checkpoint's (e.g. guidance_scale=1.5)")
-    parser.add_argument("--tokenizer", help="tokenizer checkpoint (or a transformer checkpoint holding one): "
-                        "object fidelity of its reconstructions")
+    parser.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--checkpoint: a sampling setting instead of the checkpoint's (e.g. guidance_scale=1.5)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="tokenizer checkpoint (or a transformer checkpoint holding one): "
+        "object fidelity of its reconstructions",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="--tokenizer: 72 fresh clips per repeat")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="--tokenizer: frames per clip (default: the checkpoint's training clips)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help="--tokenizer: frames per clip (default: the checkpoint's training clips)",
+    )
     parser.add_argument("--out", help="write the full evaluation as JSON here")
 
 
@@ -73,7 +88,9 @@ def checkpoint_adherence_report(checkpoint: str, seeds: int, sampling: list[str]
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if read_checkpoint_meta(checkpoint).get("kind") == COMMIT_KIND:
         if sampling:
-            raise ValueError("--sampling applies to Phenaki checkpoints; a COMMIT checkpoint decodes with its own")
+            raise ValueError(
+                "--sampling applies to Phenaki checkpoints; a COMMIT checkpoint decodes with its own"
+            )
         return commit_task_report(checkpoint, seeds)
     changes = key_value_pairs(sampling, "--sampling")
     gen = VideoGenerator.from_checkpoint(checkpoint)
@@ -95,7 +112,9 @@ def commit_task_report(checkpoint: str, seeds: int = 1, batch_size: int = 24) ->
 
     generator = CommitGenerator.from_checkpoint(checkpoint)
     clips = fidelity_clips(generator.image_size, generator.num_frames)
-    classes = [generator.class_names.index(m) if m in generator.class_names else -1 for _, _, m in clips.truths]
+    classes = [
+        generator.class_names.index(m) if m in generator.class_names else -1 for _, _, m in clips.truths
+    ]
     tasks = {}
     for task in generator.cfg.tasks:
         videos = []

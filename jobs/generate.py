@@ -302,7 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     from modeling.commit_tasks import TASK_DESCRIPTIONS, TASKS
 
-    parser.add_argument("--task", choices=TASKS, help="MAGVIT (COMMIT checkpoint): the generation task (below)")
+    parser.add_argument(
+        "--task", choices=TASKS, help="MAGVIT (COMMIT checkpoint): the generation task (below)"
+    )
     parser.add_argument("--input", help="MAGVIT: the condition video (or a still for fp/cfp); cg needs none")
     parser.add_argument(
         "--class", dest="class_id", help="MAGVIT cg/cfp: class id or name (-1: the null class)"

@@ -8,18 +8,37 @@ from jobs.runtime import add_ray_arguments, init_ray, log, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", action="append", required=True, metavar="SPEC",
-                        help="[FORMAT:]URI[::weight=W][::name=N], repeatable: a WebVid CSV, LAION parquet, "
-                        "img2dataset/video2dataset WebDataset folder or tars, or a media folder with .txt "
-                        "captions; local, file://, gs://, http(s)://; globs and {a,b} / {000..009} brace lists")
-    parser.add_argument("--out", required=True, help="output directory (local or gs://) for shards + manifest.json")
-    parser.add_argument("--config", default=None, help="config preset or YAML file (its `prepare` section is used)")
-    parser.add_argument("--format", default=None, choices=["webvid", "laion", "webdataset", "folder"],
-                        help="force one format for every source")
-    parser.add_argument("--strict", action="store_true", help="fail on the first bad input instead of skipping it")
+    parser.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="[FORMAT:]URI[::weight=W][::name=N], repeatable: a WebVid CSV, LAION parquet, "
+        "img2dataset/video2dataset WebDataset folder or tars, or a media folder with .txt "
+        "captions; local, file://, gs://, http(s)://; globs and {a,b} / {000..009} brace lists",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output directory (local or gs://) for shards + manifest.json"
+    )
+    parser.add_argument(
+        "--config", default=None, help="config preset or YAML file (its `prepare` section is used)"
+    )
+    parser.add_argument(
+        "--format",
+        default=None,
+        choices=["webvid", "laion", "webdataset", "folder"],
+        help="force one format for every source",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on the first bad input instead of skipping it"
+    )
     add_ray_arguments(parser)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prepare.size=32, "
-                        "prepare.fetch.timeout_s=10, prepare.fetch.allow_loopback=true, prepare.limits.max_pixels=10000000")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides, e.g. prepare.size=32, "
+        "prepare.fetch.timeout_s=10, prepare.fetch.allow_loopback=true, prepare.limits.max_pixels=10000000",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,7 +54,13 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_dataclass(PrepareConfig, section)
     init_ray(args.address)
     manifest = prepare(args.source, args.out, cfg)
-    log.info("clip shards: %s (%s samples %s, skipped %s)", args.out, manifest["num_samples"], manifest["counts"], manifest["skips"])
+    log.info(
+        "clip shards: %s (%s samples %s, skipped %s)",
+        args.out,
+        manifest["num_samples"],
+        manifest["counts"],
+        manifest["skips"],
+    )
     return 0
 
 

@@ -123,7 +123,9 @@ def setup_logging(verbose: bool = False) -> None:
     """INFO lines on stderr as `HH:MM:SS logger | message` (stdout stays for results: `describe --json`); a
     no-op once the root logger has a handler."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s | %(message)s", datefmt="%H:%M:%S"
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s | %(message)s",
+        datefmt="%H:%M:%S",
     )
     quiet_known_noise()
 
@@ -206,7 +208,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def add_ray_arguments(parser) -> None:
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)"
+    )
 
 
 @contextlib.contextmanager

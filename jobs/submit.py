@@ -34,8 +34,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Never uploaded: environments, VCS, caches, and outputs (shards, checkpoints) that belong on shared storage.
 # Ray also honours .gitignore/.rayignore; these hold when the working dir is not this checkout.
 DEFAULT_EXCLUDES = [
-    ".venv", "venv", ".git", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".ruff_cache", ".whl",
-    "demo-out", "runs", "*.tar", "*.tar.gz", "*.safetensors", "*.pt",
+    ".venv",
+    "venv",
+    ".git",
+    "__pycache__",
+    "*.pyc",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".whl",
+    "demo-out",
+    "runs",
+    "*.tar",
+    "*.tar.gz",
+    "*.safetensors",
+    "*.pt",
 ]
 
 
@@ -61,9 +74,15 @@ def job_module(job: str) -> str:
     if module in known.values():
         return module
     # A job module not (yet) registered as a subcommand: jobs.<name>, spelled out.
-    if job.startswith("jobs.") and all(part.isidentifier() for part in job.split(".")) and job != "jobs.submit":
+    if (
+        job.startswith("jobs.")
+        and all(part.isidentifier() for part in job.split("."))
+        and job != "jobs.submit"
+    ):
         return job
-    raise ValueError(f"unknown job {job!r}: use a phenaki subcommand ({', '.join(known)}) or a module jobs.<name>")
+    raise ValueError(
+        f"unknown job {job!r}: use a phenaki subcommand ({', '.join(known)}) or a module jobs.<name>"
+    )
 
 
 def build_entrypoint(job: str, args: list[str] | tuple[str, ...] = (), python: str = "python") -> str:
@@ -136,25 +155,37 @@ def normalize_address(address: str | None) -> str:
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--address", default=None,
+        "--address",
+        default=None,
         help=f"Ray dashboard (Jobs API) URL (default: $RAY_ADDRESS or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
-        "--working-dir", default=None,
+        "--working-dir",
+        default=None,
         help="directory uploaded as the job's working dir (default: this checkout, minus .venv/.git/outputs)",
     )
     deps = parser.add_mutually_exclusive_group()
     deps.add_argument("--requirements", default=None, help="requirements file pip-installed for the job")
-    deps.add_argument("--pip", action="append", default=None, metavar="PKG", help="pip package for the job (repeat)")
-    parser.add_argument("--env", action="append", default=None, metavar="KEY=VALUE", help="job env var (repeat)")
+    deps.add_argument(
+        "--pip", action="append", default=None, metavar="PKG", help="pip package for the job (repeat)"
+    )
     parser.add_argument(
-        "--excludes", action="append", default=None, metavar="GLOB",
+        "--env", action="append", default=None, metavar="KEY=VALUE", help="job env var (repeat)"
+    )
+    parser.add_argument(
+        "--excludes",
+        action="append",
+        default=None,
+        metavar="GLOB",
         help="extra gitignore-style pattern not uploaded (repeat)",
     )
-    parser.add_argument("--submission-id", default=None, help="submission id (default: Ray picks raysubmit_...)")
+    parser.add_argument(
+        "--submission-id", default=None, help="submission id (default: Ray picks raysubmit_...)"
+    )
     parser.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     parser.add_argument(
-        "--token", default=None,
+        "--token",
+        default=None,
         help="Ray auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)",
     )
     parser.add_argument("--python", default="python", help="interpreter on the cluster (default: python)")
@@ -165,7 +196,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.allow_abbrev = False  # `--out` of a job must never abbreviate a submit option
     _add_options(parser)
-    parser.add_argument("job", metavar="JOB", help="phenaki subcommand (train-transformer) or module (jobs.x)")
+    parser.add_argument(
+        "job", metavar="JOB", help="phenaki subcommand (train-transformer) or module (jobs.x)"
+    )
     parser.add_argument("job_args", nargs=argparse.REMAINDER, metavar="JOB_ARGS", help="arguments of the job")
 
 
@@ -175,10 +208,11 @@ def split_job_args(args: argparse.Namespace) -> argparse.Namespace:
     if "--" not in job_args:
         return args
     cut = job_args.index("--")
-    options, args.job_args = job_args[:cut], job_args[cut + 1:]
+    options, args.job_args = job_args[:cut], job_args[cut + 1 :]
     if options:
-        parser = argparse.ArgumentParser(prog="phenaki submit JOB", allow_abbrev=False,
-                                         argument_default=argparse.SUPPRESS)
+        parser = argparse.ArgumentParser(
+            prog="phenaki submit JOB", allow_abbrev=False, argument_default=argparse.SUPPRESS
+        )
         _add_options(parser)
         parser.parse_args(options, namespace=args)
     return args
@@ -190,8 +224,10 @@ class SubmitError(Exception):
 
 def _auth_message(address: str, status: int | None, token_source: str) -> str:
     if status == 401 or token_source == "no token":
-        return (f"{address} requires a Ray auth token and none was sent ({token_source}): {AUTH_HELP}")
-    return f"{address} rejected the auth token from {token_source} (wrong cluster or stale token): {AUTH_HELP}"
+        return f"{address} requires a Ray auth token and none was sent ({token_source}): {AUTH_HELP}"
+    return (
+        f"{address} rejected the auth token from {token_source} (wrong cluster or stale token): {AUTH_HELP}"
+    )
 
 
 def connect(address: str, token: str | None, token_source: str):
@@ -240,7 +276,11 @@ def ray_job_hint(token_source: str) -> str:
 
 # What Ray's job client logs on every healthy submission that is not news to the user: a warning that .git and
 # .venv are not uploaded (DEFAULT_EXCLUDES leaves them out anyway) and the log stream's normal close.
-CLIENT_NOISE = ("Directory '.git' is now ignored", "Directory '.venv' is now ignored", "WebSocket closed for job")
+CLIENT_NOISE = (
+    "Directory '.git' is now ignored",
+    "Directory '.venv' is now ignored",
+    "WebSocket closed for job",
+)
 
 
 def quiet_client_noise() -> None:
@@ -257,14 +297,19 @@ def submit(args: argparse.Namespace) -> int:
     address = normalize_address(args.address)
     entrypoint = build_entrypoint(args.job, args.job_args, python=args.python)
     runtime_env = build_runtime_env(
-        args.working_dir or default_working_dir(), requirements=args.requirements, pip=args.pip,
-        env=parse_env(args.env), excludes=args.excludes,
+        args.working_dir or default_working_dir(),
+        requirements=args.requirements,
+        pip=args.pip,
+        env=parse_env(args.env),
+        excludes=args.excludes,
     )
     token, token_source = resolve_token(args.token)
     client = connect(address, token, token_source)
     quiet_client_noise()  # after connect: importing Ray's client sets up the handlers it filters
     submission_id = client.submit_job(
-        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.submission_id,
+        entrypoint=entrypoint,
+        runtime_env=runtime_env,
+        submission_id=args.submission_id,
         metadata={"job": args.job, "submitted_by": "phenaki submit"},
     )
     print(f"submission id: {submission_id}", flush=True)
@@ -285,8 +330,12 @@ def submit(args: argparse.Namespace) -> int:
             timeout_s = None
         info = wait_for_end(client, submission_id, timeout_s=timeout_s)
     except KeyboardInterrupt:
-        print(f"\nstopped following {submission_id}; the job keeps running.\n  follow again: {follow}\n"
-              f"  stop it:      {stop}", file=sys.stderr, flush=True)
+        print(
+            f"\nstopped following {submission_id}; the job keeps running.\n  follow again: {follow}\n"
+            f"  stop it:      {stop}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
     if info.message:  # a failed job's message repeats the log tail just streamed: keep its first sentence
         print(f"status message: {info.message.splitlines()[0].split(', last available logs')[0]}", flush=True)
@@ -300,7 +349,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:  # bad arguments
         print(f"phenaki submit: error: {e}", file=sys.stderr, flush=True)
         return 2
-    except (SubmitError, RuntimeError) as e:  # RuntimeError: the Jobs API refused (duplicate id, bad runtime_env)
+    except (
+        SubmitError,
+        RuntimeError,
+    ) as e:  # RuntimeError: the Jobs API refused (duplicate id, bad runtime_env)
         print(f"phenaki submit: error: {e}", file=sys.stderr, flush=True)
         return 1
 

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pipelines.synth import HELD_OUT, synthesize
 
-    summary = synthesize(args.out, num_videos=args.videos, num_images=args.images, seed=args.seed, num_frames=args.frames)
+    summary = synthesize(
+        args.out, num_videos=args.videos, num_images=args.images, seed=args.seed, num_frames=args.frames
+    )
     log.info("wrote %s", summary)
     log.info("held-out compositions (never in a video): %s", ", ".join(" ".join(t) for t in HELD_OUT))
     return 0

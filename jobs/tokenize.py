@@ -12,11 +12,17 @@ from jobs.runtime import add_ray_arguments, init_ray, log, run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint directory (phenaki train-tokenizer --out)")
+    parser.add_argument(
+        "--tokenizer", required=True, help="tokenizer checkpoint directory (phenaki train-tokenizer --out)"
+    )
     parser.add_argument("--data", required=True, help="clip-shard directory (phenaki prepare --out)")
     parser.add_argument("--out", required=True, help="token-cache directory to write")
-    parser.add_argument("--config", default=None, help="config preset or YAML (its `text_encoder` and `tokenize` sections)")
-    parser.add_argument("--text-encoder", default=None, help="'minilm' (default), 't5:/local/dir' or a local HF directory")
+    parser.add_argument(
+        "--config", default=None, help="config preset or YAML (its `text_encoder` and `tokenize` sections)"
+    )
+    parser.add_argument(
+        "--text-encoder", default=None, help="'minilm' (default), 't5:/local/dir' or a local HF directory"
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--commit", action="store_true", help="MAGVIT: also store COMMIT's condition tokens")
     add_ray_arguments(parser)

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenaki train-tokenizer", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="phenaki train-tokenizer", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     add_arguments(parser)
     return parser
 
@@ -48,8 +50,10 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.address)
     evaluation = train(job, args.out)
     psnr = evaluation.get("psnr_db")
-    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: "
-          + (f"{psnr:.2f} dB" if psnr is not None else "n/a (no held-out clips)"))
+    print(
+        f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  held-out PSNR: "
+        + (f"{psnr:.2f} dB" if psnr is not None else "n/a (no held-out clips)")
+    )
     if evaluation.get("fidelity"):
         from pipelines.fidelity import summary_line
 

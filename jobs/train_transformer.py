@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phenaki train-transformer", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="phenaki train-transformer", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     add_arguments(parser)
     return parser
 
@@ -57,8 +59,10 @@ def main(args: argparse.Namespace) -> int:
     init_ray(args.address)
     last = train(job, args.out)
     loss = last.get("loss")
-    print(f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  last step: {last.get('step')}  loss: "
-          + (f"{loss:.4f}" if isinstance(loss, int | float) else "n/a"))
+    print(
+        f"[{RUN_NAME}] checkpoint: {Path(args.out).resolve()}  last step: {last.get('step')}  loss: "
+        + (f"{loss:.4f}" if isinstance(loss, int | float) else "n/a")
+    )
     return 0
 
 

@@ -22,7 +22,9 @@ from torch.utils.checkpoint import checkpoint
 class Checkpointable(nn.Module):
     """A module whose `forward` runs `_forward`, under `torch.utils.checkpoint` when switched on and training."""
 
-    checkpoint_activations: bool = False  # a class default: switched per instance by set_activation_checkpointing
+    checkpoint_activations: bool = (
+        False  # a class default: switched per instance by set_activation_checkpointing
+    )
 
     def forward(self, *args, **kwargs):
         if self.checkpoint_activations and self.training and torch.is_grad_enabled():

@@ -34,7 +34,10 @@ def checkpoint_kinds() -> dict[str, tuple[type, type]]:
 
     return {
         "cvivit": (CViViT, CViViTConfig),
-        "magvit_vq_2d": (Magvit2DVQ, MagvitVQConfig),  # before magvit_vq: kind_of takes the first isinstance match
+        "magvit_vq_2d": (
+            Magvit2DVQ,
+            MagvitVQConfig,
+        ),  # before magvit_vq: kind_of takes the first isinstance match
         "magvit_vq": (MagvitVQ, MagvitVQConfig),
         "maskgit": (MaskGIT, MaskGITConfig),
         "commit": (CommitTransformer, CommitTransformerConfig),
@@ -70,7 +73,12 @@ def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, extra:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         digest = file_digest(tmp / "model.safetensors")
-        meta = {"kind": kind_of(model), "config": dataclasses.asdict(config), "extra": extra or {}, "digest": digest}
+        meta = {
+            "kind": kind_of(model),
+            "config": dataclasses.asdict(config),
+            "extra": extra or {},
+            "digest": digest,
+        }
         (tmp / "config.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
         (tmp / "digest.txt").write_text(digest + "\n")
         if directory.exists():

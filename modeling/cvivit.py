@@ -70,7 +70,9 @@ class CViViTConfig:
     @property
     def grid(self) -> int:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         return self.image_size // self.patch_size
 
     def latent_frames(self, num_frames: int) -> int:
@@ -82,7 +84,9 @@ class CViViTConfig:
             )
         t = 1 + (num_frames - 1) // pt
         if t > self.max_latent_frames:
-            raise ValueError(f"{num_frames} frames need {t} latent frames > max_latent_frames={self.max_latent_frames}")
+            raise ValueError(
+                f"{num_frames} frames need {t} latent frames > max_latent_frames={self.max_latent_frames}"
+            )
         return t
 
     def token_grid(self, num_frames: int) -> tuple[int, int, int]:
@@ -132,8 +136,11 @@ class CViViT(nn.Module):
             self.quantizer = FiniteScalarQuantizer(d, cfg.fsq_levels)
         else:
             self.quantizer = FactorizedQuantizer(
-                d, cfg.code_dim, cfg.codebook_size,
-                commitment_weight=cfg.commitment_weight, codebook_update=cfg.codebook_update,
+                d,
+                cfg.code_dim,
+                cfg.codebook_size,
+                commitment_weight=cfg.commitment_weight,
+                codebook_update=cfg.codebook_update,
             )
         self.dec_space_pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
         self.dec_time_pos = nn.Parameter(torch.randn(cfg.max_latent_frames, d) * 0.02)
@@ -158,7 +165,9 @@ class CViViT(nn.Module):
         """(B, C, T, H, W) -> (B, t, h, w, D)."""
         cfg = self.cfg
         if video.shape[-1] != cfg.image_size or video.shape[-2] != cfg.image_size:
-            raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} frames, got {tuple(video.shape[-2:])}")
+            raise ValueError(
+                f"expected {cfg.image_size}x{cfg.image_size} frames, got {tuple(video.shape[-2:])}"
+            )
         self.latent_frames(video.shape[2])
         p, pt = cfg.patch_size, cfg.temporal_patch_size
         if cfg.first_frame == "repeat":  # (B, C, t_p + T - 1, H, W): frame 0 as a static tubelet
@@ -169,7 +178,9 @@ class CViViT(nn.Module):
         first = rearrange(video[:, :, :1], "b c 1 (h p1) (w p2) -> b 1 h w (c p1 p2)", p1=p, p2=p)
         tokens = [self.first_frame_in(first)]
         if video.shape[2] > 1:
-            rest = rearrange(video[:, :, 1:], "b c (t pt) (h p1) (w p2) -> b t h w (c pt p1 p2)", pt=pt, p1=p, p2=p)
+            rest = rearrange(
+                video[:, :, 1:], "b c (t pt) (h p1) (w p2) -> b t h w (c pt p1 p2)", pt=pt, p1=p, p2=p
+            )
             tokens.append(self.tubelet_in(rest))
         return torch.cat(tokens, dim=1)
 
@@ -177,7 +188,9 @@ class CViViT(nn.Module):
         _, t, h, w, _ = x.shape
         return x + space.view(1, 1, h, w, -1) + time[:t].view(1, t, 1, 1, -1)
 
-    def _space_time(self, x: torch.Tensor, spatial: Stack, temporal: Stack, spatial_first: bool) -> torch.Tensor:
+    def _space_time(
+        self, x: torch.Tensor, spatial: Stack, temporal: Stack, spatial_first: bool
+    ) -> torch.Tensor:
         """Run the factorised transformer on (B, t, h, w, D)."""
         b, t, h, w, _ = x.shape
 
@@ -211,12 +224,18 @@ class CViViT(nn.Module):
         x = self._add_positions(emb, self.dec_space_pos, self.dec_time_pos)
         x = self._space_time(x, self.dec_spatial, self.dec_temporal, spatial_first=False)
         if cfg.first_frame == "repeat":  # latent frame 0 decodes to a static tubelet: keep its last frame
-            out = rearrange(self.tubelet_out(x), "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p)
+            out = rearrange(
+                self.tubelet_out(x), "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p
+            )
             return out[:, :, pt - 1 :]
-        frames = [rearrange(self.first_frame_out(x[:, :1]), "b 1 h w (c p1 p2) -> b c 1 (h p1) (w p2)", p1=p, p2=p)]
+        frames = [
+            rearrange(self.first_frame_out(x[:, :1]), "b 1 h w (c p1 p2) -> b c 1 (h p1) (w p2)", p1=p, p2=p)
+        ]
         if x.shape[1] > 1:
             rest = self.tubelet_out(x[:, 1:])
-            frames.append(rearrange(rest, "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p))
+            frames.append(
+                rearrange(rest, "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p)
+            )
         return torch.cat(frames, dim=2)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:

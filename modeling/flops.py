@@ -30,7 +30,9 @@ def count_parameters(build: type[nn.Module], cfg: object) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def maskgit_attention_flops(cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1) -> int:
+def maskgit_attention_flops(
+    cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1
+) -> int:
     """The attention-score and value matmuls alone: self 2·N²·D and cross 2·N·(L+1)·D per block.
 
     Kept separate because torch's FlopCounterMode does not count the CPU flash-attention kernel."""
@@ -38,7 +40,9 @@ def maskgit_attention_flops(cfg: MaskGITConfig, seq_len: int | None = None, text
     return 2 * batch * cfg.depth * (2 * n * n * cfg.dim + 2 * n * (text_len + 1) * cfg.dim)
 
 
-def maskgit_forward_flops(cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1) -> int:
+def maskgit_forward_flops(
+    cfg: MaskGITConfig, seq_len: int | None = None, text_len: int = 64, batch: int = 1
+) -> int:
     """Matmul FLOPs of one `MaskGIT.forward` over `batch` rows of `seq_len` tokens and `text_len` text tokens.
 
     Per block: self-attention projections 4·N·D²; cross-attention projections 2·N·D² (q, out) + 2·(L+1)·Dt·D

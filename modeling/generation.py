@@ -433,7 +433,9 @@ def write_debug_checkpoint(
     """An untrained, tiny transformer checkpoint with its tokenizer inside (tests, smoke runs of serve/generate)."""
     directory = Path(directory)
     torch.manual_seed(seed)
-    tok_cfg = cvivit_debug(image_size=image_size, patch_size=patch_size, temporal_patch_size=temporal_patch_size)
+    tok_cfg = cvivit_debug(
+        image_size=image_size, patch_size=patch_size, temporal_patch_size=temporal_patch_size
+    )
     tok = CViViT(tok_cfg).eval()
     t, h, w = tok.token_grid(num_frames)
     mg_cfg = maskgit_debug(codebook_size=tok_cfg.codebook_size, seq_len=t * h * w, tokens_per_frame=h * w,

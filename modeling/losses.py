@@ -126,10 +126,12 @@ def video_perceptual_loss(
 
 def perceptual_status(cfg: TokenizerLossConfig) -> dict[str, str]:
     return {
-        "image_perceptual": f"on ({cfg.image_perceptual_weights})" if cfg.image_perceptual_weights else
-        "off: no local VGG16 weights given (tokenizer_loss.image_perceptual_weights)",
-        "video_perceptual": f"on ({cfg.video_perceptual_weights})" if cfg.video_perceptual_weights else
-        "off: no local I3D weights given (tokenizer_loss.video_perceptual_weights)",
+        "image_perceptual": f"on ({cfg.image_perceptual_weights})"
+        if cfg.image_perceptual_weights
+        else "off: no local VGG16 weights given (tokenizer_loss.image_perceptual_weights)",
+        "video_perceptual": f"on ({cfg.video_perceptual_weights})"
+        if cfg.video_perceptual_weights
+        else "off: no local I3D weights given (tokenizer_loss.video_perceptual_weights)",
     }
 
 
@@ -137,7 +139,9 @@ def generator_adversarial(logits_fake: torch.Tensor, kind: str) -> torch.Tensor:
     return -logits_fake.mean() if kind == "hinge" else F.softplus(-logits_fake).mean()
 
 
-def discriminator_adversarial(logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: str) -> torch.Tensor:
+def discriminator_adversarial(
+    logits_real: torch.Tensor, logits_fake: torch.Tensor, kind: str
+) -> torch.Tensor:
     if kind == "hinge":
         return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
     return F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
@@ -172,7 +176,7 @@ class LeCamEMA(nn.Module):
         self.fake.fill_(float(values[1]))
 
     def penalty(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-        return (F.relu(logits_real - self.fake).pow(2).mean() + F.relu(self.real - logits_fake).pow(2).mean())
+        return F.relu(logits_real - self.fake).pow(2).mean() + F.relu(self.real - logits_fake).pow(2).mean()
 
 
 def generator_loss(
@@ -186,8 +190,13 @@ def generator_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     l2 = F.mse_loss(out.recon, video)
     loss = cfg.l2_weight * l2 + cfg.vq_weight * out.vq_loss
-    metrics = {"l2": float(l2.detach()), "vq": float(out.vq_loss.detach()), "perplexity": float(out.perplexity),
-               "used_codes": float(out.used_codes), "psnr": float(psnr(out.recon.detach(), video))}
+    metrics = {
+        "l2": float(l2.detach()),
+        "vq": float(out.vq_loss.detach()),
+        "perplexity": float(out.perplexity),
+        "used_codes": float(out.used_codes),
+        "psnr": float(psnr(out.recon.detach(), video)),
+    }
     if vgg is not None and cfg.image_perceptual_weight > 0:
         ip = image_perceptual_loss(vgg, out.recon, video)
         loss = loss + cfg.image_perceptual_weight * ip
@@ -213,7 +222,11 @@ def discriminator_loss(
     logits_real = discriminator(real)
     logits_fake = discriminator(fake.detach())
     loss = discriminator_adversarial(logits_real, logits_fake, cfg.gan_loss)
-    metrics = {"d_loss": float(loss.detach()), "d_real": float(logits_real.detach().mean()), "d_fake": float(logits_fake.detach().mean())}
+    metrics = {
+        "d_loss": float(loss.detach()),
+        "d_real": float(logits_real.detach().mean()),
+        "d_fake": float(logits_fake.detach().mean()),
+    }
     if lecam is not None and cfg.lecam_weight > 0:
         reg = lecam.penalty(logits_real, logits_fake)
         lecam.update(logits_real, logits_fake)

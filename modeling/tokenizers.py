@@ -35,7 +35,9 @@ TOKENIZER_KINDS = tuple(FAMILIES)
 
 def tokenizer_family(name: str) -> TokenizerFamily:
     if name not in FAMILIES:
-        raise ValueError(f"unknown tokenizer family {name!r}; known: {sorted(FAMILIES)} (set tokenizer.family)")
+        raise ValueError(
+            f"unknown tokenizer family {name!r}; known: {sorted(FAMILIES)} (set tokenizer.family)"
+        )
     return FAMILIES[name]
 
 
@@ -53,7 +55,9 @@ def build_tokenizer(section: dict[str, Any] | None) -> nn.Module:
 
 def check_tokenizer_kind(kind: str | None, where: str) -> str:
     if kind not in FAMILIES:
-        raise ValueError(f"{where} holds a {kind!r} checkpoint, not a tokenizer ({', '.join(TOKENIZER_KINDS)})")
+        raise ValueError(
+            f"{where} holds a {kind!r} checkpoint, not a tokenizer ({', '.join(TOKENIZER_KINDS)})"
+        )
     return kind
 
 

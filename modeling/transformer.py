@@ -19,7 +19,11 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +46,9 @@ class Attention(nn.Module):
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, Dc) -> k, v each (B, H, L, Dh). Split out so cross-attention K/V can be cached per request."""
         k, v = self.to_kv(context).chunk(2, dim=-1)
-        return rearrange(k, "b l (h d) -> b h l d", h=self.heads), rearrange(v, "b l (h d) -> b h l d", h=self.heads)
+        return rearrange(k, "b l (h d) -> b h l d", h=self.heads), rearrange(
+            v, "b l (h d) -> b h l d", h=self.heads
+        )
 
     def forward(
         self,
@@ -56,7 +62,12 @@ class Attention(nn.Module):
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 

@@ -61,7 +61,9 @@ def check_caption(caption: str, max_chars: int) -> None:
     if "\ufffd" in caption:
         raise SkipSample(SKIP_CAPTION_NOT_UTF8, f"caption is not valid UTF-8: {caption[:80]!r}")
     if len(caption) > max_chars:
-        raise SkipSample(SKIP_CAPTION_TOO_LONG, f"{len(caption)} characters > prepare.max_caption_chars={max_chars}")
+        raise SkipSample(
+            SKIP_CAPTION_TOO_LONG, f"{len(caption)} characters > prepare.max_caption_chars={max_chars}"
+        )
 
 
 def fetch_record_bytes(r: SourceRecord, cfg: PrepareConfig) -> bytes:
@@ -92,7 +94,9 @@ def cut_clips(frames: np.ndarray, cfg: PrepareConfig) -> np.ndarray:
     return frames[:n]
 
 
-def sample_json(r: SourceRecord, cfg: PrepareConfig, num_frames: int, fps: float, clip: int, start_s: float) -> dict:
+def sample_json(
+    r: SourceRecord, cfg: PrepareConfig, num_frames: int, fps: float, clip: int, start_s: float
+) -> dict:
     return {
         "kind": r.kind,
         "source": r.source,
@@ -112,13 +116,22 @@ def sample_json(r: SourceRecord, cfg: PrepareConfig, num_frames: int, fps: float
 def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
     try:
         info = probe_video(data, cfg.limits)
-        if reason := check_video_filters(info, min_duration_s=cfg.min_duration_s, max_duration_s=cfg.max_duration_s,
-                                         min_side=cfg.min_side, max_aspect=cfg.max_aspect):
+        if reason := check_video_filters(
+            info,
+            min_duration_s=cfg.min_duration_s,
+            max_duration_s=cfg.max_duration_s,
+            min_side=cfg.min_side,
+            max_aspect=cfg.max_aspect,
+        ):
             raise SkipSample(reason, f"{r.url}: {info.width}x{info.height}, {info.duration_s} s")
-        starts = clip_starts(info.duration_s or 0.0, cfg.num_frames / cfg.fps, cfg.clips_per_video, mode=cfg.clip_mode)
+        starts = clip_starts(
+            info.duration_s or 0.0, cfg.num_frames / cfg.fps, cfg.clips_per_video, mode=cfg.clip_mode
+        )
         clips = []
         for start in starts:
-            decoded = decode_video(data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits)
+            decoded = decode_video(
+                data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits
+            )
             clips.append((start, resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)))
         encoded = [(start, encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)) for start, frames in clips]
     except MediaError as e:  # its reason: undecodable, or which decode limit was hit
@@ -138,7 +151,9 @@ def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict
 def image_sample(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> dict:
     try:
         info = probe_image(data, cfg.limits)
-        if reason := check_image_filters(info.width, info.height, min_side=cfg.min_side, max_aspect=cfg.max_aspect):
+        if reason := check_image_filters(
+            info.width, info.height, min_side=cfg.min_side, max_aspect=cfg.max_aspect
+        ):
             raise SkipSample(reason, f"{r.url}: {info.width}x{info.height}")
         jpg = encode_jpeg(resize_center_crop(decode_image(data, cfg.limits), cfg.size), cfg.jpeg_quality)
     except MediaError as e:

@@ -91,7 +91,13 @@ def headline_rows(kind: str, summary: dict) -> list[tuple[str, float | None, int
     rows += [(f"right {a}", summary.get(a), summary.get(f"num_{a}", 0)) for a in ATTRIBUTES]
     rows.append(("all three right", summary.get("all"), summary.get("num_segments", 0)))
     if kind == "purple":
-        rows.append(("purple in every frame", summary.get("colour_every_frame"), summary.get("num_colour_every_frame", 0)))
+        rows.append(
+            (
+                "purple in every frame",
+                summary.get("colour_every_frame"),
+                summary.get("num_colour_every_frame", 0),
+            )
+        )
     return rows
 
 
@@ -101,7 +107,9 @@ def headline_table(adherence: dict) -> list[str]:
     width = max(len(KINDS.get(k, (k,))[0]) for k in [*adherence, "held-out"])
 
     def cell(fraction: float | None, total: int) -> str:
-        return "-" if fraction is None or not total else f"{count_of(fraction, total)}/{total} {fraction:4.0%}"
+        return (
+            "-" if fraction is None or not total else f"{count_of(fraction, total)}/{total} {fraction:4.0%}"
+        )
 
     lines = [" " * (width + 2) + "".join(f"{c:<12}" for c in columns).rstrip()]
     for kind, summary in adherence.items():
@@ -217,7 +225,7 @@ def reading_html(entry: dict, kind: str, show_range: bool) -> str:
         return f'<div class="seg">{head}<ul><li>{mark(False)} could not be read: {esc(entry.get("error"))}</li></ul></div>'
     clean = bool(entry.get("clean"))
     share = f"{detected.get('clean_frames', 0):.0%}"
-    lines = [f"<li>{mark(clean)} one clean object <span class=\"meta\">(in {share} of frames)</span></li>"]
+    lines = [f'<li>{mark(clean)} one clean object <span class="meta">(in {share} of frames)</span></li>']
     asked = parse_caption(entry["prompt"])
     lines += [attribute_line(a, getattr(asked, a), detected.get(a), clean) for a in ATTRIBUTES]
     if kind == "purple" and entry.get("colour_every_frame") is not None:
@@ -230,7 +238,8 @@ def video_card(record: dict) -> str:
     media = (f'<video src="{esc(record["file"])}" autoplay loop muted playsinline controls '
              f'title="{esc(" | ".join(record["prompts"]))}">{fallback}</video>')  # fmt: skip
     evaluation = record.get("evaluation") or [
-        {"prompt": p, "start": 0, "end": 0, "detected": None, "error": "not scored"} for p in record["prompts"]
+        {"prompt": p, "start": 0, "end": 0, "detected": None, "error": "not scored"}
+        for p in record["prompts"]
     ]
     story = len(evaluation) > 1
     readings = "".join(reading_html(e, record.get("kind", ""), story) for e in evaluation)
@@ -272,7 +281,10 @@ def fidelity_html(tokenizer_eval: dict | None, out: Path) -> str:
         if not (out / rel).exists():
             continue
         truth, seen = ex["truth"], ex["detected"]
-        reading = " ".join(f"{attribute_mark(t, s, ex['clean'])} {esc(s or 'nothing')}" for t, s in zip(truth, seen, strict=True))
+        reading = " ".join(
+            f"{attribute_mark(t, s, ex['clean'])} {esc(s or 'nothing')}"
+            for t, s in zip(truth, seen, strict=True)
+        )
         figures.append(f'<figure><img src="{esc(rel)}" alt="{esc(" ".join(truth))}: input over reconstruction">'
                        f'<figcaption><b>{esc(" ".join(truth))}</b> → read as {reading}'
                        f'{"" if ex["clean"] else " <span class=na>(no clean object)</span>"}</figcaption></figure>')  # fmt: skip
@@ -295,7 +307,8 @@ def timings_html(timings: dict[str, float]) -> str:
     rows = "".join(
         f'<tr><td>{esc(name)}</td><td class="num">{seconds:.1f} s</td>'
         f'<td class="bar"><span style="width:{min(seconds / total, 1):.0%}"></span></td></tr>'
-        for name, seconds in timings.items() if name != "total"
+        for name, seconds in timings.items()
+        if name != "total"
     )
     return f'<table id="timings">{rows}<tr><td><b>total</b></td><td class="num"><b>{total / 60:.1f} min</b></td><td></td></tr></table>'
 

@@ -287,7 +287,9 @@ def detect(frames: np.ndarray) -> Detection:
         raise ValueError(f"expected (T, H, W, 3) frames, got {frames.shape}")
     clean, clean_frames = clean_object(frames)
     shapes = _frame_shapes(frames)
-    frame_colours = tuple(None if s is None else nearest_colour(np.median(s.core_rgb, axis=0)) for s in shapes)
+    frame_colours = tuple(
+        None if s is None else nearest_colour(np.median(s.core_rgb, axis=0)) for s in shapes
+    )
     found = [(i, s) for i, s in enumerate(shapes) if s is not None]
     if not found:
         return Detection(None, None, None, 0, None, None, None, {}, clean, clean_frames, frame_colours)
@@ -374,8 +376,8 @@ def adherence_of(want: Attributes, got: Detection) -> dict[str, bool | None]:
     result: dict[str, bool | None] = {"clean": got.clean}
     for name, wanted in (("colour", want.colour), ("shape", want.shape), ("motion", want.motion)):
         result[name] = None if wanted is None else got.clean and wanted == getattr(got, name)
-    result["colour_every_frame"] = None if want.colour is None else (
-        got.clean and all(c == want.colour for c in got.frame_colours)
+    result["colour_every_frame"] = (
+        None if want.colour is None else (got.clean and all(c == want.colour for c in got.frame_colours))
     )
     return result
 

@@ -126,7 +126,9 @@ def prompt_suite() -> dict[str, list[tuple[str, str, str]]]:
     return {"held-out": list(HELD_OUT), "purple": purple}
 
 
-def generated_adherence(generator, seeds: int, cfg, videos_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def generated_adherence(
+    generator, seeds: int, cfg, videos_dir: str | os.PathLike
+) -> dict[str, dict[str, Any]]:
     """Generate every `prompt_suite` composition with `seeds` seeds (a `modeling.generation.VideoGenerator`
     and its `SamplingConfig`), write each as H.264 like the demo does, and summarise per kind."""
     import logging
@@ -142,7 +144,9 @@ def generated_adherence(generator, seeds: int, cfg, videos_dir: str | os.PathLik
     videos.mkdir(parents=True, exist_ok=True)
     suite = prompt_suite()
     total, done, started = seeds * sum(len(t) for t in suite.values()), 0, time.monotonic()
-    log.info("generating %d videos (%d compositions x %d seeds) into %s", total, total // seeds, seeds, videos)
+    log.info(
+        "generating %d videos (%d compositions x %d seeds) into %s", total, total // seeds, seeds, videos
+    )
     summary = {}
     for kind, triples in suite.items():
         records = []

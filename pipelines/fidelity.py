@@ -127,7 +127,9 @@ def strip_png(rows: list[np.ndarray], path, scale: int = 4) -> None:
     Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST).save(path)
 
 
-def write_examples(out_dir, clips: FidelityClips, recon: np.ndarray, report: dict, count: int = 8) -> list[dict]:
+def write_examples(
+    out_dir, clips: FidelityClips, recon: np.ndarray, report: dict, count: int = 8
+) -> list[dict]:
     """Input-over-reconstruction PNG strips for `count` clips: every clip the detector got wrong first (up to
     half), then clips spread over the colours and shapes. Returns [{file, truth, detected, ok}] (file names
     relative to `out_dir`)."""

@@ -76,7 +76,9 @@ class PrepareConfig:
     # accept videos with at least this many frames, padded by holding the last; None = num_frames
     min_frames: int | None = None
     crf: int = 18  # H.264 quality of the re-encoded clips
-    x264_preset: str = "veryfast"  # encode speed vs size at that quality; "medium" makes ~15% smaller, 3x slower
+    x264_preset: str = (
+        "veryfast"  # encode speed vs size at that quality; "medium" makes ~15% smaller, 3x slower
+    )
     jpeg_quality: int = 95
     source_format: str | None = None  # force one format for every source
     # filters (None = off): source duration, shorter side in pixels, long/short side ratio
@@ -86,7 +88,9 @@ class PrepareConfig:
     max_aspect: float | None = None
     max_caption_chars: int = 2000  # longer captions are skipped (a 1 MB "caption" is not a caption)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)  # timeouts, retries, size cap, address blocking
-    limits: DecodeLimits = field(default_factory=DecodeLimits)  # pixels, frames, streams, decode time, demuxers
+    limits: DecodeLimits = field(
+        default_factory=DecodeLimits
+    )  # pixels, frames, streams, decode time, demuxers
 
     def __post_init__(self) -> None:
         if isinstance(self.fetch, dict):  # PrepareConfig(fetch={...}) from code, as YAML would give it
@@ -201,7 +205,9 @@ def make_shard(row: dict[str, Any], *, out_dir: str, cfg: dict) -> dict[str, Any
     moment it ends, whereas a pool actor can outlive an aborted stream and starve the next Ray Train job.
     """
     records = [SourceRecord(**r) for r in json.loads(row["records"])]
-    state = process_shard(int(row["index"]), records, row["digest"], out_dir, build_dataclass(PrepareConfig, cfg))
+    state = process_shard(
+        int(row["index"]), records, row["digest"], out_dir, build_dataclass(PrepareConfig, cfg)
+    )
     return {"index": state["index"], "state": json.dumps(state)}
 
 
@@ -296,7 +302,9 @@ def check_source_uri(uri: str, policy: FetchPolicy) -> None:
         from urllib.parse import urlsplit
 
         parts = urlsplit(uri)
-        resolve_and_check(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), policy)
+        resolve_and_check(
+            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), policy
+        )
 
 
 def prepare(sources: list[str | SourceSpec], out_dir: str, cfg: PrepareConfig | None = None) -> dict:

@@ -349,8 +349,12 @@ def read_table(uri: str, fmt: str) -> pd.DataFrame:
             # dtype=str keeps ids like "000123" intact. Bytes that are not UTF-8 become U+FFFD instead of failing
             # the whole listing: prepare then skips just those rows (caption_not_utf8) and counts them.
             return pd.read_csv(
-                f, dtype=str, keep_default_na=False, sep="\t" if path.endswith(".tsv") else ",",
-                encoding="utf-8", encoding_errors="replace",
+                f,
+                dtype=str,
+                keep_default_na=False,
+                sep="\t" if path.endswith(".tsv") else ",",
+                encoding="utf-8",
+                encoding_errors="replace",
             )
         return pd.read_parquet(f)
 

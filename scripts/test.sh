@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export OMP_WAIT_POLICY=PASSIVE TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
 .venv/bin/ruff check modeling pipelines jobs benchmarks tests
+.venv/bin/ruff format --check modeling pipelines jobs benchmarks tests  # `ruff format` fixes it
 .venv/bin/python -m pytest -m "" "$@"  # every tier (pytest alone: the fast one)

@@ -31,7 +31,9 @@ SHELL_LANGUAGES = ("bash", "sh", "shell")
 class ShellBlock:
     path: str  # relative to the repository
     line: int  # 1-based line of the opening fence
-    marker: str | None  # what the doc-test marker says ("tests/x.py::test_y" or "cloud (...)"); None: no marker
+    marker: (
+        str | None
+    )  # what the doc-test marker says ("tests/x.py::test_y" or "cloud (...)"); None: no marker
     text: str
 
     @property
@@ -56,7 +58,9 @@ def shell_blocks(path: str) -> list[ShellBlock]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         if fence.group(1) in SHELL_LANGUAGES:
             marker = MARKER.search(lines[i - 1]) if i else None
-            blocks.append(ShellBlock(path, i + 1, marker.group(1) if marker else None, "\n".join(lines[i + 1 : end])))
+            blocks.append(
+                ShellBlock(path, i + 1, marker.group(1) if marker else None, "\n".join(lines[i + 1 : end]))
+            )
         i = end + 1
     return blocks
 

@@ -30,13 +30,19 @@ def _maskgit():
 
 def _cvivit():
     cfg = cvivit_debug()
-    video = torch.rand(1, 3, 5, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    video = (
+        torch.rand(1, 3, 5, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(2)) * 2
+        - 1
+    )
     return CViViT(cfg), lambda m: (m(video).recon - video).square().mean()
 
 
 def _magvit():
     cfg = magvit_vq_debug()
-    video = torch.rand(1, 3, 8, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    video = (
+        torch.rand(1, 3, 8, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(3)) * 2
+        - 1
+    )
     return MagvitVQ(cfg), lambda m: (m(video).recon - video).square().mean()
 
 
@@ -60,7 +66,11 @@ def _grads(model: torch.nn.Module, loss_fn) -> tuple[float, dict[str, torch.Tens
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = loss_fn(model)
     loss.backward()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, saved[0]
+    return (
+        float(loss.detach()),
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+        saved[0],
+    )
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -72,7 +82,9 @@ def test_checkpointing_keeps_gradients_and_saves_fewer_activations(name: str) ->
     loss_off, grads_off, saved_off = _grads(model, loss_fn)
     model = twin
     blocks = set_activation_checkpointing(model, True)
-    assert blocks >= 2 and all(m.checkpoint_activations for m in model.modules() if isinstance(m, Checkpointable))
+    assert blocks >= 2 and all(
+        m.checkpoint_activations for m in model.modules() if isinstance(m, Checkpointable)
+    )
     loss_on, grads_on, saved_on = _grads(model, loss_fn)
     assert loss_on == loss_off
     assert grads_on.keys() == grads_off.keys() and grads_on

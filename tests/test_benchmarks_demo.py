@@ -6,12 +6,22 @@ from benchmarks.demo_stages import median_table
 
 
 def _run(total: float, clean: float, shape: float | None, fidelity_shape: float) -> dict:
-    adherence = {"clean": clean, "colour": clean, "shape": shape, "motion": clean, "colour_every_frame": 0.5, "all": 0.1}
+    adherence = {
+        "clean": clean,
+        "colour": clean,
+        "shape": shape,
+        "motion": clean,
+        "colour_every_frame": 0.5,
+        "all": 0.1,
+    }
     return {
         "timings_s": {"train": total - 1.0, "total": total},
         "process_seconds": total + 2.0,
         "adherence": {"held-out": adherence, "purple": dict(adherence, shape=None)},
-        "tokenizer_eval": {"psnr_db": total / 10, "fidelity": {"clean": 1.0, "colour": 0.9, "shape": fidelity_shape, "motion": 1.0}},
+        "tokenizer_eval": {
+            "psnr_db": total / 10,
+            "fidelity": {"clean": 1.0, "colour": 0.9, "shape": fidelity_shape, "motion": 1.0},
+        },
     }
 
 
@@ -41,6 +51,11 @@ def test_seed_overrides_are_valid_demo_overrides() -> None:
 def test_per_run_tokenizer_summary_drops_per_clip_rows() -> None:
     from benchmarks.demo_stages import tokenizer_summary
 
-    run = {"tokenizer_eval": {"psnr_db": 30.0, "fidelity": {"shape": 0.6, "per_clip": [{}] * 72, "examples": [{}]}}}
+    run = {
+        "tokenizer_eval": {
+            "psnr_db": 30.0,
+            "fidelity": {"shape": 0.6, "per_clip": [{}] * 72, "examples": [{}]},
+        }
+    }
     assert tokenizer_summary(run) == {"psnr_db": 30.0, "fidelity": {"shape": 0.6}}
     assert "per_clip" in run["tokenizer_eval"]["fidelity"]  # the run's own results are left as they are

@@ -12,7 +12,16 @@ def test_sampling_speed_quick(tmp_path):
     # One thread: a tiny model's many small ops under OpenMP slow down badly when the cores are shared.
     assert sampling_speed.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    for key in ("machine", "torch", "threads", "setup", "flop_counting", "matmul_peak", "models", "full_preset_estimate"):
+    for key in (
+        "machine",
+        "torch",
+        "threads",
+        "setup",
+        "flop_counting",
+        "matmul_peak",
+        "models",
+        "full_preset_estimate",
+    ):
         assert key in report, key
     assert report["setup"]["quick"] is True and report["threads"]["intra_op"] == 1
     assert report["matmul_peak"]["gflops"] > 0

@@ -37,12 +37,19 @@ def test_preset_sections_build(preset):
     commit = (config.get("transformer") or {}).get("family") == "commit"  # MAGVIT's COMMIT trainer
     for section, cls in SECTIONS.items():
         if section in config:
-            build_dataclass(CommitTrainConfig if commit and section == "transformer_train" else cls, config[section])
+            build_dataclass(
+                CommitTrainConfig if commit and section == "transformer_train" else cls, config[section]
+            )
     if "tokenizer" in config:  # C-ViViT or MAGVIT-VQ, by tokenizer.family
         family, tok_cfg = tokenizer_config_from(config["tokenizer"])
-        tok_cfg.token_grid(int((config.get("prepare") or {}).get("num_frames", 16 if family.name == "magvit_vq" else 11)))
+        tok_cfg.token_grid(
+            int((config.get("prepare") or {}).get("num_frames", 16 if family.name == "magvit_vq" else 11))
+        )
     if commit:  # transformer.family: commit (+ `text`): CommitTransformerConfig sizes, `commit` section
-        build_dataclass(CommitTransformerConfig, {k: v for k, v in config["transformer"].items() if k not in ("family", "text")})
+        build_dataclass(
+            CommitTransformerConfig,
+            {k: v for k, v in config["transformer"].items() if k not in ("family", "text")},
+        )
         build_dataclass(CommitConfig, config.get("commit"))
     elif "transformer" in config:  # sized here; codebook and sequence come from the tokenizer at train time
         build_dataclass(MaskGITConfig, {k: v for k, v in config["transformer"].items() if k != "family"})
@@ -57,7 +64,10 @@ def test_demo_presets_are_consistent(preset):
     t, h, w = tokenizer.token_grid(config["prepare"]["num_frames"])
     assert (t, h, w) == (5, 4, 4)  # 80 tokens per clip (shared/calibration.md)
     # the transformer's codes: an FSQ tokenizer's digits, whose product is the codebook
-    assert config["tokenizer"]["quantizer"] == "fsq" and tokenizer.cfg.codebook_size == tokenizer.quantizer.codebook_size
+    assert (
+        config["tokenizer"]["quantizer"] == "fsq"
+        and tokenizer.cfg.codebook_size == tokenizer.quantizer.codebook_size
+    )
 
 
 def test_debug_yaml_matches_the_named_debug_preset():
@@ -91,14 +101,26 @@ def test_clips_too_short_for_the_tokenizer_fail_once_in_one_line_before_ray(tmp_
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "manifest.json").write_text(json.dumps({"config": {"num_frames": 9}, "shards": []}))
-    code = main(["train-tokenizer", "--config", "magvit-debug", "--data", str(clips), "--out", str(tmp_path / "tok")])
+    code = main(
+        ["train-tokenizer", "--config", "magvit-debug", "--data", str(clips), "--out", str(tmp_path / "tok")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert f"clips in {clips} have 9 frames" in err and "tokenizer_train.num_frames=16" in err
     assert "prepare.num_frames=16" in err  # the fix
     assert not (tmp_path / "tok").exists()  # nothing started
 
-    code = main(["train-tokenizer", "--config", "debug", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")])
+    code = main(
+        [
+            "train-tokenizer",
+            "--config",
+            "debug",
+            "--data",
+            str(tmp_path / "nothing"),
+            "--out",
+            str(tmp_path / "t"),
+        ]
+    )
     assert code == 1 and "no manifest.json in" in capsys.readouterr().err
 
 

@@ -28,7 +28,9 @@ def test_readme_quick_start(tmp_path):
     proc = run_block(block, {"bash scripts/demo.sh ": f"bash scripts/demo.sh --fast --out {out} ",
                              "bash scripts/test.sh ": "bash scripts/test.sh --collect-only -q tests/test_docs.py "},
                      cwd=REPO, env=env, timeout=900)  # fmt: skip
-    assert re.search(r"^\d+ tests collected", proc.stdout, re.M), proc.stdout[-2000:]  # ruff passed, suite found
+    assert re.search(r"^\d+ tests collected", proc.stdout, re.M), proc.stdout[
+        -2000:
+    ]  # ruff passed, suite found
 
     # Artifacts a user can reuse.
     assert read_manifest(str(out / "clips"))["counts"]["video"] > 0

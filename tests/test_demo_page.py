@@ -76,19 +76,30 @@ def make_demo_out(out: Path, with_fidelity: bool = True) -> dict:
 
     tokenizer_eval = {"step": 4, "clips": 2, "psnr_db": 24.5, "perplexity": 9.5, "used_codes": 12}
     if with_fidelity:
-        truths = (("red", "circle", "left"), ("blue", "square", "up"), ("green", "triangle", "down"), ("yellow", "circle", "right"))
+        truths = (
+            ("red", "circle", "left"),
+            ("blue", "square", "up"),
+            ("green", "triangle", "down"),
+            ("yellow", "circle", "right"),
+        )
         clips = np.stack([sample_video(rng, *t, num_frames=FRAMES, size=32) for t in truths])
         recon = clips.copy()
         recon[2:] = rng.integers(0, 256, recon[2:].shape, dtype=np.uint8)  # two reconstructions lost
         report = score_reconstructions(recon, truths, clips)
-        report["examples"] = write_examples(out / FIDELITY_DIR, FidelityClips(clips, truths), recon, report, count=4)
+        report["examples"] = write_examples(
+            out / FIDELITY_DIR, FidelityClips(clips, truths), recon, report, count=4
+        )
         tokenizer_eval["fidelity"] = report
 
     loss = np.linspace(2.0, 0.5, 30)
     write_metrics(out / "tokenizer", "tokenizer", [
         {"loss": float(v), "psnr": 10 + 10 * (2 - float(v)), "used_codes": 20.0, "perplexity": 12.0} for v in loss
     ])  # fmt: skip
-    write_metrics(out / "transformer", "transformer", [{"loss": float(v), "mask_accuracy": 1 - float(v) / 2} for v in loss])
+    write_metrics(
+        out / "transformer",
+        "transformer",
+        [{"loss": float(v), "mask_accuracy": 1 - float(v) / 2} for v in loss],
+    )
     results = {"records": records, "adherence": adherence, "tokenizer_eval": tokenizer_eval,
                "timings_s": {"synth: the synthetic world": 1.0, "train-tokenizer": 30.0, "total": 40.0},
                "config": "debug", "fast": True}  # fmt: skip
@@ -110,7 +121,9 @@ def test_headline_wording_from_an_adherence_summary():
 
     table = headline_table({"held-out": held_out, "purple": summary(0.5, 4, 0.25, 0.25)})
     assert "one object" in table[0] and "every frame" in table[0]
-    assert table[1].startswith("Held-out compositions") and "8/10  80%" in table[1] and "6/10  60%" in table[1]
+    assert (
+        table[1].startswith("Held-out compositions") and "8/10  80%" in table[1] and "6/10  60%" in table[1]
+    )
     assert table[1].rstrip().endswith("-")  # colour in every frame: purple only
     assert table[2].startswith("Purple") and table[2].rstrip().endswith("1/4  25%")
 
@@ -120,8 +133,12 @@ def test_diagnosis_says_which_stage_loses_the_object():
     fidelity = {"clips": 72, "clean": 0.97, "colour": 0.9, "shape": 0.9, "motion": 0.9, "all": 0.8}
     assert diagnosis(generated, {"fidelity": fidelity}).startswith("In the transformer: 70 of 72")
     assert "4 of 12 generated clips" in diagnosis(generated, {"fidelity": fidelity})
-    assert diagnosis(generated, {"fidelity": {**fidelity, "clean": 0.2}}).startswith("In the tokenizer: only 14 of 72")
-    assert diagnosis(generated, {"fidelity": {**fidelity, "clean": 0.6}}).startswith("In both stages: only 43 of 72")
+    assert diagnosis(generated, {"fidelity": {**fidelity, "clean": 0.2}}).startswith(
+        "In the tokenizer: only 14 of 72"
+    )
+    assert diagnosis(generated, {"fidelity": {**fidelity, "clean": 0.6}}).startswith(
+        "In both stages: only 43 of 72"
+    )
     good = {"held-out": summary(clean=0.9, n=10)}
     assert diagnosis(good, {"fidelity": fidelity}).startswith("Neither stage loses the object")
     for missing in (None, {"psnr_db": 24.0}):  # checkpoints from before the fidelity evaluation
@@ -146,7 +163,9 @@ def test_training_plots_from_metrics_files(tmp_path):
                                                           "perplexity": 4.0} for s in range(1, 6)])  # fmt: skip
     made = plot_training(tmp_path, METRICS_FILE)
     tokenizer, transformer = made
-    assert tokenizer["file"] == "plots/tokenizer.png" and transformer["file"] is None  # no transformer metrics
+    assert (
+        tokenizer["file"] == "plots/tokenizer.png" and transformer["file"] is None
+    )  # no transformer metrics
     with Image.open(tmp_path / tokenizer["file"]) as image:
         assert image.width > image.height > 100  # three panels side by side
 
@@ -177,7 +196,9 @@ def browser(tmp_path_factory):
     pytest.importorskip("selenium")
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -211,7 +232,9 @@ def test_page_in_a_browser(browser, tmp_path):
                   "Purple", "1 of 1 video", "purple in every frame", "Story", "2 of 2 segments"):  # fmt: skip
         assert words in headline, words
     verdict = browser.find_element(By.ID, "verdict").text
-    assert verdict.startswith("Where quality is lost: In the tokenizer: only 2 of 4 tokenizer reconstructions")
+    assert verdict.startswith(
+        "Where quality is lost: In the tokenizer: only 2 of 4 tokenizer reconstructions"
+    )
     fidelity = browser.find_element(By.ID, "fidelity").text
     assert "2 of 4 clips" in fidelity and "right colour" in fidelity and "PSNR 24.5 dB" in fidelity
 
@@ -231,7 +254,10 @@ def test_page_in_a_browser(browser, tmp_path):
     assert "✓ purple in every frame" in cards[3].text
     # The browser decodes every H.264 file (metadata at least).
     loaded(browser, "[...document.querySelectorAll('video')].every(v => v.readyState >= 1)")
-    assert browser.execute_script("return [...document.querySelectorAll('video')].map(v => v.videoWidth)") == [64] * 5
+    assert (
+        browser.execute_script("return [...document.querySelectorAll('video')].map(v => v.videoWidth)")
+        == [64] * 5
+    )
 
     # Images (training plots, fidelity strips) actually loaded.
     loaded(browser, "[...document.images].every(i => i.complete)")

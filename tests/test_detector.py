@@ -117,7 +117,12 @@ def test_adherence() -> None:
         "orange", "circle", "up", num_frames=9, size=64, start_xy=(30, 40), radius=9, speed=1.3
     )
     every = {"clean": True, "colour_every_frame": True}
-    assert adherence("an orange ball moving up", frames) == {**every, "colour": True, "shape": True, "motion": True}
+    assert adherence("an orange ball moving up", frames) == {
+        **every,
+        "colour": True,
+        "shape": True,
+        "motion": True,
+    }
     assert adherence("a red square moving left", frames) == {
         "clean": True, "colour": False, "shape": False, "motion": False, "colour_every_frame": False
     }  # fmt: skip
@@ -150,7 +155,6 @@ def test_evaluate_videos_whole_and_segments(tmp_path) -> None:
     assert [s["detected"]["motion"] for s in summary["segments"][:3]] == ["left", "up", "left"]
 
 
-
 # --------------------------------------------------------------------------------------------- shape reading
 @pytest.fixture(scope="module")
 def clips32():
@@ -166,7 +170,9 @@ def test_shape_reading_survives_the_blur_of_a_model_output(clips32, sigma: float
     at sigma 1.0, reading blurred triangles and squares as circles)."""
     got = [detect(f) for f in gaussian_blur(clips32.frames, sigma)]
     right = [truth[1] == d.shape for truth, d in zip(clips32.truths, got, strict=True)]
-    assert sum(right) >= least, [(t, d.shape) for t, d, ok in zip(clips32.truths, got, right, strict=True) if not ok]
+    assert sum(right) >= least, [
+        (t, d.shape) for t, d, ok in zip(clips32.truths, got, right, strict=True) if not ok
+    ]
     assert all(truth[0] == d.colour for truth, d in zip(clips32.truths, got, strict=True))
 
 
@@ -177,7 +183,9 @@ def test_shape_reading_as_a_person_reads_it() -> None:
 
     size, s = 32, 4
     canvas = Image.new("RGB", (size * s, size * s), BACKGROUND)
-    ImageDraw.Draw(canvas).rounded_rectangle((10 * s, 10 * s, 20 * s, 20 * s), radius=3 * s, fill=PALETTE["red"])
+    ImageDraw.Draw(canvas).rounded_rectangle(
+        (10 * s, 10 * s, 20 * s, 20 * s), radius=3 * s, fill=PALETTE["red"]
+    )
     rounded = np.asarray(canvas.resize((size, size), Image.Resampling.BOX))
     assert detect(rounded).shape == "square"
     for shape in SHAPES:
@@ -205,7 +213,9 @@ def test_ground_truth_renders_show_one_clean_object(size: int) -> None:
 
     clips = fidelity_clips(size, CLIP_FRAMES)
     verdicts = [clean_object(frames) for frames in clips.frames]
-    assert all(clean for clean, _ in verdicts), [t for t, (c, _) in zip(clips.truths, verdicts, strict=True) if not c]
+    assert all(clean for clean, _ in verdicts), [
+        t for t, (c, _) in zip(clips.truths, verdicts, strict=True) if not c
+    ]
     assert min(share for _, share in verdicts) == 1.0
 
 
@@ -278,7 +288,9 @@ def test_unscored_note_names_what_a_prompt_outside_the_vocabulary_leaves_unscore
 def test_eval_cli_says_when_a_prompt_is_outside_the_detectors_vocabulary(tmp_path, capsys) -> None:
     from jobs.cli import main
 
-    video = render_video("red", "square", "left", num_frames=9, size=64, start_xy=(40, 30), radius=9, speed=1.2)
+    video = render_video(
+        "red", "square", "left", num_frames=9, size=64, start_xy=(40, 30), radius=9, speed=1.2
+    )
     path = encode_mp4_file(video, tmp_path / "v.mp4", fps=8)
     assert main(["eval", "--video", str(path), "--prompt", "a dog on a beach"]) == 0
     out = capsys.readouterr().out

@@ -19,7 +19,9 @@ def test_every_shell_block_is_run_by_a_test_or_marked_cloud():
     blocks = all_shell_blocks()
     assert len(blocks) >= 20  # README, cluster.md and magvit.md at least: the parser found them
     unmarked = [f"{b.path}:{b.line}" for b in blocks if not (b.test or b.is_cloud)]
-    assert not unmarked, f"shell blocks with no `<!-- doc-test: tests/x.py::test_y -->` or `cloud (why)` marker: {unmarked}"
+    assert not unmarked, (
+        f"shell blocks with no `<!-- doc-test: tests/x.py::test_y -->` or `cloud (why)` marker: {unmarked}"
+    )
     for block in blocks:
         if block.is_cloud:
             assert re.match(r"cloud \(.+\)", block.marker), f"{block.path}:{block.line}: say why: cloud (...)"
@@ -28,7 +30,9 @@ def test_every_shell_block_is_run_by_a_test_or_marked_cloud():
         source = (REPO / file).read_text()
         assert re.search(rf"^def {name}\(", source, re.M), f"{block.path}:{block.line}: no test {block.test}"
         # the test reads the block from the doc (so the doc cannot drift from what is tested)
-        assert f'doc_block("{block.path}", "{block.test}")' in source, f"{block.test} does not run {block.path}"
+        assert f'doc_block("{block.path}", "{block.test}")' in source, (
+            f"{block.test} does not run {block.path}"
+        )
 
 
 def option_strings(module_name: str) -> set[str]:
@@ -51,7 +55,9 @@ def test_readme_synopsis_names_only_real_commands_and_options():
         seen.add(words[1])
         options = option_strings(SUBCOMMANDS[words[1]][0])
         for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line):
-            assert option in options, f"README: `{line}` names {option}, which `phenaki {words[1]}` does not take"
+            assert option in options, (
+                f"README: `{line}` names {option}, which `phenaki {words[1]}` does not take"
+            )
     assert seen == set(SUBCOMMANDS), f"README synopsis leaves out {set(SUBCOMMANDS) - seen}"
 
 
@@ -86,7 +92,9 @@ def test_magvit_recipe(magvit_recipe):
     assert "one clean object" in log  # `phenaki eval --tokenizer` printed the detector's reading
     for task in ("fp", "fi", "opc", "opv", "oph", "opd", "ipc", "ipd", "cg", "cfp"):
         assert decode_video(str(out / "tasks" / f"{task}.mp4")).frames.shape == (16, 32, 32, 3), task
-        assert re.search(rf"^ *{task}: one clean object \d+/72, colour", log, re.M), task  # `phenaki eval --checkpoint`
+        assert re.search(rf"^ *{task}: one clean object \d+/72, colour", log, re.M), (
+            task
+        )  # `phenaki eval --checkpoint`
 
 
 @pytest.mark.slow
@@ -100,7 +108,9 @@ def test_magvit_recipe_serve(magvit_recipe):
     cwd, _ = magvit_recipe
     port = free_port()
     block = doc_block("docs/magvit.md", "tests/test_docs.py::test_magvit_recipe_serve")
-    proc = run_block(block, {"8000": str(port)}, cwd=cwd, env=venv_env(OMP_WAIT_POLICY="PASSIVE"), timeout=300)
+    proc = run_block(
+        block, {"8000": str(port)}, cwd=cwd, env=venv_env(OMP_WAIT_POLICY="PASSIVE"), timeout=300
+    )
     assert "x-phenaki-task: fp" in proc.stdout.lower()  # the headers of the fp answer (-D -)
     for name in ("fp.mp4", "cg.mp4"):
         assert decode_video(str(cwd / name)).frames.shape == (16, 32, 32, 3), name

@@ -116,7 +116,11 @@ def test_eval_cli_generates_and_reads_the_prompt_suite(tmp_path, capsys) -> None
     assert main(argv) == 0
     report = json.loads((tmp_path / "adherence.json").read_text())
     suite = prompt_suite()
-    assert report["seeds"] == 1 and report["sampling"]["guidance_scale"] == 0.5 and report["sampling"]["steps"] == 2
+    assert (
+        report["seeds"] == 1
+        and report["sampling"]["guidance_scale"] == 0.5
+        and report["sampling"]["steps"] == 2
+    )
     for kind, triples in suite.items():
         assert report[kind]["num_videos"] == len(triples) and report[kind]["num_errors"] == 0
         assert 0.0 <= report[kind]["clean"] <= 1.0

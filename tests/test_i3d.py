@@ -70,8 +70,19 @@ def test_state_dict_matches_reference_layout():
     for key, shape in REFERENCE_KEYS.items():
         assert shapes.get(key) == shape, key
     assert {k.split(".")[0] for k in shapes} == {
-        "Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c",
-        "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c", "logits",
+        "Conv3d_1a_7x7",
+        "Conv3d_2b_1x1",
+        "Conv3d_2c_3x3",
+        "Mixed_3b",
+        "Mixed_3c",
+        "Mixed_4b",
+        "Mixed_4c",
+        "Mixed_4d",
+        "Mixed_4e",
+        "Mixed_4f",
+        "Mixed_5b",
+        "Mixed_5c",
+        "logits",
     }  # pools hold no parameters
     bn = InceptionI3d().Mixed_4c.b1b.bn
     assert (bn.eps, bn.momentum) == (1e-3, 0.01)
@@ -142,7 +153,9 @@ def test_generator_loss_adds_video_perceptual_for_clips_only(i3d):
     loss, metrics = generator_loss(_out(recon), video, None, cfg, step=0, i3d=i3d)
     base, base_metrics = generator_loss(_out(recon), video, None, cfg, step=0)
     assert metrics["video_perceptual"] > 0 and "video_perceptual" not in base_metrics
-    assert loss.item() == pytest.approx(base.item() + cfg.video_perceptual_weight * metrics["video_perceptual"])
+    assert loss.item() == pytest.approx(
+        base.item() + cfg.video_perceptual_weight * metrics["video_perceptual"]
+    )
     loss.backward()
     assert recon.grad is not None
     still = clip(t=1)

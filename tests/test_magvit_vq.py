@@ -61,7 +61,10 @@ def test_presets_and_compression():
     with pytest.raises(ValueError, match="padding"):
         MagvitVQConfig(padding="circular")
     # YAML gives lists; the preset loader turns them into the tuple fields
-    cfg = build_dataclass(MagvitVQConfig, {"image_size": 64, "channel_multipliers": [1, 2, 4], "temporal_downsample": [True, True]})
+    cfg = build_dataclass(
+        MagvitVQConfig,
+        {"image_size": 64, "channel_multipliers": [1, 2, 4], "temporal_downsample": [True, True]},
+    )
     assert cfg.channel_multipliers == (1, 2, 4) and cfg.token_grid(16) == (4, 16, 16)
 
 
@@ -69,7 +72,15 @@ def test_forward_shapes_and_round_trip(model):
     x = clip()
     out = model(x)
     assert isinstance(out, MagvitVQOutput) and isinstance(out, tuple)
-    assert set(out._fields) == {"recon", "indices", "vq_loss", "commit_loss", "perplexity", "used_codes", "latents"}
+    assert set(out._fields) == {
+        "recon",
+        "indices",
+        "vq_loss",
+        "commit_loss",
+        "perplexity",
+        "used_codes",
+        "latents",
+    }
     assert out.recon.shape == x.shape
     assert out.indices.shape == (2, *model.token_grid(16)) == (2, 4, 4, 4)
     assert out.indices.dtype == torch.long and int(out.indices.min()) >= 0 and int(out.indices.max()) < 64
@@ -111,7 +122,9 @@ def test_ema_codebook_and_dead_code_restart():
     assert not torch.equal(before, m.quantizer.codebook)
     (F.mse_loss(out.recon, clip()) + out.vq_loss).backward()  # the in-place EMA update broke this (issue 12)
     assert all(p.grad is not None for p in m.encoder.parameters() if p.requires_grad)
-    restarted = m.quantizer.restart_dead_codes(out.latents, threshold=0.5, generator=torch.Generator().manual_seed(0))
+    restarted = m.quantizer.restart_dead_codes(
+        out.latents, threshold=0.5, generator=torch.Generator().manual_seed(0)
+    )
     assert 0 < restarted <= 64 and torch.isfinite(m.quantizer.codebook).all()
 
 
@@ -184,7 +197,9 @@ def test_central_and_average_inflation_on_a_moving_video():
     assert torch.allclose(central, per_frame, atol=1e-12)
     average = _inflated(m2d, "average").encoder.conv_in(x)
     padded = F.pad(per_frame, (0, 0, 0, 0, 1, 1), mode="reflect")
-    assert torch.allclose(average, (padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]) / 3, atol=1e-12)
+    assert torch.allclose(
+        average, (padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]) / 3, atol=1e-12
+    )
     assert not torch.allclose(average, central, atol=1e-3)  # the two differ once frames differ
 
 

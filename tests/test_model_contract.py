@@ -32,7 +32,9 @@ def clip(frames: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 
 def text(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(seed)), torch.ones(1, 5, dtype=torch.bool)
+    return torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(seed)), torch.ones(
+        1, 5, dtype=torch.bool
+    )
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,16 @@ from modeling.quantizer import FactorizedQuantizer
 from modeling.sampling import guided_logits, maskgit_sample, num_masked_after_step
 
 TINY_CVIVIT = CViViTConfig(
-    image_size=32, patch_size=8, temporal_patch_size=2, dim=32, spatial_depth=1, temporal_depth=2,
-    heads=4, mlp_dim=64, code_dim=8, codebook_size=32,
+    image_size=32,
+    patch_size=8,
+    temporal_patch_size=2,
+    dim=32,
+    spatial_depth=1,
+    temporal_depth=2,
+    heads=4,
+    mlp_dim=64,
+    code_dim=8,
+    codebook_size=32,
 )
 TINY_MASKGIT = MaskGITConfig(
     codebook_size=32, seq_len=80, tokens_per_frame=16, dim=32, depth=2, heads=4, mlp_dim=64, text_dim=24
@@ -251,7 +259,9 @@ def test_mvtm_loss_scores_only_masked_tokens(maskgit):
     tokens = torch.randint(0, 32, (2, 80))
     tokens[1, 16:] = -1  # image row, padded
     emb, m = text()
-    loss, metrics = mvtm_loss(maskgit.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0))
+    loss, metrics = mvtm_loss(
+        maskgit.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(loss) and loss > 0
     assert 0 < metrics["mask_fraction"] <= 1
     loss.backward()
@@ -308,9 +318,13 @@ def test_factorized_codes_embed_and_predict_digits():
     """code_levels: an id is embedded as the sum of its digits' rows and p(id) = prod of per-digit softmaxes,
     a proper distribution over all K ids; the loss, accuracy and sampler use it without a K-wide tensor."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TINY_MASKGIT, codebook_size=32, code_levels=[4, 4, 2], position_embedding="axial")
+    cfg = dataclasses.replace(
+        TINY_MASKGIT, codebook_size=32, code_levels=[4, 4, 2], position_embedding="axial"
+    )
     model = MaskGIT(cfg).eval()
-    assert model.head.out_features == 10 and model.token_emb.num_embeddings == 11  # 4 + 4 + 2 digit rows, [MASK]
+    assert (
+        model.head.out_features == 10 and model.token_emb.num_embeddings == 11
+    )  # 4 + 4 + 2 digit rows, [MASK]
     ids = torch.arange(32)
     assert torch.equal(model.digits.join(model.digits.split(ids)), ids)
     rows = model.digits.split(ids) + torch.tensor([0, 4, 8])
@@ -323,7 +337,9 @@ def test_factorized_codes_embed_and_predict_digits():
     torch.testing.assert_close(joint.exp().sum(-1), torch.ones(2, 80))
     assert torch.equal(model.most_likely(logits), joint.argmax(-1))
     tokens = torch.randint(0, 32, (2, 80))
-    loss, metrics = mvtm_loss(model.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0))
+    loss, metrics = mvtm_loss(
+        model.train(), tokens, emb, m, torch.tensor([80, 16]), torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(loss) and 0 <= metrics["mask_accuracy"] <= 1
     loss.backward()
     assert model.token_emb.weight.grad is not None and model.head.weight.grad is not None
@@ -344,14 +360,18 @@ def test_factorized_codes_embed_and_predict_digits():
 def test_guidance_scale_zero_equals_conditional_model(maskgit):
     emb, m = text()
     tokens = torch.randint(0, 33, (2, 80))
-    both = maskgit(tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True]))
+    both = maskgit(
+        tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True])
+    )
     assert torch.allclose(guided_logits(both, 0.0), maskgit(tokens, emb, m), atol=1e-5)
 
 
 def test_batched_guidance_forward_equals_two_separate_passes(maskgit):
     emb, m = text()
     tokens = torch.randint(0, 33, (2, 80))
-    both = maskgit(tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True]))
+    both = maskgit(
+        tokens.repeat(2, 1), emb.repeat(2, 1, 1), m.repeat(2, 1), torch.tensor([False, False, True, True])
+    )
     cond = maskgit(tokens, emb, m, torch.tensor([False, False]))
     uncond = maskgit(tokens, emb, m, torch.tensor([True, True]))
     assert torch.allclose(both[:2], cond, atol=1e-5) and torch.allclose(both[2:], uncond, atol=1e-5)
@@ -379,7 +399,14 @@ def test_sampler_is_deterministic_under_seed_and_keeps_fixed_tokens(maskgit):
     fixed = torch.full((2, 80), -1)
     fixed[:, :16] = torch.randint(0, 32, (2, 16))
     run = lambda seed: maskgit_sample(  # noqa: E731
-        maskgit, emb, m, 80, steps=6, guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), fixed_tokens=fixed
+        maskgit,
+        emb,
+        m,
+        80,
+        steps=6,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(seed),
+        fixed_tokens=fixed,
     )
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b) and not torch.equal(a, c)

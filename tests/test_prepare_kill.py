@@ -41,16 +41,33 @@ def test_killed_prepare_reruns_to_identical_shards(tmp_path, ray_local) -> None:
     sources = [str(tmp_path / "src" / "webvid.csv"), str(tmp_path / "src" / "laion.parquet")]
     killed = tmp_path / "killed"
 
-    cmd = [sys.executable, "-m", "jobs.prepare", *sum((["--source", s] for s in sources), []), "--out", str(killed),
-           *(f"prepare.{k}={v}" for k, v in SETTINGS.items())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.prepare",
+        *sum((["--source", s] for s in sources), []),
+        "--out",
+        str(killed),
+        *(f"prepare.{k}={v}" for k, v in SETTINGS.items()),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         # Kill as soon as a few of the 28 shards are complete: the run is certainly mid-way then.
-        wait_for(lambda: len(list((killed / "_progress").glob("*.json"))) >= 3 if (killed / "_progress").exists()
-                 else proc.poll() is not None, 240, "the first shards")
-        assert proc.poll() is None, f"prepare ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        wait_for(
+            lambda: (
+                len(list((killed / "_progress").glob("*.json"))) >= 3
+                if (killed / "_progress").exists()
+                else proc.poll() is not None
+            ),
+            240,
+            "the first shards",
+        )
+        assert proc.poll() is None, (
+            f"prepare ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        )
         os.killpg(proc.pid, signal.SIGKILL)  # driver, its Ray head and every worker
     finally:
         proc.wait(timeout=60)

@@ -32,7 +32,9 @@ def frames(t: int, seed: int, h: int = 40, w: int = 48) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, size=3)
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([(base[None, None] + (2 * x + 3 * y + 9 * i)[..., None]) % 256 for i in range(t)]).astype(np.uint8)
+    return np.stack([(base[None, None] + (2 * x + 3 * y + 9 * i)[..., None]) % 256 for i in range(t)]).astype(
+        np.uint8
+    )
 
 
 def good_mp4(seed: int) -> bytes:
@@ -58,7 +60,9 @@ def http_root(tmp_path):
     """A loopback HTTP server over tmp_path/www; yields (root dir, base URL)."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -68,8 +72,9 @@ def http_root(tmp_path):
 
 def loopback_cfg(**kw) -> PrepareConfig:
     fetch = {"allow_loopback": True, "timeout_s": 0.5, "retries": 0}
-    return PrepareConfig(**{"size": 32, "num_frames": 9, "samples_per_shard": 4, "num_workers": 2,
-                            "fetch": fetch, **kw})
+    return PrepareConfig(
+        **{"size": 32, "num_frames": 9, "samples_per_shard": 4, "num_workers": 2, "fetch": fetch, **kw}
+    )
 
 
 def test_bad_input_corpus_exact_counts(tmp_path, http_root, ray_local):
@@ -114,7 +119,9 @@ def test_bad_input_corpus_exact_counts(tmp_path, http_root, ray_local):
     csv = media / "webvid.csv"
     body = pd.DataFrame([(i, u, "2", "d", c) for i, u, c in rows], columns=WEBVID_COLUMNS).to_csv(index=False)
     # and one caption that is not UTF-8 (Latin-1 bytes), written raw
-    csv.write_bytes(body.encode() + b"12," + str(media / "for_captions.mp4").encode() + b",2,d,caf\xe9 au lait\n")
+    csv.write_bytes(
+        body.encode() + b"12," + str(media / "for_captions.mp4").encode() + b",2,d,caf\xe9 au lait\n"
+    )
 
     (media / "good.jpg").write_bytes(jpeg(8))
     (media / "corrupt.jpg").write_bytes(jpeg(9)[:200] + b"\x00" * 50)
@@ -122,13 +129,21 @@ def test_bad_input_corpus_exact_counts(tmp_path, http_root, ray_local):
     Image.new("1", (20_000, 20_000)).save(bomb, format="PNG")  # 400 M pixels in a few KB
     (media / "bomb.png").write_bytes(bomb.getvalue())
     pq = media / "laion.parquet"
-    pd.DataFrame({"URL": ["good.jpg", "corrupt.jpg", "bomb.png"], "TEXT": ["a still", "corrupt", "a bomb"]}).to_parquet(pq)
+    pd.DataFrame(
+        {"URL": ["good.jpg", "corrupt.jpg", "bomb.png"], "TEXT": ["a still", "corrupt", "a bomb"]}
+    ).to_parquet(pq)
 
     m = prepare([str(csv), str(pq)], str(tmp_path / "out"), loopback_cfg())
     assert m["counts"] == {"video": 3, "image": 1}
     assert m["skips"] == {
-        "missing": 2, "timeout": 1, "undecodable": 3, "unexpected_format": 1, "empty_caption": 1,
-        "caption_too_long": 1, "caption_not_utf8": 1, "too_many_pixels": 1,
+        "missing": 2,
+        "timeout": 1,
+        "undecodable": 3,
+        "unexpected_format": 1,
+        "empty_caption": 1,
+        "caption_too_long": 1,
+        "caption_not_utf8": 1,
+        "too_many_pixels": 1,
     }
     # every input row is accounted for: a sample or a counted skip
     assert m["num_records"] == 15 == m["num_samples"] + sum(m["skips"].values())
@@ -156,15 +171,23 @@ def test_webdataset_and_folder_sources_end_to_end(tmp_path, ray_local):
         members = []
         for i in range(3):
             key = f"{shard:05d}{i:04d}"
-            members += [(f"{key}.jpg", jpeg(10 * shard + i)), (f"{key}.txt", f"still {shard}-{i}".encode()),
-                        (f"{key}.json", json.dumps({"key": key, "status": "success", "width": 40}).encode())]
+            members += [
+                (f"{key}.jpg", jpeg(10 * shard + i)),
+                (f"{key}.txt", f"still {shard}-{i}".encode()),
+                (f"{key}.json", json.dumps({"key": key, "status": "success", "width": 40}).encode()),
+            ]
         _tar(images / f"{shard:05d}.tar", members)
         (images / f"{shard:05d}_stats.json").write_text(json.dumps({"successes": 3}))
-        pd.DataFrame({"key": [f"{shard:05d}{i:04d}" for i in range(3)]}).to_parquet(images / f"{shard:05d}.parquet")
+        pd.DataFrame({"key": [f"{shard:05d}{i:04d}" for i in range(3)]}).to_parquet(
+            images / f"{shard:05d}.parquet"
+        )
     members = []
     for i in range(2):
-        members += [(f"{i:09d}.mp4", good_mp4(20 + i)), (f"{i:09d}.txt", f"clip {i}".encode()),
-                    (f"{i:09d}.json", json.dumps({"url": f"https://example.com/{i}.mp4"}).encode())]
+        members += [
+            (f"{i:09d}.mp4", good_mp4(20 + i)),
+            (f"{i:09d}.txt", f"clip {i}".encode()),
+            (f"{i:09d}.json", json.dumps({"url": f"https://example.com/{i}.mp4"}).encode()),
+        ]
     members += [("000000009.txt", b"caption without media")]  # counted as no_media
     _tar(videos / "00000.tar", members)
     (folder / "a.mp4").write_bytes(good_mp4(30))
@@ -193,7 +216,9 @@ def test_http_source_needs_loopback_opt_in(tmp_path, http_root, ray_local):
     www, base = http_root
     for i in range(3):
         (www / f"v{i}.mp4").write_bytes(good_mp4(40 + i))
-    rows = [(str(i), f"v{i}.mp4", "2", "d", f"http video {i}") for i in range(3)]  # relative to the listing URL
+    rows = [
+        (str(i), f"v{i}.mp4", "2", "d", f"http video {i}") for i in range(3)
+    ]  # relative to the listing URL
     pd.DataFrame(rows, columns=WEBVID_COLUMNS).to_csv(www / "webvid.csv", index=False)
     with pytest.raises(FetchError, match="allow_loopback"):
         prepare([f"{base}/webvid.csv"], str(tmp_path / "refused"), PrepareConfig(size=32, num_frames=9))

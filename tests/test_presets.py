@@ -28,18 +28,38 @@ def test_paper_transformer_presets_are_within_5_percent_of_the_paper(preset, tar
 
 def test_paper_presets_match_tables_6_and_7():
     big, small, cvivit = load_config("phenaki-1.8b"), load_config("phenaki-0.9b"), load_config("cvivit-paper")
-    assert {k: big["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(depth=24, dim=2048, heads=32, mlp_dim=8192)
-    assert {k: small["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(depth=20, dim=1536, heads=24, mlp_dim=6144)
+    assert {k: big["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(
+        depth=24, dim=2048, heads=32, mlp_dim=8192
+    )
+    assert {k: small["transformer"][k] for k in ("depth", "dim", "heads", "mlp_dim")} == dict(
+        depth=20, dim=1536, heads=24, mlp_dim=6144
+    )
     tok = cvivit["tokenizer"]
-    assert (tok["image_size"], tok["patch_size"], tok["temporal_patch_size"], tok["dim"], tok["spatial_depth"],
-            tok["temporal_depth"], tok["heads"], tok["mlp_dim"], tok["code_dim"], tok["codebook_size"]) == (
-        128, 8, 2, 512, 4, 4, 8, 2048, 32, 8192)
+    assert (
+        tok["image_size"],
+        tok["patch_size"],
+        tok["temporal_patch_size"],
+        tok["dim"],
+        tok["spatial_depth"],
+        tok["temporal_depth"],
+        tok["heads"],
+        tok["mlp_dim"],
+        tok["code_dim"],
+        tok["codebook_size"],
+    ) == (128, 8, 2, 512, 4, 4, 8, 2048, 32, 8192)
     assert big["tokenizer"] == tok  # inherited, not copied
-    assert big["sampling"]["guidance_scale"] == 12.0 and big["sampling"]["steps"] == 48 and big["sampling"]["temperature"] == 8.0
+    assert (
+        big["sampling"]["guidance_scale"] == 12.0
+        and big["sampling"]["steps"] == 48
+        and big["sampling"]["temperature"] == 8.0
+    )
     for cfg in (big, cvivit):
         train = cfg.get("transformer_train") or cfg["tokenizer_train"]
         assert train["betas"] == [0.9, 0.99] and train["weight_decay"] == 1e-4 and train["grad_clip"] == 10.0
-    assert big["transformer_train"]["video_fraction"] == 0.8 and small["transformer_train"]["video_fraction"] == 0.5
+    assert (
+        big["transformer_train"]["video_fraction"] == 0.8
+        and small["transformer_train"]["video_fraction"] == 0.5
+    )
 
 
 def test_cvivit_paper_preset_is_about_50m_parameters():
@@ -64,9 +84,11 @@ def test_describe_cli_prints_json(capsys):
 
     assert main(["describe", "--config", "debug", "--json", "transformer.depth=3"]) == 0
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out[out.index("{") :])
     assert report["config"] == "debug" and report["transformer"]["depth"] == 3
-    real = MaskGIT(maskgit_debug(depth=3, codebook_size=64, seq_len=80, tokens_per_frame=16))  # FSQ [4, 4, 4] codes
+    real = MaskGIT(
+        maskgit_debug(depth=3, codebook_size=64, seq_len=80, tokens_per_frame=16)
+    )  # FSQ [4, 4, 4] codes
     assert report["transformer"]["parameters"] == sum(p.numel() for p in real.parameters())
 
 
@@ -104,7 +126,9 @@ def test_magvit_presets_match_the_paper():
     assert l_["tokenizer"]["parameters"] > 3 * b["tokenizer"]["parameters"]
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_describe_runs_on_every_config_and_labels_its_totals(path, capsys):
     from jobs.cli import main
 
@@ -112,7 +136,9 @@ def test_describe_runs_on_every_config_and_labels_its_totals(path, capsys):
     out = capsys.readouterr().out
     assert "tokenizer" in out and "parameters" in out and "what a checkpoint holds" in out
     report = describe(load_config(str(path)))
-    assert report["total_parameters"] == report["tokenizer"]["parameters"] + report.get("transformer", {}).get("parameters", 0)
+    assert report["total_parameters"] == report["tokenizer"]["parameters"] + report.get(
+        "transformer", {}
+    ).get("parameters", 0)
     assert report["trained_parameters"] == report["total_parameters"] + report["discriminator_parameters"]
     if report["discriminator_parameters"]:
         assert "with the discriminator" in out
@@ -141,7 +167,9 @@ def test_typed_configs_coerce_safe_values_and_name_wrong_ones():
     assert build_dataclass(TrainConfig, {"peak_lr": 1}).peak_lr == 1.0
     from modeling.presets import load_yaml
 
-    assert load_yaml("t: {peak_lr: 5e-4, steps: 1e3, name: 1e}") == {"t": {"peak_lr": 5e-4, "steps": 1000.0, "name": "1e"}}
+    assert load_yaml("t: {peak_lr: 5e-4, steps: 1e3, name: 1e}") == {
+        "t": {"peak_lr": 5e-4, "steps": 1000.0, "name": "1e"}
+    }
     for bad, message in (({"peak_lr": "fast"}, "TrainConfig.peak_lr must be float, got 'fast'"),
                          ({"steps": 2.5}, "TrainConfig.steps must be int"),
                          ({"steps": "2.5e0"}, "TrainConfig.steps must be int"),

@@ -72,8 +72,9 @@ def test_runtime_env_defaults(tmp_path):
 def test_runtime_env_requirements_env_and_excludes(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("# pinned\nnumpy>=1.26  # arrays\n\neinops==0.8.0\n")
-    env = build_runtime_env(tmp_path, requirements=req, env={"OMP_WAIT_POLICY": "ACTIVE", "A": "1"},
-                            excludes=["data/", ".venv"])
+    env = build_runtime_env(
+        tmp_path, requirements=req, env={"OMP_WAIT_POLICY": "ACTIVE", "A": "1"}, excludes=["data/", ".venv"]
+    )
     assert env["pip"] == ["numpy>=1.26", "einops==0.8.0"]
     assert env["env_vars"] == {**WORKER_ENV, "OMP_WAIT_POLICY": "ACTIVE", "A": "1"}
     assert env["excludes"].count(".venv") == 1 and env["excludes"][-1] == "data/"
@@ -117,7 +118,9 @@ def test_a_submitted_jobs_driver_asks_ray_only_for_what_the_job_does_not_set():
 
     hook = "jobs.runtime.quiet_ray_worker"
     # `phenaki submit` sends WORKER_ENV: the driver adds only the worker hook (same keys would be refused)
-    assert driver_runtime_env({"working_dir": "x", "env_vars": dict(WORKER_ENV)}) == {"worker_process_setup_hook": hook}
+    assert driver_runtime_env({"working_dir": "x", "env_vars": dict(WORKER_ENV)}) == {
+        "worker_process_setup_hook": hook
+    }
     # plain `ray job submit` with one of the variables: the driver adds the others
     key = next(iter(WORKER_ENV))
     partial = driver_runtime_env({"env_vars": {key: "1"}})
@@ -137,16 +140,24 @@ def test_cluster_address_for_local_commands_and_jobs():
     assert cluster_address(None, {**job, "RAY_ADDRESS": "127.0.0.1:6379"}) == ("127.0.0.1:6379", None)
     # the README's `export RAY_ADDRESS=http://HEAD:8265` (for job submission) must not break local commands
     address, note = cluster_address(None, {"RAY_ADDRESS": "http://head:8265"})
-    assert address is None and "Jobs API address" in note and "phenaki submit --address http://head:8265" in note
+    assert (
+        address is None and "Jobs API address" in note and "phenaki submit --address http://head:8265" in note
+    )
 
 
-@pytest.mark.parametrize("argv, address, job_args", [
-    (["--address", "http://h:8265", "synth", "--out", "x"], "http://h:8265", ["--out", "x"]),
-    (["synth", "--", "--out", "x"], None, ["--out", "x"]),
-    (["synth", "--address", "http://h:8265", "--no-wait", "--", "--out", "x", "--address", "y"],
-     "http://h:8265", ["--out", "x", "--address", "y"]),
-    (["synth", "--out", "x", "--address", "y"], None, ["--out", "x", "--address", "y"]),
-])
+@pytest.mark.parametrize(
+    "argv, address, job_args",
+    [
+        (["--address", "http://h:8265", "synth", "--out", "x"], "http://h:8265", ["--out", "x"]),
+        (["synth", "--", "--out", "x"], None, ["--out", "x"]),
+        (
+            ["synth", "--address", "http://h:8265", "--no-wait", "--", "--out", "x", "--address", "y"],
+            "http://h:8265",
+            ["--out", "x", "--address", "y"],
+        ),
+        (["synth", "--out", "x", "--address", "y"], None, ["--out", "x", "--address", "y"]),
+    ],
+)
 def test_submit_options_and_job_arguments(argv, address, job_args):
     args = split_job_args(build_parser().parse_args(argv))
     assert (args.job, args.address, args.job_args) == ("synth", address, job_args)
@@ -154,7 +165,9 @@ def test_submit_options_and_job_arguments(argv, address, job_args):
 
 
 def test_defaults_survive_options_after_job():
-    args = split_job_args(build_parser().parse_args(["--token", "t", "synth", "--no-wait", "--", "--out", "x"]))
+    args = split_job_args(
+        build_parser().parse_args(["--token", "t", "synth", "--no-wait", "--", "--out", "x"])
+    )
     assert args.token == "t" and args.no_wait and args.working_dir is None
 
 
@@ -186,19 +199,30 @@ def free_ports(n: int) -> list[int]:
 
 
 def submit_cmd(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.submit", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.submit", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
 def test_unreachable_address_says_how_to_start_a_head():
     (port,) = free_ports(1)
-    proc = submit_cmd("--address", f"http://127.0.0.1:{port}", "synth", "--out", "x", env=clean_env(), timeout=60)
+    proc = submit_cmd(
+        "--address", f"http://127.0.0.1:{port}", "synth", "--out", "x", env=clean_env(), timeout=60
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "cannot reach a Ray dashboard" in proc.stderr and "ray start --head" in proc.stderr
 
@@ -244,16 +268,32 @@ def ray_head():
     # Short path: Ray's unix sockets live under the temp dir (108-byte limit), pytest's tmp_path is too deep.
     temp_dir = tempfile.mkdtemp(prefix="phk-submit-", dir="/tmp")
     token = secrets.token_hex(32)
-    gcs, dash, client, agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
+    gcs, dash, client, agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager = (
+        free_ports(9)
+    )
     ray_bin = Path(sys.executable).with_name("ray")
-    env = clean_env(RAY_AUTH_TOKEN=token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = clean_env(
+        RAY_AUTH_TOKEN=token, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
     cmd = [
-        str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-        f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
-        f"--object-manager-port={object_manager}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        str(ray_bin),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     try:
         start = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -300,12 +340,18 @@ def test_submitted_prepare_starts_ray_inside_the_job_and_writes_shards(ray_head,
     log, lines = proc.stdout + proc.stderr, proc.stdout.splitlines()
     assert proc.returncode == 0, log[-4000:]
     assert any(line.startswith("submission id: raysubmit_") for line in lines)
-    assert f"python -m jobs.prepare --source {tmp_path / 'source' / 'webvid.csv'}" in proc.stdout  # the entrypoint
+    assert (
+        f"python -m jobs.prepare --source {tmp_path / 'source' / 'webvid.csv'}" in proc.stdout
+    )  # the entrypoint
     assert "Failed to merge" not in log and "SUCCEEDED" in lines[-1]
     assert "Traceback" not in log and "is now ignored by default" not in log, log[-4000:]
     assert re.search(r"shard shard-000000.tar done .*\[1/1 · .* shards/s · done\]", log), log[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["num_samples"] == 6 and manifest["counts"] == {"video": 4, "image": 2} and not manifest["skips"]
+    assert (
+        manifest["num_samples"] == 6
+        and manifest["counts"] == {"video": 4, "image": 2}
+        and not manifest["skips"]
+    )
 
 
 @pytest.mark.ray
@@ -328,7 +374,9 @@ def test_readme_cluster_commands(ray_head, tmp_path):
     log = proc.stdout + proc.stderr
     assert log.count("succeeded") >= 4 and "Traceback" not in log, log[-4000:]
     assert json.loads((bucket / "clips" / "manifest.json").read_text())["counts"] == {"video": 8, "image": 4}
-    assert (mount / "tokenizer" / "model.safetensors").exists() and (mount / "tokenizer" / "eval.json").exists()
+    assert (mount / "tokenizer" / "model.safetensors").exists() and (
+        mount / "tokenizer" / "eval.json"
+    ).exists()
     assert json.loads((bucket / "tokens" / "manifest.json").read_text())["num_samples"] == 12
     assert (mount / "transformer" / "model.safetensors").exists()
     rows = [json.loads(line) for line in (mount / "transformer" / "metrics.jsonl").read_text().splitlines()]
@@ -338,8 +386,9 @@ def test_readme_cluster_commands(ray_head, tmp_path):
 
 @pytest.mark.ray
 def test_a_failing_job_exits_1_with_its_status(ray_head):
-    proc = submit_cmd("--address", ray_head.address, "synth", "--videos", "1",
-                      env=clean_env(RAY_AUTH_TOKEN=ray_head.token))
+    proc = submit_cmd(
+        "--address", ray_head.address, "synth", "--videos", "1", env=clean_env(RAY_AUTH_TOKEN=ray_head.token)
+    )
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "the following arguments are required: --out" in proc.stdout  # the job's stderr, streamed
     assert "status message: Job entrypoint command failed with exit code 2" in proc.stdout
@@ -348,13 +397,16 @@ def test_a_failing_job_exits_1_with_its_status(ray_head):
 
 @pytest.mark.ray
 def test_token_auth_is_on_and_errors_say_how_to_pass_the_token(ray_head, tmp_path):
-    wrong = submit_cmd("--address", ray_head.address, "--token", "not-the-token", "synth", "--out", "x",
-                       env=clean_env())
+    wrong = submit_cmd(
+        "--address", ray_head.address, "--token", "not-the-token", "synth", "--out", "x", env=clean_env()
+    )
     assert wrong.returncode == 1
     assert "rejected the auth token from --token" in wrong.stderr and "RAY_AUTH_TOKEN" in wrong.stderr
 
     # No token anywhere (HOME without ~/.ray/auth_token): the head still demands one.
-    missing = submit_cmd("--address", ray_head.address, "synth", "--out", "x", env=clean_env(HOME=str(tmp_path)))
+    missing = submit_cmd(
+        "--address", ray_head.address, "synth", "--out", "x", env=clean_env(HOME=str(tmp_path))
+    )
     assert missing.returncode == 1
     assert "requires a Ray auth token" in missing.stderr and "ray get-auth-token" in missing.stderr
 
@@ -363,9 +415,26 @@ def test_token_auth_is_on_and_errors_say_how_to_pass_the_token(ray_head, tmp_pat
 def test_ctrl_c_stops_following_not_the_job(ray_head, tmp_path):
     env = clean_env(RAY_AUTH_TOKEN=ray_head.token)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.submit", "--address", ray_head.address, "synth", "--",
-         "--out", str(tmp_path / "long"), "--videos", "100000", "--images", "1"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.submit",
+            "--address",
+            ray_head.address,
+            "synth",
+            "--",
+            "--out",
+            str(tmp_path / "long"),
+            "--videos",
+            "100000",
+            "--images",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen = []
     while not any("Running entrypoint" in line for line in seen):
@@ -379,13 +448,21 @@ def test_ctrl_c_stops_following_not_the_job(ray_head, tmp_path):
     submission_id = seen[0].split()[-1]
     stop = next(line for line in err.splitlines() if "ray job stop" in line).split("stop it:")[1].split()
     assert stop[0] == "RAY_AUTH_MODE=token" and stop[1:4] == ["ray", "job", "stop"]  # the hint, as printed
-    stopped = subprocess.run([str(Path(sys.executable).with_name("ray")), *stop[2:]], capture_output=True,
-                             text=True, timeout=60, env={**env, "RAY_AUTH_MODE": "token"})
+    stopped = subprocess.run(
+        [str(Path(sys.executable).with_name("ray")), *stop[2:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "RAY_AUTH_MODE": "token"},
+    )
     assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     import requests
 
-    status = requests.get(f"{ray_head.address}/api/jobs/{submission_id}", timeout=10,
-                          headers={"Authorization": f"Bearer {ray_head.token}"}).json()["status"]
+    status = requests.get(
+        f"{ray_head.address}/api/jobs/{submission_id}",
+        timeout=10,
+        headers={"Authorization": f"Bearer {ray_head.token}"},
+    ).json()["status"]
     assert status == "STOPPED"
 
 

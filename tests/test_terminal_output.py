@@ -62,7 +62,9 @@ def test_tail_of_a_file_not_there_yet(tmp_path):
 def test_postfix_shows_what_a_person_watches():
     row = {"step": 3, "loss": 1.23456, "psnr": 21.5, "lr": 1e-3, "mask_accuracy": float("nan")}
     assert postfix(row) == "loss 1.235 · psnr 21.5"
-    assert postfix({"loss": 0.5, "psnr": 20.0}, budget_stop_s=42.4) == "loss 0.5 · budget stop in 42 s · psnr 20"
+    assert (
+        postfix({"loss": 0.5, "psnr": 20.0}, budget_stop_s=42.4) == "loss 0.5 · budget stop in 42 s · psnr 20"
+    )
 
 
 def test_budget_note_only_when_the_budget_comes_first():
@@ -131,9 +133,12 @@ def test_known_noise_is_filtered_and_nothing_else(caplog):
         logging.getLogger("ray._private.authentication.authentication_token_setup").warning(
             "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
         )
-        logging.getLogger("phenaki").warning("Failed to query Ray Train Controller actor state.")  # ours: kept
+        logging.getLogger("phenaki").warning(
+            "Failed to query Ray Train Controller actor state."
+        )  # ours: kept
     assert [r.getMessage()[:30] for r in caplog.records] == [
-        "Detected that the Ray Train co", "Failed to query Ray Train Cont"
+        "Detected that the Ray Train co",
+        "Failed to query Ray Train Cont",
     ]
     assert [r.name for r in caplog.records] == [cleaner, "phenaki"]
 
@@ -155,13 +160,21 @@ def test_every_command_says_it_started_before_its_imports(tmp_path):
 
     from jobs.cli import SUBCOMMANDS
 
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "describe", "--config", "debug", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "describe", "--config", "debug", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.splitlines()[0] == "phenaki describe: starting"
     assert json.loads(proc.stdout)  # stdout stays machine-readable
-    helped = subprocess.run([sys.executable, "-m", "jobs.cli", "train-tokenizer", "--help"],
-                            capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train-tokenizer", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert helped.returncode == 0 and "starting" not in helped.stderr and "usage: phenaki" in helped.stdout
     for module, _ in SUBCOMMANDS.values():  # nobody configures logging on their own any more
         assert "setup_logging()" not in (REPO / f"{module.replace('.', '/')}.py").read_text(), module

@@ -103,7 +103,9 @@ def test_tokenizer_trains_and_exports(tokenizer_run) -> None:
     assert "restarted_codes" in rows[1]
     assert evaluation["clips"] == 2 and math.isfinite(evaluation["psnr_db"])
     fidelity = evaluation["fidelity"]  # the detector on reconstructions of 72 fresh clips, with strips
-    assert fidelity["clips"] == 72 and all(0.0 <= fidelity[k] <= 1.0 for k in ("clean", "colour", "shape", "motion"))
+    assert fidelity["clips"] == 72 and all(
+        0.0 <= fidelity[k] <= 1.0 for k in ("clean", "colour", "shape", "motion")
+    )
     assert fidelity["examples"] and all((out / "fidelity" / e["file"]).exists() for e in fidelity["examples"])
     assert json.loads((out / "eval.json").read_text()) == evaluation
     assert (out / "run_config.yaml").exists()  # kept across the export
@@ -122,7 +124,9 @@ def test_tokenizer_export_loads_and_encodes(tokenizer_run) -> None:
 
 
 @pytest.mark.parametrize("zero_stage", [1, 3])
-def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_local, clip_shards, zero_stage) -> None:
+def test_tokenizer_zero_stage_checkpoints_and_resumes(
+    request, tmp_path, ray_local, clip_shards, zero_stage
+) -> None:
     """ZeRO-1 with its checkpoints in gs:// (the storage emulator), ZeRO-3 (built under zero.Init) with
     activation checkpointing: each trains, checkpoints, and a rerun with more steps resumes from the last
     checkpoint rather than from step 0. Every step reports throughput and MFU, also as TensorBoard events."""
@@ -134,9 +138,17 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
         emulator = request.getfixturevalue("gcs_emulator")
         emulator.make_bucket("phenaki-runs")
         storage = "gs://phenaki-runs/runs"
-    train = {**COMMON, "batch_size": 2, "image_batch_size": 2, "zero_stage": zero_stage, "eval_clips": 2,
-             "checkpoint_every": 1, "storage_path": storage, "activation_checkpointing": zero_stage == 3,
-             "fidelity_repeats": 0}  # fmt: skip  (object fidelity is tokenizer_run's check)
+    train = {
+        **COMMON,
+        "batch_size": 2,
+        "image_batch_size": 2,
+        "zero_stage": zero_stage,
+        "eval_clips": 2,
+        "checkpoint_every": 1,
+        "storage_path": storage,
+        "activation_checkpointing": zero_stage == 3,
+        "fidelity_repeats": 0,
+    }  # fmt: skip  (object fidelity is tokenizer_run's check)
     config = {
         "tokenizer": TOKENIZER,
         "tokenizer_train": {**train, "steps": 2},
@@ -156,11 +168,15 @@ def test_tokenizer_zero_stage_checkpoints_and_resumes(request, tmp_path, ray_loc
     if storage:
         fs = emulator.filesystem()
         names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("phenaki-runs/runs/tokenizer", refresh=True))
-        assert [n for n in names if n.startswith("checkpoint-")] == ["checkpoint-00000002", "checkpoint-00000003"]
+        assert [n for n in names if n.startswith("checkpoint-")] == [
+            "checkpoint-00000002",
+            "checkpoint-00000003",
+        ]
         assert not (out / "ray").exists()
     else:
         assert sorted(p.name for p in (out / "ray" / "tokenizer").glob("checkpoint-*")) == [
-            "checkpoint-00000002", "checkpoint-00000003"
+            "checkpoint-00000002",
+            "checkpoint-00000003",
         ]
     assert evaluation["clips"] == 2 and math.isfinite(evaluation["psnr_db"])
     loaded = load_checkpoint(out)
@@ -184,7 +200,9 @@ def test_lecam_anchors_are_checkpointed_and_restored() -> None:
     assert [a.state() for a in restored] == state["lecam"]
     penalty = restored[0].penalty(torch.tensor([3.0]), torch.tensor([-2.0]))
     assert float(penalty) > 0
-    no_gan = job_from_config({**config, "tokenizer_loss": {"adv_weight": 0.0, "lecam_weight": 0.001}}, "unused")
+    no_gan = job_from_config(
+        {**config, "tokenizer_loss": {"adv_weight": 0.0, "lecam_weight": 0.001}}, "unused"
+    )
     assert _lecam_anchors(no_gan, 2, {}) is None and _client_state(3, None) == {"step": 3}
 
 

@@ -76,7 +76,9 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 def test_zero3_construction_partitions_the_model_as_it_is_built(tmp_path) -> None:
     world = 2
-    mp.start_processes(_rank_main, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _rank_main, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="spawn"
+    )
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     from modeling.maskgit import MaskGIT, maskgit_debug
 

@@ -122,9 +122,13 @@ class CommitJob:
         self._worker = worker
         self._loader = CommitBatches(self.data, self.train.loader_config(), rank=worker.rank,
                                      world_size=worker.world_size)  # fmt: skip
-        self._masks = task_token_masks(self.clip_shape, self.commit.tokenizer_stride, self.commit).to(worker.device)
+        self._masks = task_token_masks(self.clip_shape, self.commit.tokenizer_stride, self.commit).to(
+            worker.device
+        )
         self._probs = task_probs(self.train.task_weights)
-        return {"transformer": build_engine(lambda: CommitTransformer(self.model), self.train, worker.world_size)}
+        return {
+            "transformer": build_engine(lambda: CommitTransformer(self.model), self.train, worker.world_size)
+        }
 
     def resume(self, state: dict | None) -> int:
         state = state or {"step": 0, "data_position": 0}
@@ -190,7 +194,9 @@ class CommitJob:
             engine.backward(loss)
             engine.step()
         metrics.update(loss=float(loss.detach()))
-        metrics.update({f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)})
+        metrics.update(
+            {f"task_{t}": float(c) / float(counts.sum()) for t, c in zip(TASKS, counts, strict=True)}
+        )
         return metrics
 
     def state(self, step: int) -> dict:
@@ -214,7 +220,12 @@ def commit_model_config(
     values = {k: v for k, v in (section or {}).items() if k != "family"}
     text = bool(values.pop("text", False))
     t, h, w = grid
-    sizes = {"codebook_size": codebook_size, "seq_len": t * h * w, "grid": (t, h, w), "text_dim": text_dim if text else None}
+    sizes = {
+        "codebook_size": codebook_size,
+        "seq_len": t * h * w,
+        "grid": (t, h, w),
+        "text_dim": text_dim if text else None,
+    }
     return build_dataclass(CommitTransformerConfig, {**values, **sizes})
 
 

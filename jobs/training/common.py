@@ -61,9 +61,15 @@ class TrainConfig:
     seed: int = 0
     time_budget_s: float | None = None  # stop early after this long (still checkpoints and exports)
     record_samples: bool = False  # per-step {step, rank, loss, sample_ids, ...} in <out>/steps-rank{r}.jsonl
-    activation_checkpointing: bool = False  # recompute block activations in backward (less memory, ~+33% FLOPs)
-    storage_path: str | None = None  # Ray Train storage (checkpoints): default <out>/ray; gs://bucket/prefix too
-    peak_tflops: float | None = None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
+    activation_checkpointing: bool = (
+        False  # recompute block activations in backward (less memory, ~+33% FLOPs)
+    )
+    storage_path: str | None = (
+        None  # Ray Train storage (checkpoints): default <out>/ray; gs://bucket/prefix too
+    )
+    peak_tflops: float | None = (
+        None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
+    )
     fail_at_step: int | None = None  # fault drill: one worker exits after step N, first attempt only
 
     def __post_init__(self) -> None:
@@ -457,5 +463,7 @@ def clip_fps(tokenizer_meta: dict, config: dict) -> float:
     """Frame rate of the training clips: recorded by train-tokenizer, else the prepare config's."""
     fps = (tokenizer_meta.get("extra") or {}).get("fps") or (config.get("prepare") or {}).get("fps")
     if not fps:
-        raise ValueError("unknown clip frame rate: the tokenizer checkpoint has no extra.fps; set prepare.fps")
+        raise ValueError(
+            "unknown clip frame rate: the tokenizer checkpoint has no extra.fps; set prepare.fps"
+        )
     return float(fps)

@@ -68,4 +68,3 @@ def copy_tokenizer(src: str, dst: str) -> None:
         shutil.copy2(Path(src) / name, tmp / name)
     shutil.rmtree(dst_path, ignore_errors=True)
     tmp.rename(dst_path)
-

@@ -99,7 +99,9 @@ class Throughput:
     world_size: int
 
     @classmethod
-    def for_worker(cls, worker: Worker, cfg, run: str, *, samples: int, tokens: int, flops: int) -> Throughput:
+    def for_worker(
+        cls, worker: Worker, cfg, run: str, *, samples: int, tokens: int, flops: int
+    ) -> Throughput:
         """Per-worker step work against this worker's peak (`peak_tflops`); rank 0 says where the peak is from.
         `cfg`: the run's TrainConfig (precision, peak_tflops)."""
         peak, source = peak_tflops(worker.device, cfg.precision, cfg.peak_tflops)

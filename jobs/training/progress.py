@@ -26,13 +26,17 @@ def on_terminal() -> bool:
     """stdout (the workers' lines) and stderr (the bar) are a terminal with a width (a pty without one, as
     `script` makes, would draw a zero-width bar: nothing)."""
     try:
-        return sys.stdout.isatty() and sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        return (
+            sys.stdout.isatty()
+            and sys.stderr.isatty()
+            and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        )
     except OSError:
         return False
 
 
 def progress_mode(terminal: bool, local_files: bool, env: str | None = None) -> str:
-    """"bar" or "lines". `env` (PROGRESS_ENV) wins when set; else a bar only on a terminal (stdout, which
+    """ "bar" or "lines". `env` (PROGRESS_ENV) wins when set; else a bar only on a terminal (stdout, which
     the workers' lines go to, and stderr, which the bar goes to) and when the driver can read the workers'
     metrics file (a single-machine cluster)."""
     if env in ("bar", "lines"):

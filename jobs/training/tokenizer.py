@@ -44,7 +44,9 @@ class TokenizerTrainConfig(TrainConfig):
     image_batch_size: int = 4  # stills per worker per step (0: videos only)
     num_frames: int | None = None  # crop clips to 1 + k*t_p frames; None: the clips' own length
     eval_clips: int = 8  # videos held out for the final reconstruction PSNR
-    fidelity_repeats: int = 1  # object fidelity on 72 x this fresh clips (every colour x shape x motion); 0: off
+    fidelity_repeats: int = (
+        1  # object fidelity on 72 x this fresh clips (every colour x shape x motion); 0: off
+    )
     restart_every: int = 50  # dead-code restart interval in steps (0: off)
     restart_threshold: float = 0.03  # a code is dead when its averaged usage falls below this
     hue_rotation: float = 0.0  # share of training clips with randomly rotated hues (colour apart from motion)
@@ -105,12 +107,17 @@ class TokenizerJob:
             world_size=worker.world_size,
         )
         engines = {
-            "tokenizer": build_engine(self.build, cfg, worker.world_size, backwards_per_step=self._batches_per_step)
+            "tokenizer": build_engine(
+                self.build, cfg, worker.world_size, backwards_per_step=self._batches_per_step
+            )
         }
         if self.loss.adv_weight > 0:
             # ZeRO-3 would partition D's weights, which G's adversarial pass uses outside D's engine
             engines["discriminator"] = build_engine(
-                lambda: StyleGANDiscriminator(self.disc), cfg, worker.world_size, zero_stage=min(cfg.zero_stage, 2)
+                lambda: StyleGANDiscriminator(self.disc),
+                cfg,
+                worker.world_size,
+                zero_stage=min(cfg.zero_stage, 2),
             )
         # The frozen perceptual networks load here: a missing or mismatched file fails before the first step.
         dtype, loss = engine_dtype(engines["tokenizer"]), self.loss
@@ -159,7 +166,9 @@ class TokenizerJob:
             tokens += count * grid[0] * grid[1] * grid[2]
             flops += count * tokenizer_forward_flops(self.build, shape)
             if self.loss.adv_weight > 0:
-                flops += 3 * count * module_forward_flops(lambda: StyleGANDiscriminator(self.disc), (1, *shape))
+                flops += (
+                    3 * count * module_forward_flops(lambda: StyleGANDiscriminator(self.disc), (1, *shape))
+                )
         return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples * cfg.grad_accum,
                                      tokens=tokens * cfg.grad_accum, flops=flops * cfg.grad_accum)  # fmt: skip
 
@@ -171,7 +180,9 @@ class TokenizerJob:
                 *self._frozen, self._lecam,
             )  # fmt: skip
         if cfg.restart_every and (step + 1) % cfg.restart_every == 0:
-            metrics["restarted_codes"] = float(_restart_dead_codes(engines["tokenizer"].module, latents, self, step + 1))
+            metrics["restarted_codes"] = float(
+                _restart_dead_codes(engines["tokenizer"].module, latents, self, step + 1)
+            )
         return metrics
 
     def state(self, step: int) -> dict:
@@ -191,7 +202,9 @@ class TokenizerJob:
         }
         export_serving(engines["tokenizer"], self.build, self.model, out_dir, worker, cfg.zero_stage, extra)
         if worker.is_main:
-            evaluate(out_dir, loader.holdout_videos(), step, t if cfg.fidelity_repeats else 0, cfg.fidelity_repeats)
+            evaluate(
+                out_dir, loader.holdout_videos(), step, t if cfg.fidelity_repeats else 0, cfg.fidelity_repeats
+            )
 
     def result(self, out: Path) -> dict:
         return json.loads((out / "eval.json").read_text())
@@ -309,7 +322,9 @@ def _client_state(step: int, lecam: list[LeCamEMA] | None) -> dict:
     return {"step": step} | ({"lecam": [a.state() for a in lecam]} if lecam else {})
 
 
-def evaluate(out_dir: str, videos: torch.Tensor | None, step: int, fidelity_frames: int = 0, repeats: int = 1) -> dict:
+def evaluate(
+    out_dir: str, videos: torch.Tensor | None, step: int, fidelity_frames: int = 0, repeats: int = 1
+) -> dict:
     """Held-out reconstruction PSNR of the exported checkpoint (so it also proves the export loads) and,
     with `fidelity_frames`, object fidelity: the detector on reconstructions of fresh clips of every colour x
     shape x motion (`pipelines.fidelity`), with input | reconstruction strips in `<out>/fidelity/`."""
