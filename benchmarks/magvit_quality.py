@@ -50,15 +50,14 @@ from jobs.training.commit import sample_tasks, task_probs
 from jobs.training.common import TrainConfig
 from modeling.commit import TASKS, CommitConfig, commit_decode, tokenize_with_condition
 from modeling.commit_model import CommitTransformer, commit_training_step, commit_transformer_debug
-from modeling.generation import video_to_frames
 from modeling.latent_masking import MASKGIT_LOSS_WEIGHTS, latent_masking_decode, latent_masking_training_step
 from modeling.losses import TokenizerLossConfig, generator_loss
 from modeling.lr_schedule import warmup_cosine
+from modeling.pixels import frames_to_video, video_to_frames
 from modeling.presets import build_dataclass, load_config
 from modeling.tokenizers import tokenizer_config_from
 from pipelines.commit_data import encode_condition_tokens, select_condition, task_token_masks
 from pipelines.synth import HELD_OUT, TRAIN_TRIPLES
-from pipelines.tokenize import to_video_tensor
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "magvit_quality.json"
 SIZE, FRAMES, CVIVIT_FRAMES = 32, 16, 17  # 3D-VQ: multiple of 4 frames; C-ViViT: 1 + 8 * t_p (t_p = 2)
@@ -362,7 +361,7 @@ def run(budget: Budget, quick: bool, log: Callable[[str], None] = print) -> dict
     eval_frames, eval_motions = render_clips(
         budget.eval_clips, seed=EVAL_SEED, num_frames=CVIVIT_FRAMES, size=SIZE, triples=eval_triples
     )
-    train_videos, eval_videos = to_video_tensor(train_frames), to_video_tensor(eval_frames)
+    train_videos, eval_videos = frames_to_video(train_frames), frames_to_video(eval_frames)
     truth = detected_motions(eval_frames[:, :FRAMES])  # the detector's reading of the ground truth
     lap("render clips")
 

@@ -299,9 +299,10 @@ def tokenize_breakdown(ckpt: Path, clips: Path, cfg, count: int) -> dict:
     import torch
 
     from modeling.checkpoint import load_checkpoint
+    from modeling.pixels import frames_to_video
     from modeling.text_encoder import load_text_encoder
     from pipelines.shards import list_shards, read_shard
-    from pipelines.tokenize import decode_clip, to_video_tensor
+    from pipelines.tokenize import decode_clip
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -320,7 +321,7 @@ def tokenize_breakdown(ckpt: Path, clips: Path, cfg, count: int) -> dict:
         t1 = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(decoded), cfg.batch_size):
-                model.encode(to_video_tensor(np.stack([c.frames for c in decoded[s : s + cfg.batch_size]])))
+                model.encode(frames_to_video(np.stack([c.frames for c in decoded[s : s + cfg.batch_size]])))
             t2 = time.perf_counter()
             for s in range(0, len(decoded), cfg.batch_size):
                 text.encode([c.caption for c in decoded[s : s + cfg.batch_size]])

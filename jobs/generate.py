@@ -149,7 +149,7 @@ class CommitGenerator:
 
         from modeling.commit import TASKS, condition_video, infer_stride, ispad
         from modeling.commit_model import commit_generate
-        from modeling.generation import frames_to_video, video_to_frames
+        from modeling.pixels import frames_to_video, video_to_frames
 
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modeling.checkpoint import load_checkpoint, save_checkpoint
 from modeling.cvivit import CViViT, cvivit_debug
 from modeling.maskgit import MaskGIT, maskgit_debug
+from modeling.pixels import frames_to_video, resize_center_crop, video_to_frames
 from modeling.sampling import maskgit_sample
 from modeling.text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder, load_text_encoder
 from modeling.tokenizers import check_tokenizer_kind
@@ -85,36 +85,6 @@ class GeneratedVideo:
     @property
     def prompts(self) -> list[str]:
         return [s[0] for s in self.segments]
-
-
-# ---- pixel conversions ------------------------------------------------------------------------------------------
-def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float in [-1, 1]."""
-    x = torch.as_tensor(np.ascontiguousarray(frames))
-    return x.permute(3, 0, 1, 2).unsqueeze(0).float().div(127.5).sub(1.0)
-
-
-def video_to_frames(video: torch.Tensor) -> np.ndarray:
-    """(B, 3, T, H, W) float in [-1, 1] -> (B, T, H, W, 3) uint8."""
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
-def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8: resize the short side to `size` (antialiased), centre-crop."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image.copy()
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[0, :, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 0).numpy()
 
 
 # ---- the generator ----------------------------------------------------------------------------------------------
@@ -342,7 +312,9 @@ class VideoGenerator:
 
         primer = None
         if image is not None:
-            primer = self.encode_frames(fit_image(image, self.image_size)[None])  # (1, h, w)
+            primer = self.encode_frames(
+                resize_center_crop(np.asarray(image), self.image_size)[None]
+            )  # (1, h, w)
         tokens = self._sample(emb[:1], mask[:1], None if primer is None else self._primed(primer), cfg, gen)
         window = self.decode_tokens(tokens)[0]
         pieces, all_tokens = [window], [tokens[0].cpu()]

@@ -89,15 +89,14 @@ def tokenizer_fidelity(model, clips: FidelityClips, batch_size: int = 24) -> tup
     """
     import torch
 
-    from modeling.generation import video_to_frames
-    from pipelines.tokenize import to_video_tensor
+    from modeling.pixels import frames_to_video, video_to_frames
 
     was_training = model.training
     model.eval()
     outs = []
     with torch.no_grad():
         for i in range(0, len(clips.frames), batch_size):
-            video = to_video_tensor(clips.frames[i : i + batch_size])
+            video = frames_to_video(clips.frames[i : i + batch_size])
             outs.append(video_to_frames(model.decode(model.encode(video))))
     model.train(was_training)
     recon = np.concatenate(outs)

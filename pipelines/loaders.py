@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from modeling.pixels import frames_to_video
 from pipelines.shards import list_shards, read_shard
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
@@ -65,12 +66,6 @@ class EpochStream:
             epoch, offset = divmod(start + i, self.n)
             out[i] = self.permutation(epoch)[offset]
         return out
-
-
-def _to_video_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3)
-    return x.float().div_(127.5).sub_(1.0)
 
 
 def _read_samples(data_dir: str) -> list[dict]:
@@ -214,10 +209,10 @@ class ClipBatches:
     def step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         cfg = self.cfg
         idx = self._streams["video"].take(step * cfg.video_batch_size, cfg.video_batch_size)
-        out = [{"video": self._augment(_to_video_tensor(self.videos[idx]), "video", step)}]
+        out = [{"video": self._augment(frames_to_video(self.videos[idx]), "video", step)}]
         if self.images is not None:
             idx = self._streams["image"].take(step * cfg.image_batch_size, cfg.image_batch_size)
-            out.append({"video": self._augment(_to_video_tensor(self.images[idx]), "image", step)})
+            out.append({"video": self._augment(frames_to_video(self.images[idx]), "image", step)})
         return out
 
     def _augment(self, clips: torch.Tensor, kind: str, step: int) -> torch.Tensor:
@@ -245,7 +240,7 @@ class ClipBatches:
         clips = [c for c in clips if c is not None]
         if not clips:
             return None
-        return _to_video_tensor(_stack(clips, "held-out videos", self._data_dir))
+        return frames_to_video(_stack(clips, "held-out videos", self._data_dir))
 
 
 # --------------------------------------------------------------------------------------------- tokens

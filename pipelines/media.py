@@ -11,7 +11,8 @@ Scraped media is untrusted: decoding only ever runs the demuxers / Pillow plugin
 frame sizes from headers before allocating pixels, and bounds frames, streams and wall time.
 
 Where things live: this module holds the codecs proper (encoding, frame decoding with seeking,
-resampling and the per-call decode budget, image decoding, resizing, GIFs). The limits, error
+resampling and the per-call decode budget, image decoding, GIFs); `resize_center_crop` is
+`modeling.pixels`', re-exported here. The limits, error
 types, format-restricted opening, header probing (`probe_video` / `probe_image`), skip filters
 and `clip_starts` live in `pipelines.media_probe`, which decides everything knowable before pixels
 are decoded; they are re-exported here (see `__all__`), so callers keep importing from this module.
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Public names are re-exported (`__all__`); the private ones are the openers and helpers the decoders share.
+from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
 from pipelines.media_probe import (
     _TIME_EPS,
     DEFAULT_LIMITS,
@@ -399,32 +401,6 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the short side is `size`, then centre-crop to size x size.
-
-    (T, H, W, 3) -> (T, size, size, 3) or (H, W, 3) -> (size, size, 3), uint8.
-    Pillow's bicubic widens its kernel by the scale factor when shrinking, so it averages over
-    the source area (no aliasing) when downscaling and interpolates smoothly when upscaling.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        return resize_center_crop(frames[None], size)[0]
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise MediaError(f"expected (T, H, W, 3) or (H, W, 3), got {frames.shape}")
-    _, h, w, _ = frames.shape
-    if (h, w) == (size, size):
-        return frames.copy()
-    # Resample only the centred source square that survives the crop (Pillow's `box`), instead of the whole
-    # frame followed by a crop: same filter, a fraction of the work for wide frames.
-    side = min(h, w)
-    left, top = (w - side) / 2, (h - side) / 2
-    box = (left, top, left + side, top + side)
-    out = np.empty((frames.shape[0], size, size, 3), dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        out[i] = np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC, box=box))
-    return out
 
 
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:

@@ -158,14 +158,6 @@ def decode_clip(
     return Clip(sample["__key__"], kind, frames, caption, meta)
 
 
-def to_video_tensor(frames: np.ndarray):
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32 in [-1, 1]."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 4, 1, 2, 3)
-    return x.float().div_(127.5).sub_(1.0)
-
-
 class TokenizeWorker:
     """Ray Data actor: loads the models once; one input row = one clip shard -> one token shard."""
 
@@ -208,6 +200,8 @@ class TokenizeWorker:
         `commit`, the videos' condition tokens (9, t_z, h_z, w_z) (None for stills)."""
         import torch
 
+        from modeling.pixels import frames_to_video
+
         out: list[np.ndarray | None] = [None] * len(clips)
         cond: list[np.ndarray | None] = [None] * len(clips)
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -216,7 +210,7 @@ class TokenizeWorker:
         for idx in groups.values():
             for s in range(0, len(idx), self.cfg.batch_size):
                 chunk = idx[s : s + self.cfg.batch_size]
-                video = to_video_tensor(np.stack([clips[i].frames for i in chunk])).to(self.device)
+                video = frames_to_video(np.stack([clips[i].frames for i in chunk])).to(self.device)
                 with torch.no_grad():
                     codes = self.model.encode(video).cpu().numpy()  # (B, t_z, h_z, w_z)
                 for i, c in zip(chunk, codes, strict=True):

@@ -10,10 +10,9 @@ from modeling.generation import (
     GeneratedVideo,
     SamplingConfig,
     VideoGenerator,
-    fit_image,
-    frames_to_video,
     write_debug_checkpoint,
 )
+from modeling.pixels import frames_to_video, resize_center_crop
 
 NUM_FRAMES = 9  # 5 latent frames of 4x4 tokens at 32x32, patch 8, t_p 2
 
@@ -121,7 +120,7 @@ def test_animate_keeps_first_frame_tokens(gen):
     image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)  # not square, not the tokenizer size
     cfg = SamplingConfig(steps=4, seed=2)
     video = gen.animate(image, "it moves", cfg, text=fake_text(1))
-    expected = gen.tokenizer.encode(frames_to_video(fit_image(image, 32)[None]))[0]  # (1, 4, 4)
+    expected = gen.tokenizer.encode(frames_to_video(resize_center_crop(image, 32)[None]))[0]  # (1, 4, 4)
     assert video.frames.shape == (9, 32, 32, 3)
     assert torch.equal(video.fixed_tokens[0], expected)
     assert torch.equal(video.tokens[0][:1], expected)
@@ -132,15 +131,16 @@ def test_animate_keeps_first_frame_tokens(gen):
     assert torch.equal(story.tokens[1][:3], story.fixed_tokens[1])
 
 
-def test_fit_image_resizes_and_crops():
+def test_image_animation_resizes_as_prepare_does():
+    """A user's image reaches the tokenizer through the one resize `prepare` uses (modeling.pixels)."""
     img = np.zeros((40, 80, 3), dtype=np.uint8)
     img[:, 20:60] = 255  # the centre half is white
-    out = fit_image(img, 32)
+    out = resize_center_crop(img, 32)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     assert out[:, 8:24].min() >= 250  # centre crop of the resized image is white
-    assert np.array_equal(fit_image(out, 32), out)
+    assert np.array_equal(resize_center_crop(out, 32), out)
     with pytest.raises(ValueError):
-        fit_image(np.zeros((4, 4), dtype=np.uint8), 32)
+        resize_center_crop(np.zeros((4, 4), dtype=np.uint8), 32)
 
 
 def test_generate_batch(gen):

@@ -110,8 +110,8 @@ def test_usable_frames_per_family() -> None:
 def test_tokenize_stores_condition_tokens(cache, tokenizer) -> None:
     from modeling.checkpoint import load_checkpoint
     from modeling.commit import CommitConfig
+    from modeling.pixels import frames_to_video
     from pipelines.commit_data import COND_TASKS, encode_condition_tokens
-    from pipelines.tokenize import to_video_tensor
 
     out, manifest = cache
     assert manifest["counts"] == {"video": VIDEOS, "image": 0}
@@ -131,7 +131,7 @@ def test_tokenize_stores_condition_tokens(cache, tokenizer) -> None:
         s for uri in list_shards(str(cache[0].parent / "clips")) for s in read_shard(uri)
         if s["__key__"] == sample["__key__"]
     )  # fmt: skip
-    video = to_video_tensor(decode_video(clip["mp4"]).frames[None, :FRAMES])
+    video = frames_to_video(decode_video(clip["mp4"]).frames[None, :FRAMES])
     model = load_checkpoint(tokenizer).model
     again = encode_condition_tokens(model.encode, video, CommitConfig(), 8)[0].numpy()
     assert (again == cond).mean() >= 0.95  # equal up to float ties between nearly equidistant codes
@@ -249,7 +249,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 def task_numbers(generator, task: str, frames: np.ndarray, classes: list[int], unconds: list) -> dict:
     """One task on a batch of clips, one generation per seed of GEN_SEEDS (`unconds`: the cg outputs of the
     same seeds) -> the numbers the assertions use, averaged over the seeds (printed with -s)."""
-    from modeling.generation import video_to_frames
+    from modeling.pixels import video_to_frames
 
     results = [
         generator.generate(task, None if task == "cg" else frames, class_ids=classes, seed=seed)

@@ -13,10 +13,11 @@ import torch
 
 from modeling.checkpoint import save_checkpoint
 from modeling.cvivit import CViViT, cvivit_debug
+from modeling.pixels import frames_to_video
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.shards import PlanMismatchError, list_shards, load_npy, read_manifest, read_shard
-from pipelines.tokenize import TokenizeConfig, to_video_tensor, token_dtype, tokenize, usable_frames
+from pipelines.tokenize import TokenizeConfig, token_dtype, tokenize, usable_frames
 
 pytestmark = pytest.mark.ray
 
@@ -109,7 +110,7 @@ def test_tokenize_end_to_end(tmp_path, ray_local) -> None:
             assert codes.shape == (1, 4, 4) and info["num_frames"] == 1
             frames = decode_image(clip["jpg"])[None]
         # the cache holds exactly what the tokenizer gives for the decoded clip
-        expected = model.encode(to_video_tensor(frames[None]))[0].numpy()
+        expected = model.encode(frames_to_video(frames[None]))[0].numpy()
         np.testing.assert_array_equal(codes, expected)
         # text trimmed to the caption's real length: (L, 384) float16, all positions real
         assert emb.dtype == np.float16 and emb.ndim == 2 and emb.shape[1] == 384
