@@ -71,7 +71,7 @@ from modeling.commit_tasks import (
     tokenize_with_condition,
 )
 from modeling.masking import SCHEDULES
-from modeling.sampling import gumbel_noise
+from modeling.sampling import draw_from_model, parallel_decode
 
 __all__ = [
     "TASKS", "TASK_IDS", "CLASS_TASKS", "DEFAULT_STRIDE", "TaskParams", "CommitCondition", "condition_video",
@@ -280,37 +280,24 @@ def commit_decode(
     confidence: str = "log_prob",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Algorithm 1. logits_fn(z_bar (B, N) long) -> (B, N, K) logits over the codebook (the caller closes
-    over the prefix [rho, c], text, guidance). z_cond (B, N) long, cond_mask (B, N) bool = ~ispad.
-    Returns z^ (B, N) long with every position sampled; exactly `steps` calls to logits_fn.
+    """Algorithm 1 on `modeling.sampling.parallel_decode`. logits_fn(z_bar (B, N) long) -> (B, N, K) logits over
+    the codebook (the caller closes over the prefix [rho, c], text, guidance). z_cond (B, N) long, cond_mask
+    (B, N) bool = ~ispad. Returns z^ (B, N) long with every position sampled; exactly `steps` calls to
+    logits_fn. Unlike MaskGIT, no position is fixed from the start: the condition positions are resampled too.
     """
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    if confidence not in ("prob", "log_prob"):
-        raise ValueError(f"confidence must be 'prob' or 'log_prob', got {confidence!r}")
-    b, n = z_cond.shape
-    device = z_cond.device
     cond_mask = cond_mask.bool()
-    transition = torch.where(cond_mask, z_cond, torch.full_like(z_cond, mask_id))  # Eq. 2 at s_i <= s*
-    unfixed = torch.ones(b, n, dtype=torch.bool, device=device)  # line 1: s = 0 <= s* = 1 everywhere
-    z_hat = torch.zeros(b, n, dtype=torch.long, device=device)  # line 1: z^ = 0^N
-    for t in range(steps):
-        z_bar = torch.where(unfixed, transition, z_hat)  # line 3
-        logits = logits_fn(z_bar).float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        noise = gumbel_noise(tuple(logits.shape), generator, device)
-        if sample_temperature > 0:  # line 4 (Gumbel-max sampling from softmax(logits / tau))
-            sampled = (logits / sample_temperature + noise).argmax(dim=-1)
-        else:
-            sampled = logits.argmax(dim=-1)
-        z_hat = torch.where(unfixed, sampled, z_hat)
-        score = torch.gather(log_probs, -1, z_hat.unsqueeze(-1)).squeeze(-1)  # line 5
-        if confidence == "prob":
-            score = score.exp()
-        anneal = temperature * (1 - (t + 1) / steps)  # line 6
-        score = score + anneal * gumbel_noise((b, n), generator, device)
-        score = score.masked_fill(~unfixed, math.inf)  # fixed positions (the paper's s_i = 1) stay fixed
-        keep = commit_num_unfixed(t, steps, n, schedule)  # line 7
-        rank = score.argsort(dim=1, stable=True).argsort(dim=1)
-        unfixed = rank < keep  # line 8: the `keep` lowest scores stay below s*
-    return z_hat
+    # Every position starts unfixed (line 1: s = 0 <= s*); an unfixed position shows the model its condition
+    # token where the condition has one and [MASK] elsewhere (Eq. 2 at s_i <= s*, line 3).
+    return parallel_decode(
+        logits_fn,
+        torch.zeros_like(z_cond),  # line 1: z^ = 0^N
+        torch.ones_like(cond_mask),
+        torch.where(cond_mask, z_cond, torch.full_like(z_cond, mask_id)),
+        steps=steps,
+        num_unfixed_after=lambda t: commit_num_unfixed(t, steps, z_cond.shape[1], schedule),  # line 7
+        draw=lambda logits: draw_from_model(logits, sample_temperature, generator),  # lines 4-5
+        temperature=temperature,  # line 6
+        generator=generator,
+        confidence=confidence,
+        stable=True,
+    )

@@ -28,7 +28,7 @@ import torch
 from modeling.commit import CommitParts, commit_loss, num_masked_for_ratio
 from modeling.commit_model import CommitTransformer
 from modeling.masking import SCHEDULES
-from modeling.sampling import gumbel_noise, num_masked_after_step
+from modeling.sampling import draw_from_model, num_masked_after_step, parallel_decode
 
 __all__ = [
     "MASKGIT_LOSS_WEIGHTS",
@@ -119,26 +119,16 @@ def latent_masking_decode(
     """MaskGIT decoding with the condition unmasked. logits_fn(tokens (B, N)) -> (B, N, K); z_cond (B, N) long
     = f_T(V~); cond_mask (B, N) bool. Condition positions keep z_cond throughout (never resampled); the others
     start as [MASK] and are all revealed after `steps` passes (fewer if every row is done). -> (B, N) long."""
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    b, n = z_cond.shape
-    device = z_cond.device
     cond_mask = cond_mask.bool()
-    tokens = z_cond.masked_fill(~cond_mask, mask_id)
     unknown = (~cond_mask).sum(dim=1)  # (B,) tokens to generate
-    for step in range(steps):
-        hidden = tokens == mask_id  # codes are < K = mask_id, so only [MASK] matches
-        if not hidden.any():
-            break
-        logits = logits_fn(tokens).float()
-        gumbel = gumbel_noise(tuple(logits.shape), generator, device)
-        draw = (logits / sample_temperature + gumbel if sample_temperature > 0 else logits).argmax(-1)
-        proposal = torch.where(hidden, draw, tokens)
-        confidence = torch.log_softmax(logits, dim=-1).gather(-1, proposal[..., None])[..., 0]
-        anneal = temperature * (1 - (step + 1) / steps)
-        confidence = confidence + anneal * gumbel_noise((b, n), generator, device)
-        confidence = confidence.masked_fill(~hidden, math.inf)  # known tokens never go back to [MASK]
-        remain = num_masked_after_step(step, steps, unknown, schedule)  # (B,) still hidden after this step
-        order = confidence.argsort(dim=1).argsort(dim=1)
-        tokens = torch.where(order < remain[:, None], torch.full_like(proposal, mask_id), proposal)
-    return tokens
+    return parallel_decode(
+        logits_fn,
+        z_cond,
+        ~cond_mask,
+        torch.full_like(z_cond, mask_id),
+        steps=steps,
+        num_unfixed_after=lambda step: num_masked_after_step(step, steps, unknown, schedule),
+        draw=lambda logits: draw_from_model(logits, sample_temperature, generator),
+        temperature=temperature,
+        generator=generator,
+    )

@@ -1,4 +1,7 @@
-"""MaskGIT iterative decoding with classifier-free guidance (MaskGIT sec. 3.2; Phenaki sec. 2.2).
+"""MaskGIT iterative decoding (MaskGIT sec. 3.2; Phenaki sec. 2.2; MAGVIT Algorithm 1): one parallel-decode
+loop, `parallel_decode`, under Phenaki's sampler (`maskgit_sample`, classifier-free guidance), COMMIT's
+Algorithm 1 (`modeling.commit.commit_decode`) and the latent-masking baseline
+(`modeling.latent_masking.latent_masking_decode`).
 
 All unknown tokens start as [MASK]. At step i of T every masked position gets a sampled token; the
 ceil-free count n_i = floor(gamma((i+1)/T) * n_0) of least confident new tokens is re-masked, where
@@ -13,6 +16,7 @@ conditional and unconditional rows run as one batch of 2B through one forward pa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -72,6 +76,63 @@ def draw_tokens(
     return digits.join(torch.stack(chosen, dim=-1)), total
 
 
+def draw_from_model(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (B, N, K) -> (ids (B, N), log p(id) (B, N)): Gumbel-max draws from softmax(logits / temperature)
+    (argmax at temperature 0), scored under the model's own softmax, as MaskGIT's reference decoder and MAGVIT's
+    Algorithm 1 (line 5) score them. The noise is drawn at every temperature, so the random stream does not
+    depend on it."""
+    noise = gumbel_noise(tuple(logits.shape), generator, logits.device)
+    ids = (logits / temperature + noise).argmax(dim=-1) if temperature > 0 else logits.argmax(dim=-1)
+    return ids, torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def parallel_decode(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
+    unfixed: torch.Tensor,
+    hidden_input: torch.Tensor,
+    *,
+    steps: int,
+    num_unfixed_after: Callable[[int], torch.Tensor | int],
+    draw: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    temperature: float,
+    generator: torch.Generator | None,
+    confidence: str = "log_prob",
+    stable: bool = False,
+) -> torch.Tensor:
+    """The one MaskGIT-style decode loop. tokens (B, N) long: the values of the positions fixed from the start
+    (anything elsewhere); unfixed (B, N) bool: the positions to generate; hidden_input (B, N) long: what the
+    model sees at an unfixed position ([MASK], or COMMIT's condition token). Each step: logits_fn(the input
+    (B, N)) -> (B, N, V); `draw(logits)` -> (ids, log p) proposes every unfixed position; their confidence
+    (log p, or p with confidence="prob") plus Gumbel noise annealed linearly from `temperature` to 0 ranks
+    them, and the `num_unfixed_after(step)` ((B,) or an int) least confident stay unfixed. Fixed positions
+    never change. Stops early when nothing is unfixed. -> (B, N) long."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if confidence not in ("prob", "log_prob"):
+        raise ValueError(f"confidence must be 'prob' or 'log_prob', got {confidence!r}")
+    b, n = tokens.shape
+    unfixed = unfixed.bool().clone()
+    for step in range(steps):
+        if not unfixed.any():
+            break
+        logits = logits_fn(torch.where(unfixed, hidden_input, tokens)).float()
+        ids, score = draw(logits)
+        tokens = torch.where(unfixed, ids, tokens)
+        if confidence == "prob":
+            score = score.exp()
+        anneal = temperature * (1 - (step + 1) / steps)
+        score = score + anneal * gumbel_noise((b, n), generator, tokens.device)
+        score = score.masked_fill(~unfixed, math.inf)  # fixed positions are never unfixed again
+        keep = torch.as_tensor(num_unfixed_after(step), device=tokens.device)
+        rank = score.argsort(dim=1, stable=stable).argsort(dim=1)
+        unfixed = rank < keep.reshape(-1, 1)
+    return tokens
+
+
 @torch.no_grad()
 def maskgit_sample(
     model: MaskGIT,
@@ -89,7 +150,9 @@ def maskgit_sample(
 ) -> torch.Tensor:
     """text (B, L, Dt), text_mask (B, L) -> tokens (B, seq_len) long.
 
-    `fixed_tokens` (B, seq_len) long: values >= 0 are kept as given, -1 marks tokens to generate.
+    `fixed_tokens` (B, seq_len) long: values >= 0 are kept as given, -1 marks tokens to generate. Tokens are
+    drawn by `draw_tokens` (each digit of a factorized code from its own softmax) and scored under the
+    sampling distribution (logits / sample_temperature), the choice the demo's settings were tuned with.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -100,9 +163,8 @@ def maskgit_sample(
         fixed_tokens = torch.full((b, seq_len), -1, dtype=torch.long, device=device)
     if fixed_tokens.shape != (b, seq_len):
         raise ValueError(f"fixed_tokens must be {(b, seq_len)}, got {tuple(fixed_tokens.shape)}")
-    fixed = fixed_tokens >= 0
-    tokens = torch.where(fixed, fixed_tokens, torch.full_like(fixed_tokens, mask_id))
-    num_unknown = (~fixed).sum(dim=1)
+    unknown = fixed_tokens < 0
+    num_unknown = unknown.sum(dim=1)
 
     guided = guidance_scale != 0.0
     if guided:
@@ -111,19 +173,18 @@ def maskgit_sample(
     else:
         context = model.encode_text(text, text_mask)
 
-    for step in range(steps):
-        masked = tokens == mask_id
-        if not masked.any():
-            break
-        logits = model.forward_with_context(tokens.repeat(2, 1) if guided else tokens, context).float()
-        if guided:
-            logits = guided_logits(logits, guidance_scale)
-        sampled, confidence = draw_tokens(model, logits, sample_temperature, generator)  # (B, N) each
-        sampled = torch.where(masked, sampled, tokens)
-        anneal = temperature * (1 - (step + 1) / steps)
-        confidence = confidence + anneal * gumbel_noise(tuple(confidence.shape), generator, device)
-        confidence = confidence.masked_fill(~masked, math.inf)  # known tokens are never re-masked
-        keep_masked = num_masked_after_step(step, steps, num_unknown, schedule)  # (B,)
-        rank = confidence.argsort(dim=1).argsort(dim=1)
-        tokens = torch.where(rank < keep_masked[:, None], torch.full_like(sampled, mask_id), sampled)
-    return tokens
+    def logits_fn(tokens: torch.Tensor) -> torch.Tensor:
+        logits = model.forward_with_context(tokens.repeat(2, 1) if guided else tokens, context)
+        return guided_logits(logits.float(), guidance_scale) if guided else logits
+
+    return parallel_decode(
+        logits_fn,
+        torch.where(unknown, torch.full_like(fixed_tokens, mask_id), fixed_tokens),
+        unknown,
+        torch.full_like(fixed_tokens, mask_id),
+        steps=steps,
+        num_unfixed_after=lambda step: num_masked_after_step(step, steps, num_unknown, schedule),
+        draw=lambda logits: draw_tokens(model, logits, sample_temperature, generator),
+        temperature=temperature,
+        generator=generator,
+    )

@@ -445,3 +445,35 @@ def test_presets_overrides_and_typo_errors(tmp_path):
         build_dataclass(CViViTConfig, {"dimm": 3})
     with pytest.raises(ValueError, match="section.key=value"):
         apply_overrides({}, ["nokey"])
+
+
+def test_parallel_decode_is_the_one_loop():
+    """The loop under maskgit_sample, commit_decode and latent_masking_decode: fixed positions come back as
+    given, every other position gets a code, unfixed positions are shown `hidden_input`, and it never calls
+    the model more than `steps` times (fewer once nothing is unfixed)."""
+    from modeling.sampling import draw_from_model, parallel_decode
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 16, (2, 10), generator=gen)
+    unfixed = torch.zeros(2, 10, dtype=torch.bool)
+    unfixed[:, 4:] = True
+    seen = []
+
+    def logits_fn(x):
+        seen.append(x.clone())
+        return torch.randn(2, 10, 16, generator=gen)
+
+    out = parallel_decode(
+        logits_fn, tokens, unfixed, torch.full_like(tokens, 16), steps=3,
+        num_unfixed_after=lambda step: [4, 2, 0][step],
+        draw=lambda logits: draw_from_model(logits, 1.0, gen), temperature=1.0, generator=gen,
+    )  # fmt: skip
+    assert torch.equal(out[:, :4], tokens[:, :4]) and int(out.max()) < 16
+    assert len(seen) == 3 and (seen[0][:, 4:] == 16).all() and torch.equal(seen[0][:, :4], tokens[:, :4])
+    assert [int((x == 16).sum()) for x in seen] == [12, 8, 4]  # 6 unfixed per row, then 4, then 2
+    assert torch.equal(
+        parallel_decode(logits_fn, tokens, torch.zeros_like(unfixed), tokens, steps=3, num_unfixed_after=lambda s: 0,
+                        draw=lambda logits: draw_from_model(logits, 1.0, gen), temperature=1.0, generator=gen),
+        tokens,
+    )  # fmt: skip
+    assert len(seen) == 3  # nothing unfixed: no model call
