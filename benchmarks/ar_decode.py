@@ -91,7 +91,7 @@ def _block_step(
     return x + block.mlp(block.norm_mlp(x))
 
 
-def _ar_step(
+def ar_step(
     model: MaskGIT, prev: torch.Tensor, pos: int, cache: KVCache, context: TextContext
 ) -> torch.Tensor:
     """Incremental step: prev (R,) = the token at pos-1 ([MASK] at pos 0) -> logits (R, K) for the token at pos."""
@@ -110,7 +110,7 @@ def incremental_logits(model: MaskGIT, tokens: torch.Tensor, context: TextContex
     b, n = tokens.shape
     inputs = shifted_inputs(model, tokens)
     cache = KVCache(model, b, n, tokens.device, model.token_emb.weight.dtype)
-    return torch.stack([_ar_step(model, inputs[:, i], i, cache, context) for i in range(n)], dim=1)
+    return torch.stack([ar_step(model, inputs[:, i], i, cache, context) for i in range(n)], dim=1)
 
 
 @torch.no_grad()
@@ -145,7 +145,7 @@ def ar_sample(
     tokens = torch.empty(b, seq_len, dtype=torch.long, device=device)
     prev = torch.full((b,), model.mask_token_id, dtype=torch.long, device=device)
     for i in range(seq_len):
-        logits = _ar_step(model, prev.repeat(2) if guided else prev, i, cache, context).float()  # (R, K)
+        logits = ar_step(model, prev.repeat(2) if guided else prev, i, cache, context).float()  # (R, K)
         if guided:
             logits = guided_logits(logits, guidance_scale)  # (B, K)
         if temperature > 0:

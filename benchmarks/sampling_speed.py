@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.ar_decode import KVCache, _ar_step, ar_sample
+from benchmarks.ar_decode import KVCache, ar_sample, ar_step
 from benchmarks.flop_accounting import (
     ATTN_FLOP_FORMULA,
     achieved,
@@ -220,14 +220,14 @@ def bench_model(
         kc.normal_()
         vc.normal_()
     prev = torch.full((2,), model.mask_token_id, dtype=torch.long)
-    first_flops, _ = count_flops(lambda: _ar_step(model, prev, 0, cache, context))
-    last_flops, _ = count_flops(lambda: _ar_step(model, prev, n - 1, cache, context))
+    first_flops, _ = count_flops(lambda: ar_step(model, prev, 0, cache, context))
+    last_flops, _ = count_flops(lambda: ar_step(model, prev, n - 1, cache, context))
     mid = n // 2
-    mid_flops, mid_by_op = count_flops(lambda: _ar_step(model, prev, mid, cache, context))
-    _ar_step(model, prev, mid, cache, context)
-    ar_step_time = summary(timed(lambda: _ar_step(model, prev, mid, cache, context), 50 if n <= 256 else 20))
-    ar_step = {"position": mid, "flops": mid_flops, "flops_by_op": mid_by_op, **ar_step_time}
-    ar_step.update(achieved(mid_flops, ar_step_time["seconds_median"]))
+    mid_flops, mid_by_op = count_flops(lambda: ar_step(model, prev, mid, cache, context))
+    ar_step(model, prev, mid, cache, context)
+    ar_step_time = summary(timed(lambda: ar_step(model, prev, mid, cache, context), 50 if n <= 256 else 20))
+    ar_step_row = {"position": mid, "flops": mid_flops, "flops_by_op": mid_by_op, **ar_step_time}
+    ar_step_row.update(achieved(mid_flops, ar_step_time["seconds_median"]))
     # Per-step FLOPs are linear in the position (only the cached self-attention grows), so the sum is exact.
     ar_total_flops = n * (first_flops + last_flops) // 2
     totals = {
@@ -243,7 +243,7 @@ def bench_model(
         "autoregressive": {"flops": ar_total_flops, **achieved(ar_total_flops, ar_result["seconds_median"])},
     }
     log(
-        f"{name}: step {maskgit_step['achieved_gflops']:.1f} GFLOP/s, AR step {ar_step['achieved_gflops']:.2f} GFLOP/s"
+        f"{name}: step {maskgit_step['achieved_gflops']:.1f} GFLOP/s, AR step {ar_step_row['achieved_gflops']:.2f} GFLOP/s"
     )
 
     return {
@@ -258,9 +258,9 @@ def bench_model(
         "decode": decode,
         "autoregressive": ar_result,
         "ar_vs_maskgit": ar_vs,
-        "flops": {"maskgit_step": maskgit_step, "ar_step": ar_step, "per_sample": totals},
+        "flops": {"maskgit_step": maskgit_step, "ar_step": ar_step_row, "per_sample": totals},
         "per_step": per_step_breakdown(
-            by_steps, maskgit_step["seconds_median"], ar_result, ar_step["seconds_median"]
+            by_steps, maskgit_step["seconds_median"], ar_result, ar_step_row["seconds_median"]
         ),
     }
 

@@ -28,7 +28,7 @@ import torch
 from modeling.commit import TASKS, CommitConfig, condition_pixel_mask, condition_video, ispad
 from pipelines.loaders import EpochStream, rank_split
 from pipelines.shards import load_npy
-from pipelines.token_batches import _load_caches, split_cache_dirs
+from pipelines.token_batches import load_caches, split_cache_dirs
 
 COND_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "cg")  # the rows of cond_tokens.npy
 COND_INDEX: dict[str, int] = {t: i for i, t in enumerate(COND_TASKS)}
@@ -121,7 +121,7 @@ class CommitBatches:
             raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.cache_dirs = split_cache_dirs(cache_dir)
-        samples, _, manifests, _ = _load_caches(self.cache_dirs)
+        samples, _, manifests, _ = load_caches(self.cache_dirs)
         records = {d: m.get("commit") for d, m in manifests.items()}
         missing = sorted(d for d, r in records.items() if not r)
         if missing:

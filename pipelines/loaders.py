@@ -29,8 +29,8 @@ from pipelines.shards import list_shards, read_shard
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-_KINDS = ("video", "image")
-_KIND_ID = {"video": 0, "image": 1}
+SAMPLE_KINDS = ("video", "image")
+KIND_ID = {"video": 0, "image": 1}
 
 
 # --------------------------------------------------------------------------------------------- indexing
@@ -68,7 +68,7 @@ class EpochStream:
         return out
 
 
-def _read_samples(data_dir: str) -> list[dict]:
+def read_samples(data_dir: str) -> list[dict]:
     shards = list_shards(data_dir)
     if not shards:
         raise FileNotFoundError(f"no shard-*.tar files in {data_dir}")
@@ -143,8 +143,8 @@ class ClipBatches:
     def __init__(self, data_dir: str, cfg: ClipLoaderConfig, *, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
-        samples = _read_samples(data_dir)
-        by_kind: dict[str, list[dict]] = {k: [] for k in _KINDS}
+        samples = read_samples(data_dir)
+        by_kind: dict[str, list[dict]] = {k: [] for k in SAMPLE_KINDS}
         for s in samples:
             kind = _sample_kind(s)
             if kind is not None:
@@ -175,7 +175,7 @@ class ClipBatches:
             )
         self._data_dir = data_dir
         self._streams = {
-            kind: EpochStream(len(arr), (cfg.seed, rank, _KIND_ID[kind]))
+            kind: EpochStream(len(arr), (cfg.seed, rank, KIND_ID[kind]))
             for kind, arr in (("video", self.videos), ("image", self.images))
             if arr is not None
         }
@@ -221,7 +221,7 @@ class ClipBatches:
             return clips
         from pipelines.augment import random_hue_rotation
 
-        draw = np.random.default_rng([self.cfg.seed, self.rank, _KIND_ID[kind], step, 0xC010])
+        draw = np.random.default_rng([self.cfg.seed, self.rank, KIND_ID[kind], step, 0xC010])
         seed = int(draw.integers(2**62))
         return random_hue_rotation(clips, self.cfg.hue_rotation, torch.Generator().manual_seed(seed))
 

@@ -36,24 +36,24 @@ from PIL import Image, ImageOps
 # Public names are re-exported (`__all__`); the private ones are the openers and helpers the decoders share.
 from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
 from pipelines.media_probe import (
-    _TIME_EPS,
     DEFAULT_LIMITS,
     LIMIT_REASONS,
+    TIME_EPS,
     DecodeLimits,
     ImageInfo,
     MediaError,
     MediaLimitError,
     VideoInfo,
-    _check_pixels,
-    _open_image,
-    _open_video,
-    _src_rate,
-    _stream_duration,
     check_image_filters,
+    check_pixels,
     check_video_filters,
     clip_starts,
+    open_image,
+    open_video,
     probe_image,
     probe_video,
+    stream_duration,
+    stream_rate,
 )
 
 __all__ = [
@@ -164,7 +164,7 @@ class _Budget:
         self.decoded += 1
         if self.decoded > self.limits.max_frames:
             raise MediaLimitError("too_many_frames", f"decoded more than {self.limits.max_frames} frames")
-        _check_pixels(frame.width, frame.height, self.limits, "decoded frame")  # size changes mid-stream
+        check_pixels(frame.width, frame.height, self.limits, "decoded frame")  # size changes mid-stream
 
     def output(self, count: int, nbytes: int) -> None:
         if count > self.limits.max_frames or count * nbytes > self.limits.max_output_bytes:
@@ -210,7 +210,7 @@ def _after_keyframe(
             raise _Overshoot("frame without a timestamp after seeking")
         rel = frame.time - t0
         if not keyed:
-            if rel > start_sec + _TIME_EPS:
+            if rel > start_sec + TIME_EPS:
                 raise _Overshoot(f"first frame after seeking is at {rel:.3f}s > {start_sec}s")
             if not frame.key_frame:
                 continue
@@ -245,11 +245,11 @@ def _resample(
 
     for rel, frame in timed:
         if fps is None:
-            if rel + _TIME_EPS >= start_sec:
+            if rel + TIME_EPS >= start_sec:
                 emit(frame.to_ndarray(format="rgb24"))
         else:
             # This frame starts after the next output time(s): those show the held frame.
-            while held is not None and len(out) < full and start_sec + len(out) / fps < rel - _TIME_EPS:
+            while held is not None and len(out) < full and start_sec + len(out) / fps < rel - TIME_EPS:
                 held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
                 emit(held_rgb)
             held, held_rgb = (rel, frame), None
@@ -258,7 +258,7 @@ def _resample(
     if fps is not None and held is not None:
         # The last frame stays on screen for one frame duration, then the video ends.
         end = held[0] + 1.0 / (src_rate or fps)
-        while len(out) < full and start_sec + len(out) / fps < end - _TIME_EPS:
+        while len(out) < full and start_sec + len(out) / fps < end - TIME_EPS:
             held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
             emit(held_rgb)
     return out, rel
@@ -326,24 +326,24 @@ def decode_video(
     if start_sec < 0:
         raise MediaError(f"start_sec must be >= 0, got {start_sec}")
     budget = _Budget(limits)
-    with _open_video(src, limits) as (container, stream):
+    with open_video(src, limits) as (container, stream):
         # No frame threading: at our sizes its start-up costs more than it saves, and loaders
         # already decode many videos in parallel.
-        src_rate = _src_rate(stream)
+        src_rate = stream_rate(stream)
         args = (src_rate, fps, max_frames, start_sec, budget)
         try:
             if start_sec <= 0:
                 got = _resample(_timed(_frames(container, stream, budget), src_rate), *args)
             elif (got := _decode_seeking(container, stream, *args)) is None:
                 # The seek could not be made exact and this container was read from: start afresh.
-                with _open_video(src, limits) as (fresh, fresh_stream):
+                with open_video(src, limits) as (fresh, fresh_stream):
                     got = _resample(_timed(_frames(fresh, fresh_stream, budget), src_rate), *args)
         except av.error.ExitError as e:
             raise MediaLimitError("decode_timeout", f"FFmpeg interrupted after {limits.max_decode_s}s") from e
         except av.FFmpegError as e:
             raise MediaError(f"cannot decode video: {e}") from e
         out, last_time = got
-        duration = _stream_duration(container, stream, last_time, src_rate) or 0.0
+        duration = stream_duration(container, stream, last_time, src_rate) or 0.0
     if not out:
         raise MediaError(f"no frames decoded (start_sec={start_sec}, stream duration {duration:.3f}s)")
     return DecodedVideo(frames=np.stack(out), fps=float(fps or src_rate or 0.0), duration=duration)
@@ -369,7 +369,7 @@ def decode_image(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_
     Transparent images are composited on white: their RGB under alpha 0 is arbitrary (often
     black), which would otherwise show up as junk around the subject. Animated images: frame 0.
     """
-    with _open_image(src, limits) as im:
+    with open_image(src, limits) as im:
         try:
             im.load()  # truncated / corrupt data fails here (LOAD_TRUNCATED_IMAGES left as it is)
             return _to_rgb(_exif_upright(im))

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 # Tolerance when comparing presentation times (seconds): pts are rationals, output times are
 # floats k/fps, and a frame exactly at t must count as "at or before t".
-_TIME_EPS = 1e-6
+TIME_EPS = 1e-6
 
 # MediaLimitError.reason values (plain MediaError: "undecodable").
 LIMIT_REASONS = (
@@ -182,7 +182,7 @@ def clip_starts(
         raise ValueError(f"need clip_s > 0 and clips_per_video >= 1, got {clip_s}, {clips_per_video}")
     if mode not in ("consecutive", "spread"):
         raise ValueError(f"mode must be 'consecutive' or 'spread', got {mode!r}")
-    fits = math.floor(max(duration_s, 0.0) / clip_s + _TIME_EPS)
+    fits = math.floor(max(duration_s, 0.0) / clip_s + TIME_EPS)
     n = min(clips_per_video, fits)
     if n <= 1:
         return [0.0]
@@ -197,7 +197,7 @@ def clip_starts(
 
 
 @contextmanager
-def _open_video(
+def open_video(
     src: bytes | str | os.PathLike, limits: DecodeLimits
 ) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """Open with only `limits.video_formats` demuxers and check the header-level limits.
@@ -251,22 +251,22 @@ def _open_video(
         stream = container.streams.video[0]
         if stream.codec_context is None:  # a codec id this FFmpeg build cannot decode
             raise MediaError("no decoder for the video stream's codec")
-        _check_pixels(stream.codec_context.width, stream.codec_context.height, limits, "stream header")
+        check_pixels(stream.codec_context.width, stream.codec_context.height, limits, "stream header")
         # The decoder enforces it too, for streams whose header understates the size.
         stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
         yield container, stream
 
 
-def _check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> None:
+def check_pixels(width: int, height: int, limits: DecodeLimits, where: str) -> None:
     if width * height > limits.max_pixels:
         raise MediaLimitError("too_many_pixels", f"{where}: {width}x{height} > {limits.max_pixels} pixels")
 
 
-def _src_rate(stream: av.video.stream.VideoStream) -> float | None:
+def stream_rate(stream: av.video.stream.VideoStream) -> float | None:
     return float(stream.average_rate or stream.guessed_rate or 0) or None
 
 
-def _stream_duration(
+def stream_duration(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
     last_time: float | None,
@@ -284,12 +284,12 @@ def _stream_duration(
 def probe_video(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS) -> VideoInfo:
     """Header facts for filters, without decoding frames; applies the format, stream-count and pixel
     limits (raises `MediaLimitError` / `MediaError` exactly as `decode_video` would on opening)."""
-    with _open_video(src, limits) as (container, stream):
+    with open_video(src, limits) as (container, stream):
         return VideoInfo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,
-            fps=_src_rate(stream),
-            duration_s=_stream_duration(container, stream, None, None),
+            fps=stream_rate(stream),
+            duration_s=stream_duration(container, stream, None, None),
             num_streams=len(container.streams),
             format_name=container.format.name,
             codec=stream.codec_context.name,
@@ -297,7 +297,7 @@ def probe_video(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_L
 
 
 @contextmanager
-def _open_image(src: bytes | str | os.PathLike, limits: DecodeLimits) -> Iterator[Image.Image]:
+def open_image(src: bytes | str | os.PathLike, limits: DecodeLimits) -> Iterator[Image.Image]:
     """Pillow image with its header read and checked, pixels not yet decoded."""
     fp = io.BytesIO(bytes(src)) if _is_bytes(src) else os.fspath(src)
     try:
@@ -317,7 +317,7 @@ def _open_image(src: bytes | str | os.PathLike, limits: DecodeLimits) -> Iterato
     with im:
         # Our own check, from the header: Pillow's DecompressionBombError only fires at twice its
         # process-wide MAX_IMAGE_PIXELS, which any importer may have changed.
-        _check_pixels(im.width, im.height, limits, f"{im.format} header")
+        check_pixels(im.width, im.height, limits, f"{im.format} header")
         yield im
 
 
@@ -331,5 +331,5 @@ def _head(fp: io.BytesIO | str) -> bytes:
 
 def probe_image(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS) -> ImageInfo:
     """Header facts for filters, without decoding pixels; applies the format and pixel limits."""
-    with _open_image(src, limits) as im:
+    with open_image(src, limits) as im:
         return ImageInfo(width=im.width, height=im.height, format_name=str(im.format), mode=im.mode)

@@ -159,13 +159,13 @@ def _is_local(uri: str) -> bool:
     return not has_scheme(uri) or uri.startswith("file://")
 
 
-def _path_part(uri: str) -> str:
+def path_part(uri: str) -> str:
     """The URI without an http(s) query string (other schemes have none; there `?` is a glob char)."""
     return uri.split("?", 1)[0] if _is_http(uri) else uri
 
 
 def _format_from_ext(uri: str) -> str | None:
-    path = _path_part(uri).lower()
+    path = path_part(uri).lower()
     return next((f for ext, f in _FORMAT_BY_EXT.items() if path.endswith(ext)), None)
 
 
@@ -182,7 +182,7 @@ def _braces(pattern: str) -> list[str]:
         raise ValueError(f"bad brace list in source {pattern!r}: {e}") from e
 
 
-def _with_scheme(like: str, path: str) -> str:
+def with_scheme(like: str, path: str) -> str:
     """A path from an fsspec listing, in the style of the URI it came from (plain path, file://, gs://)."""
     return f"{like.split('://', 1)[0]}://{path}" if has_scheme(like) else path
 
@@ -210,22 +210,22 @@ def expand_uri(pattern: str) -> list[str]:
         if not matches:
             where = f" (from {pattern!r})" if uri != pattern else ""
             raise FileNotFoundError(f"source pattern {uri!r}{where} matches no files")
-        out.update(_with_scheme(uri, m) for m in matches)
+        out.update(with_scheme(uri, m) for m in matches)
     return sorted(out)
 
 
-def _isdir(uri: str) -> bool:
+def is_directory(uri: str) -> bool:
     if _is_http(uri):
         return False  # fsspec "lists" http by scraping links from HTML: no basis for a directory
     fs, path = fsspec.core.url_to_fs(uri)
     return fs.isdir(path)
 
 
-def _dir_files(uri: str) -> list[str]:
+def dir_files(uri: str) -> list[str]:
     """URIs of the files directly in a directory, sorted."""
     fs, path = fsspec.core.url_to_fs(uri)
     entries = fs.ls(path, detail=True)
-    return sorted(_with_scheme(uri, e["name"]) for e in entries if e.get("type") == "file")
+    return sorted(with_scheme(uri, e["name"]) for e in entries if e.get("type") == "file")
 
 
 def detect_format(uri: str) -> str:
@@ -239,12 +239,12 @@ def detect_format(uri: str) -> str:
         return fmts.pop()
     if len(fmts) > 1 and None not in fmts:
         raise ValueError(f"source {uri!r} mixes formats {sorted(fmts)}; give each its own source")
-    last = _path_part(uri).rstrip("/").rsplit("/", 1)[-1]
+    last = path_part(uri).rstrip("/").rsplit("/", 1)[-1]
     # A directory is only looked for where it cannot cost a request per guess: locally, or remotely
     # for a name without an extension (`gs://b/list.txt` is not worth asking GCS about).
     maybe_dir = not _is_glob(uri) and "{" not in uri and (_is_local(uri) or "." not in last)
-    if maybe_dir and _isdir(uri):
-        return "webdataset" if any(u.endswith(".tar") for u in _dir_files(uri)) else "folder"
+    if maybe_dir and is_directory(uri):
+        return "webdataset" if any(u.endswith(".tar") for u in dir_files(uri)) else "folder"
     raise ValueError(
         f"cannot tell the format of source {uri!r} from its extension (known: {sorted(_FORMAT_BY_EXT)}) "
         f"or as a directory; prefix it with one of {FORMATS}, e.g. 'webvid:{uri}'"
@@ -273,7 +273,7 @@ def _stem(uri: str) -> str:
 def default_source_name(uri: str, fmt: str) -> str:
     """`"<fmt>-<stem>"` from the last path component without glob / brace characters:
     `gs://b/webvid/part-*.csv` -> `webvid-webvid`, `out/{00000..00009}.tar` -> `webdataset-out`."""
-    parts = [p for p in _path_part(uri).split("://", 1)[-1].split("/") if p]
+    parts = [p for p in path_part(uri).split("://", 1)[-1].split("/") if p]
     clean = [p for p in parts if not _GLOB_CHARS.search(p) and "{" not in p]
     stem = clean[-1].split(".", 1)[0] if clean else "source"
     return f"{fmt}-{re.sub(r'[^A-Za-z0-9_-]', '_', stem) or 'source'}"
@@ -308,7 +308,7 @@ def resolve_specs(specs: list[str | SourceSpec], fmt: str | None = None) -> list
 
 
 # --------------------------------------------------------------------------------------------- values
-def _json_value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
     """Table cell -> JSON-safe Python value (numpy scalars unwrapped, NaN -> None)."""
     if isinstance(v, np.generic):
         v = v.item()
@@ -319,16 +319,16 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, bytes):
         return None  # binary columns (e.g. embedded thumbnails) do not belong in sample metadata
     if isinstance(v, np.ndarray):
-        return [_json_value(x) for x in v.tolist()]
+        return [json_value(x) for x in v.tolist()]
     if isinstance(v, list | tuple):
-        return [_json_value(x) for x in v]
+        return [json_value(x) for x in v]
     if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
+        return {str(k): json_value(x) for k, x in v.items()}
     return str(v)
 
 
-def _text(v: Any) -> str:
-    v = _json_value(v)
+def text_value(v: Any) -> str:
+    v = json_value(v)
     return "" if v is None else str(v).strip()
 
 
@@ -342,7 +342,7 @@ def _pick_column(df: pd.DataFrame, names: tuple[str, ...], what: str, uri: str) 
 # --------------------------------------------------------------------------------------------- tables
 def read_table(uri: str, fmt: str) -> pd.DataFrame:
     """The file type follows the extension (a LAION list may be a CSV); unknown -> the format's usual one."""
-    path = _path_part(uri).lower()
+    path = path_part(uri).lower()
     is_csv = path.endswith((".csv", ".tsv")) or (fmt == "webvid" and not path.endswith((".parquet", ".pq")))
     with fsspec.open(uri, "rb") as f:
         if is_csv:
@@ -367,16 +367,16 @@ def webvid_records(df: pd.DataFrame, uri: str, *, name: str = "", weight: float 
     extra = [c for c in df.columns if c not in (id_col, url_col, cap_col)]
     out = []
     for row in df.to_dict("records"):
-        vid = _text(row[id_col])
-        meta = {c: _json_value(row[c]) for c in extra}
+        vid = text_value(row[id_col])
+        meta = {c: json_value(row[c]) for c in extra}
         if "duration" in meta and meta["duration"] not in (None, ""):
             with contextlib.suppress(ValueError):
                 meta["duration"] = float(meta["duration"])
         out.append(
             SourceRecord(
                 key=sanitize_key(f"webvid-{vid}"),
-                url=resolve_url(_text(row[url_col]), uri),
-                caption=_text(row[cap_col]),
+                url=resolve_url(text_value(row[url_col]), uri),
+                caption=text_value(row[cap_col]),
                 kind="video",
                 source="webvid",
                 source_key=vid,
@@ -401,12 +401,12 @@ def laion_records(df: pd.DataFrame, uri: str, *, name: str = "", weight: float =
         out.append(
             SourceRecord(
                 key=sanitize_key(f"laion-{source_key}"),
-                url=resolve_url(_text(row[url_col]), uri),
-                caption=_text(row[cap_col]),
+                url=resolve_url(text_value(row[url_col]), uri),
+                caption=text_value(row[cap_col]),
                 kind="image",
                 source="laion",
                 source_key=source_key,
-                meta={c: _json_value(row[c]) for c in extra},
+                meta={c: json_value(row[c]) for c in extra},
                 source_name=name,
                 source_weight=weight,
             )
@@ -418,8 +418,8 @@ def _table_files(uri: str) -> list[str]:
     """Expanded listing files; a directory stands for the .csv/.tsv/.parquet/.pq files directly in it."""
     files: list[str] = []
     for u in expand_uri(uri):
-        if _format_from_ext(u) is None and _isdir(u):
-            found = [c for c in _dir_files(u) if c.lower().endswith(_TABLE_EXTS)]
+        if _format_from_ext(u) is None and is_directory(u):
+            found = [c for c in dir_files(u) if c.lower().endswith(_TABLE_EXTS)]
             if not found:
                 raise ValueError(f"directory {u} (source {uri!r}) has no {'/'.join(_TABLE_EXTS)} files")
             files.extend(found)

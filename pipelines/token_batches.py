@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.loaders import _KIND_ID, _KINDS, EpochStream, _read_samples, rank_split
+from pipelines.loaders import KIND_ID, SAMPLE_KINDS, EpochStream, rank_split, read_samples
 from pipelines.shards import join_uri, list_shards, load_npy, read_bytes, read_manifest, read_shard
 
 MIX_MODES = ("kind", "source")
@@ -177,7 +177,7 @@ def token_cache_info(cache_dir: str | Sequence[str]) -> TokenCacheInfo:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _load_caches(dirs: list[str]) -> tuple[list[dict], list[str], dict[str, dict], dict[str, dict | None]]:
+def load_caches(dirs: list[str]) -> tuple[list[dict], list[str], dict[str, dict], dict[str, dict | None]]:
     """The union of the caches' samples sorted by key, each sample's cache, and per cache its manifest and
     first sample json. Keys must be unique across the caches."""
     samples: list[dict] = []
@@ -186,7 +186,7 @@ def _load_caches(dirs: list[str]) -> tuple[list[dict], list[str], dict[str, dict
     first_json: dict[str, dict | None] = {}
     for d in dirs:
         manifests[d] = read_manifest(d)
-        mine = _read_samples(d)
+        mine = read_samples(d)
         first_json[d] = json.loads(mine[0]["json"]) if mine and "json" in mine[0] else None
         clashes = [s["__key__"] for s in mine if s["__key__"] in owner]
         if clashes:
@@ -242,7 +242,7 @@ class TokenBatches:
         self.rank, self.world_size = rank, world_size
         self.cache_dirs = split_cache_dirs(cache_dir)
         where = _describe(self.cache_dirs)
-        samples, origin, self.manifests, first_json = _load_caches(self.cache_dirs)
+        samples, origin, self.manifests, first_json = load_caches(self.cache_dirs)
         self.manifest = self.manifests[self.cache_dirs[0]]
         digests = {d: tokenizer_digest_of_cache(self.manifests[d], first_json[d]) for d in self.cache_dirs}
         _agree(digests, "tokenizer digest")
@@ -277,8 +277,8 @@ class TokenBatches:
 
         self.source_weights: dict[str, float] | None = None
         if cfg.mix == "kind":
-            members = {k: np.flatnonzero(is_image == (k == "image")) for k in _KINDS}
-            seeds = {k: (cfg.seed, rank, _KIND_ID[k]) for k in _KINDS}
+            members = {k: np.flatnonzero(is_image == (k == "image")) for k in SAMPLE_KINDS}
+            seeds = {k: (cfg.seed, rank, KIND_ID[k]) for k in SAMPLE_KINDS}
         else:
             metas = [json.loads(s["json"]) if "json" in s else {} for s in samples]
             names = np.array([str(m.get("source_name") or "") for m in metas], dtype=object)

@@ -34,13 +34,13 @@ from pipelines.shards import sanitize_key
 from pipelines.sources import (
     SourceRecord,
     SourceSpec,
-    _dir_files,
-    _isdir,
-    _json_value,
-    _path_part,
-    _text,
-    _with_scheme,
+    dir_files,
     expand_uri,
+    is_directory,
+    json_value,
+    path_part,
+    text_value,
+    with_scheme,
 )
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,10 @@ def webdataset_tars(uri: str) -> list[str]:
     `*_stats.json` / `.parquet` files beside them are ignored), or a glob / brace list of tars."""
     tars: list[str] = []
     for u in expand_uri(uri):
-        if _path_part(u).lower().endswith(".tar"):
+        if path_part(u).lower().endswith(".tar"):
             tars.append(u)
-        elif _isdir(u):
-            found = [c for c in _dir_files(u) if c.lower().endswith(".tar")]
+        elif is_directory(u):
+            found = [c for c in dir_files(u) if c.lower().endswith(".tar")]
             if not found:
                 raise ValueError(
                     f"directory {u} (source {uri!r}) has no .tar files; for a folder of media files "
@@ -256,7 +256,7 @@ def webdataset_tars(uri: str) -> list[str]:
 
 
 def _tar_stem(tar_uri: str) -> str:
-    return re.sub(r"\.tar$", "", _path_part(tar_uri).rsplit("/", 1)[-1], flags=re.IGNORECASE)
+    return re.sub(r"\.tar$", "", path_part(tar_uri).rsplit("/", 1)[-1], flags=re.IGNORECASE)
 
 
 def webdataset_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, int]]:
@@ -277,7 +277,7 @@ def webdataset_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, 
             if s.media is None:
                 counts["dropped_no_media"] += 1
                 continue
-            caption = s.text if s.text is not None else _text(s.meta.get("caption"))
+            caption = s.text if s.text is not None else text_value(s.meta.get("caption"))
             out.append(
                 SourceRecord(
                     # "<name>-<tar stem>-<key>": sorting keeps one tar's records together
@@ -336,7 +336,7 @@ def _folder_groups(uri: str) -> list[tuple[str, fsspec.AbstractFileSystem, str, 
             groups.append((entry, fs, path.rstrip("/"), files, set(files)))
         else:
             parent = posixpath.dirname(path)
-            loose.setdefault(_with_scheme(entry, parent), (entry, fs, []))[2].append(path)
+            loose.setdefault(with_scheme(entry, parent), (entry, fs, []))[2].append(path)
     for entry, fs, files in loose.values():
         parent = posixpath.dirname(files[0])
         groups.append((entry, fs, parent, files, set(fs.ls(parent, detail=False))))
@@ -369,17 +369,17 @@ def folder_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, int]
             if txt in captions:
                 caption = captions[txt].decode("utf-8", errors="replace").strip()
             else:
-                caption = _text(row.get(cap_col)) if cap_col else ""
+                caption = text_value(row.get(cap_col)) if cap_col else ""
             drop = (cap_col, "file_name", "file", "path")
             out.append(
                 SourceRecord(
                     key=sanitize_key(f"{spec.name}-{posixpath.splitext(rel)[0]}"),
-                    url=_with_scheme(like, p),
+                    url=with_scheme(like, p),
                     caption=caption,
                     kind="video" if _media_kind_of(p) == "video" else "image",
                     source="folder",
                     source_key=rel,
-                    meta={k: _json_value(v) for k, v in row.items() if k not in drop},
+                    meta={k: json_value(v) for k, v in row.items() if k not in drop},
                     source_name=spec.name,
                     source_weight=spec.weight,
                 )
