@@ -39,7 +39,7 @@ def prepare_tokens(work: Path, config: dict, reuse: Path | None) -> tuple[str, s
         return str(reuse / "tokens"), str(reuse / "tokenizer")
     from jobs.tokenize import tokenize_config_from
     from jobs.train_tokenizer import run as train_tokenizer
-    from modeling.presets import build_dataclass
+    from modeling.typed_config import build_dataclass
     from pipelines.prepare import PrepareConfig, prepare
     from pipelines.synth import synthesize
     from pipelines.tokenize import tokenize
@@ -67,8 +67,8 @@ def prepare_tokens(work: Path, config: dict, reuse: Path | None) -> tuple[str, s
 def train_arm(
     work: Path, config_name: str, tokens: str, tokenizer: str, video_fraction: float, steps: int
 ) -> dict:
+    from jobs.config import load_config
     from jobs.train_transformer import run as train_transformer
-    from modeling.presets import load_config
 
     out = work / f"transformer-vf{video_fraction:g}"
     if (out / "model.safetensors").exists():
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
 
+    from jobs.config import load_config
     from jobs.runtime import init_ray, setup_logging
-    from modeling.presets import load_config
 
     setup_logging()
     work = Path(args.work).resolve()

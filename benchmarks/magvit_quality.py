@@ -46,6 +46,7 @@ from benchmarks.magvit_metrics import (
     render_clips,
     summary,
 )
+from jobs.config import load_config
 from jobs.training.commit import sample_tasks, task_probs
 from jobs.training.common import TrainConfig
 from modeling.commit import TASKS, CommitConfig, commit_decode, tokenize_with_condition
@@ -54,8 +55,8 @@ from modeling.latent_masking import MASKGIT_LOSS_WEIGHTS, latent_masking_decode,
 from modeling.losses import TokenizerLossConfig, generator_loss
 from modeling.lr_schedule import warmup_cosine
 from modeling.pixels import frames_to_video, video_to_frames
-from modeling.presets import build_dataclass, load_config
 from modeling.tokenizers import tokenizer_config_from
+from modeling.typed_config import build_dataclass
 from pipelines.commit_data import encode_condition_tokens, select_condition, task_token_masks
 from pipelines.synth import HELD_OUT, TRAIN_TRIPLES
 

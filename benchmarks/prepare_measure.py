@@ -173,7 +173,7 @@ def decode_only_run(paths: list[str], fps: float, num_frames: int, processes: in
 
 # --------------------------------------------------------------------------------------------- prepare
 def prepare_config(preset: str, *, samples_per_shard: int, num_workers: int):
-    from modeling.presets import load_config
+    from jobs.config import load_config
     from pipelines.prepare import PrepareConfig
 
     section = load_config(preset)["prepare"]
@@ -269,9 +269,10 @@ def demo_tokenizer_checkpoint(directory: Path) -> Path:
     """A randomly initialised C-ViViT of the demo preset's shape, saved as write_debug_checkpoint does."""
     import torch
 
+    from jobs.config import load_config
     from modeling.checkpoint import save_checkpoint
     from modeling.cvivit import CViViT, CViViTConfig
-    from modeling.presets import build_dataclass, load_config
+    from modeling.typed_config import build_dataclass
 
     config = load_config("demo")
     torch.manual_seed(0)

@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             phase(f"prepare_{name}")
 
         clips = outputs / f"synthetic-w{max(args.workers)}-r{args.runs - 1}"
+        from jobs.config import load_config
         from modeling.generation import write_debug_checkpoint
-        from modeling.presets import load_config
         from pipelines.tokenize import TokenizeConfig
 
         demo = load_config("demo")

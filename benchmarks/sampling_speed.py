@@ -52,10 +52,11 @@ from benchmarks.flop_accounting import (
     full_preset_step_flops,
 )
 from benchmarks.machine import describe_machine
+from jobs.config import load_config
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.maskgit import MaskGIT, MaskGITConfig
-from modeling.presets import build_dataclass, load_config
 from modeling.sampling import maskgit_sample
+from modeling.typed_config import build_dataclass
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "sampling_speed.json"
 GUIDANCE = 3.0  # configs/demo.yaml sampling.guidance_scale; any non-zero value batches 2B rows

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from jobs.config import load_config
     from jobs.runtime import init_ray
-    from modeling.presets import load_config
 
     data = make_data(work)
     phase("data")
@@ -298,7 +298,7 @@ def _mib(values: dict[str, int]) -> dict[str, float]:
 
 def _probe_model(config: dict, data: dict, widen: dict):
     from modeling.maskgit import MaskGITConfig
-    from modeling.presets import build_dataclass
+    from modeling.typed_config import build_dataclass
 
     t, h, w = data["token_grid"]
     return build_dataclass(MaskGITConfig, {**config["transformer"], **widen, "codebook_size": 64, "seq_len": t * h * w,

@@ -24,8 +24,8 @@ def maskgit_config(config: dict):
     """The MaskGIT a preset builds, sized as `jobs.describe` sizes it (tokenizer grid, text width)."""
     from jobs.describe import text_width
     from modeling.maskgit import MaskGITConfig
-    from modeling.presets import build_dataclass
     from modeling.tokenizers import tokenizer_config_from
+    from modeling.typed_config import build_dataclass
 
     _, tok_cfg = tokenizer_config_from(config["tokenizer"])
     t, h, w = tok_cfg.token_grid(int((config.get("prepare") or {}).get("num_frames", 11)))
@@ -98,9 +98,9 @@ def deepspeed_estimates(psi: int, largest: int, nodes: int, gpus_per_node: int) 
 def estimates(preset: str = ESTIMATE_PRESET) -> dict:
     import torch
 
+    from jobs.config import load_config
     from jobs.describe import describe
     from modeling.maskgit import MaskGIT
-    from modeling.presets import load_config
 
     config = load_config(preset)
     described = describe(config)

@@ -93,8 +93,8 @@ def make_data(work: Path) -> dict:
     """A debug C-ViViT checkpoint (32x32, 8x8 patches, codebook 64: the debug and demo presets' token grid
     and codebook), a token cache made for it (80-token videos, 16-token stills, MiniLM-wide text) and
     clip shards (9 frames, 32x32)."""
+    from jobs.config import load_config
     from modeling.generation import write_debug_checkpoint
-    from modeling.presets import load_config
 
     shutil.rmtree(work / "data", ignore_errors=True)
     ckpt = write_debug_checkpoint(work / "data" / "ckpt", num_frames=9) / "tokenizer"
@@ -255,8 +255,8 @@ def train_overrides(section: str, *, steps: int, workers: int, zero_stage: int) 
 
 
 def transformer_job(preset: str, data: dict, out: Path, *, steps: int, workers: int, zero_stage: int) -> dict:
+    from jobs.config import load_config
     from jobs.train_transformer import run
-    from modeling.presets import load_config
 
     config = load_config(preset, train_overrides("transformer_train", steps=steps, workers=workers,
                                                  zero_stage=zero_stage))  # fmt: skip
@@ -271,8 +271,8 @@ def transformer_job(preset: str, data: dict, out: Path, *, steps: int, workers: 
 
 
 def tokenizer_job(preset: str, data: dict, out: Path, *, steps: int, workers: int, zero_stage: int) -> dict:
+    from jobs.config import load_config
     from jobs.train_tokenizer import run
-    from modeling.presets import load_config
 
     overrides = train_overrides("tokenizer_train", steps=steps, workers=workers, zero_stage=zero_stage)
     config = load_config(
@@ -324,8 +324,8 @@ def gpu_run(work: Path, *, steps: int, batch_size: int, peak_override: float | N
     FLOPs of `modeling.flops.maskgit_forward_flops` (x3 for forward + backward)."""
     import torch
 
+    from jobs.config import load_config
     from modeling.flops import maskgit_forward_flops
-    from modeling.presets import load_config
 
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine"}

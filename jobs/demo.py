@@ -127,12 +127,13 @@ def reuse_commands(out: Path, config: str = "demo") -> str:
 
 
 def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, address: str | None) -> dict:
+    from jobs.config import load_config
     from jobs.serve import start as start_serve
     from jobs.serve import stop as stop_serve
     from jobs.tokenize import tokenize_config_from
     from jobs.train_tokenizer import run as train_tokenizer
     from jobs.train_transformer import run as train_transformer
-    from modeling.presets import build_dataclass, load_config
+    from modeling.typed_config import build_dataclass
     from pipelines.prepare import PrepareConfig, prepare
     from pipelines.synth import synthesize
     from pipelines.tokenize import tokenize

@@ -19,8 +19,8 @@ def text_width(config: dict) -> int:
     transformer = config.get("transformer") or {}
     if "text_dim" in transformer:
         return int(transformer["text_dim"])
-    from modeling.presets import build_dataclass
     from modeling.text_encoder import TextEncoderConfig, resolve_text_encoder
+    from modeling.typed_config import build_dataclass
 
     _, path, family = resolve_text_encoder(
         build_dataclass(TextEncoderConfig, config.get("text_encoder")).name
@@ -32,8 +32,8 @@ def text_width(config: dict) -> int:
 def _maskgit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
     from modeling.flops import count_parameters, maskgit_forward_flops
     from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
-    from modeling.presets import build_dataclass
     from modeling.text_encoder import TextEncoderConfig
+    from modeling.typed_config import build_dataclass
 
     t, h, w = grid
     max_text = build_dataclass(TextEncoderConfig, config.get("text_encoder")).max_length
@@ -82,8 +82,8 @@ def _commit_report(config: dict, tok_cfg, grid: tuple[int, int, int]) -> dict:
 def describe(config: dict) -> dict:
     from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
     from modeling.flops import count_parameters
-    from modeling.presets import build_dataclass
     from modeling.tokenizers import tokenizer_config_from
+    from modeling.typed_config import build_dataclass
 
     report: dict = {}
     model = discriminator = 0
@@ -189,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from modeling.presets import load_config
+    from jobs.config import load_config
 
     report = {"config": args.config, **describe(load_config(args.config, args.overrides))}
     print(json.dumps(report, indent=2) if args.json else format_report(report))

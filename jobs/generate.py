@@ -53,7 +53,7 @@ class CommitGenerator:
 
     def __init__(self, model, tokenizer, *, extra: dict, device: str = "cpu", meta: dict | None = None):
         from modeling.commit import CommitConfig
-        from modeling.presets import build_dataclass
+        from modeling.typed_config import build_dataclass
 
         self.device = device
         self.model = model.to(device).eval()

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from modeling.presets import apply_overrides, build_dataclass, load_config
+    from jobs.config import apply_overrides, load_config
+    from modeling.typed_config import build_dataclass
     from pipelines.prepare import PrepareConfig, prepare
 
     config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tokenize_config_from(config: dict):
     """The TokenizeConfig a config file implies: its `tokenize` section plus the `text_encoder` section."""
-    from modeling.presets import build_dataclass
     from modeling.text_encoder import TextEncoderConfig
+    from modeling.typed_config import build_dataclass
     from pipelines.tokenize import TokenizeConfig
 
     section = dict(config.get("tokenize") or {})
@@ -43,7 +43,7 @@ def tokenize_config_from(config: dict):
 
 
 def main(args: argparse.Namespace) -> int:
-    from modeling.presets import apply_overrides, load_config
+    from jobs.config import apply_overrides, load_config
     from pipelines.tokenize import tokenize
 
     config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jobs.config import load_config
 from jobs.runtime import add_ray_arguments, init_ray, run_command
 from jobs.training.loop import train
 from jobs.training.tokenizer import RUN_NAME, check_clips, job_from_config
-from modeling.presets import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from jobs.config import load_config
 from jobs.runtime import add_ray_arguments, init_ray, run_command
 from jobs.training.families import transformer_job
 from jobs.training.loop import train
 from jobs.training.transformer import RUN_NAME
-from modeling.presets import load_config
 
 
 def run(config: dict, data: str | list[str], tokenizer: str, out_dir: str) -> dict:

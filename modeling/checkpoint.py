@@ -21,7 +21,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from modeling.presets import build_dataclass
+from modeling.typed_config import build_dataclass
 
 
 def checkpoint_kinds() -> dict[str, tuple[type, type]]:

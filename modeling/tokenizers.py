@@ -16,7 +16,7 @@ from torch import nn
 
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.magvit_vq import MagvitVQ, MagvitVQConfig
-from modeling.presets import build_dataclass
+from modeling.typed_config import build_dataclass
 
 
 @dataclass(frozen=True)

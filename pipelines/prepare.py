@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modeling.presets import build_dataclass
+from modeling.typed_config import build_dataclass
 from pipelines.clip_samples import SkipSample, record_samples, skip_record
 from pipelines.fetch import FetchPolicy, check_scheme, resolve_and_check, url_scheme
 from pipelines.media import DecodeLimits

@@ -41,7 +41,7 @@ def test_median_table_takes_medians_and_skips_unread_attributes() -> None:
 
 def test_seed_overrides_are_valid_demo_overrides() -> None:
     from benchmarks.demo_stages import seed_overrides
-    from modeling.presets import load_config
+    from jobs.config import load_config
 
     config = load_config("demo", seed_overrides(2))
     assert config["demo"]["seed"] == 2

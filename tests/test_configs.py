@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.config import CONFIG_DIR, load_config
 from jobs.tokenize import tokenize_config_from
 from jobs.training.commit import CommitTrainConfig
 from jobs.training.tokenizer import TokenizerTrainConfig
@@ -15,9 +16,9 @@ from modeling.discriminator import DiscriminatorConfig
 from modeling.generation import SamplingConfig
 from modeling.losses import TokenizerLossConfig
 from modeling.maskgit import MaskGITConfig
-from modeling.presets import CONFIG_DIR, build_dataclass, load_config
 from modeling.text_encoder import TextEncoderConfig
 from modeling.tokenizers import tokenizer_config_from
+from modeling.typed_config import build_dataclass
 from pipelines.prepare import PrepareConfig
 
 SECTIONS = {

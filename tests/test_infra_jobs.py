@@ -26,7 +26,8 @@ from tests.infra_helpers import (
 # ----------------------------------------------------------------------------------------------- jobs
 def check_job_config(where: str, module, ns: argparse.Namespace) -> None:
     """The preset exists and the overrides name real fields of the sections the job builds."""
-    from modeling.presets import CONFIG_DIR, build_dataclass, load_config, resolve_config_path
+    from jobs.config import CONFIG_DIR, load_config, resolve_config_path
+    from modeling.typed_config import build_dataclass
 
     if getattr(ns, "config", None) is None:
         return

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from jobs.config import load_config
 from modeling.commit import TASKS
-from modeling.presets import load_config
 from pipelines.media import decode_video
 from pipelines.shards import list_shards, load_npy, read_shard
 

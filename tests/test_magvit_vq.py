@@ -22,7 +22,7 @@ from modeling.magvit_vq import (
     magvit_vq_debug,
     magvit_vq_l,
 )
-from modeling.presets import build_dataclass
+from modeling.typed_config import build_dataclass
 
 
 def clip(b: int = 2, t: int = 16, seed: int = 0, size: int = 32) -> torch.Tensor:

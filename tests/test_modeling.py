@@ -8,14 +8,15 @@ import math
 import pytest
 import torch
 
+from jobs.config import apply_overrides, load_config
 from modeling.checkpoint import load_checkpoint, save_checkpoint
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
 from modeling.maskgit import MaskGIT, MaskGITConfig
 from modeling.masking import cosine_schedule, mvtm_loss, random_training_mask
-from modeling.presets import apply_overrides, build_dataclass, load_config
 from modeling.quantizer import FactorizedQuantizer
 from modeling.sampling import guided_logits, maskgit_sample, num_masked_after_step
+from modeling.typed_config import build_dataclass
 
 TINY_CVIVIT = CViViTConfig(
     image_size=32,

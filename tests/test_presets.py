@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from jobs.config import load_config
 from jobs.describe import describe
 from modeling.flops import maskgit_attention_flops, maskgit_forward_flops
 from modeling.maskgit import MaskGIT, maskgit_debug
-from modeling.presets import load_config
 
 
 @pytest.mark.parametrize("preset, target", [("phenaki-1.8b", 1.8e9), ("phenaki-0.9b", 0.9e9)])
@@ -158,14 +158,15 @@ def test_describe_counts_the_commit_transformer_it_trains():
 def test_typed_configs_coerce_safe_values_and_name_wrong_ones():
     """An override reaches the dataclass as YAML parsed it: `peak_lr=5e-4` is a *string* to PyYAML (YAML 1.1
     wants a dot) and used to fail on the workers, after the cluster started, with a TypeError."""
+    from jobs.config import apply_overrides
     from jobs.training.common import TrainConfig
-    from modeling.presets import apply_overrides, build_dataclass
+    from modeling.typed_config import build_dataclass
 
     section = apply_overrides({"t": {}}, ["t.peak_lr=5e-4", "t.steps=1e3", "t.warmup_steps=10"])["t"]
     cfg = build_dataclass(TrainConfig, section)
     assert cfg.peak_lr == 5e-4 and cfg.steps == 1000 and isinstance(cfg.steps, int)
     assert build_dataclass(TrainConfig, {"peak_lr": 1}).peak_lr == 1.0
-    from modeling.presets import load_yaml
+    from jobs.config import load_yaml
 
     assert load_yaml("t: {peak_lr: 5e-4, steps: 1e3, name: 1e}") == {
         "t": {"peak_lr": 5e-4, "steps": 1000.0, "name": "1e"}

@@ -29,6 +29,7 @@ import torch
 from test_loaders import make_token_cache
 from test_train_jobs import CODEBOOK, TEXT_DIM, TOKENIZER, read_metrics
 
+from jobs.config import load_config
 from jobs.training.common import (
     FAULT_MARKER,
     TrainConfig,
@@ -39,7 +40,6 @@ from jobs.training.common import (
 )
 from jobs.training.metrics import StepRecords, read_step_records
 from modeling.checkpoint import save_checkpoint
-from modeling.presets import load_config
 from modeling.tokenizers import tokenizer_config_from
 from pipelines.loaders import TokenBatches, TokenLoaderConfig
 

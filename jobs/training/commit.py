@@ -44,8 +44,8 @@ from modeling.checkpoint import read_checkpoint_meta
 from modeling.commit import TASKS, CommitConfig
 from modeling.commit_model import CommitTransformer, CommitTransformerConfig, commit_training_step
 from modeling.magvit_vq import MagvitVQConfig
-from modeling.presets import build_dataclass
 from modeling.text_encoder import TextEncoderConfig
+from modeling.typed_config import build_dataclass
 
 RUN_NAME = "transformer"
 FAMILY = "commit"

@@ -33,8 +33,8 @@ from modeling.losses import (
     perceptual_status,
     psnr,
 )
-from modeling.presets import build_dataclass
 from modeling.tokenizers import TokenizerFamily, tokenizer_config_from
+from modeling.typed_config import build_dataclass
 
 RUN_NAME = "tokenizer"
 

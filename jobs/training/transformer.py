@@ -27,8 +27,8 @@ from jobs.training.metrics import StepRecords, Throughput
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
 from modeling.masking import mvtm_loss
-from modeling.presets import build_dataclass
 from modeling.text_encoder import TextEncoderConfig
+from modeling.typed_config import build_dataclass
 
 RUN_NAME = "transformer"
 
