@@ -43,6 +43,18 @@ class TokenLoaderConfig:
     mix: str = "kind"  # "kind": videos vs images at video_fraction; "source": by source weight
     weights: dict[str, float] | None = None  # mix="source": source name -> weight, over the recorded ones
 
+    def __post_init__(self) -> None:
+        if self.mix not in MIX_MODES:
+            raise ValueError(f"mix must be one of {MIX_MODES}, got {self.mix!r}")
+        if not 0.0 <= self.video_fraction <= 1.0:
+            raise ValueError(f"video_fraction must be in [0, 1], got {self.video_fraction}")
+        if self.weights is not None and self.mix != "source":
+            raise ValueError(
+                f"source weights {self.weights} are used only with mix='source' (mix={self.mix!r})"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
 
 def split_cache_dirs(cache_dir: str | Sequence[str]) -> list[str]:
     """One cache, a list of caches, or comma-separated caches (as given on the command line) -> a list, local
@@ -228,17 +240,7 @@ class TokenBatches:
         tokenizer_dir: str | None = None,
         seq_len: int | None = None,
     ):
-        if cfg.mix not in MIX_MODES:
-            raise ValueError(f"mix must be one of {MIX_MODES}, got {cfg.mix!r}")
-        if not 0.0 <= cfg.video_fraction <= 1.0:
-            raise ValueError(f"video_fraction must be in [0, 1], got {cfg.video_fraction}")
-        if cfg.weights is not None and cfg.mix != "source":
-            raise ValueError(
-                f"source weights {cfg.weights} are used only with mix='source' (mix={cfg.mix!r})"
-            )
-        if cfg.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
-        self.cfg = cfg
+        self.cfg = cfg  # checked when it was made (TokenLoaderConfig.__post_init__)
         self.rank, self.world_size = rank, world_size
         self.cache_dirs = split_cache_dirs(cache_dir)
         where = _describe(self.cache_dirs)

@@ -133,3 +133,25 @@ def test_text_encoder_section_is_typed() -> None:
         build_dataclass(TextEncoderConfig, {"max_lenght": 24})
     with pytest.raises(ValueError, match="text_encoder.max_length"):
         build_dataclass(TextEncoderConfig, {"max_length": 0})
+
+
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"video_fraction": 1.5}, "video_fraction"),
+        ({"mix": "kinds"}, "mix"),
+        ({"source_weights": {"a": 1.0}}, "mix='source'"),
+        ({"text_drop_prob": -0.1}, "text_drop_prob"),
+        ({"mask_schedule": "cosin"}, "mask_schedule"),
+        ({"loss_normalization": "tokens"}, "loss_normalization"),
+    ],
+)
+def test_transformer_train_section_fails_when_built(values, named) -> None:
+    """A bad transformer_train value fails when the config is built on the driver, before any cluster
+    starts (it used to surface on the workers); the loader's settings are derived from the section."""
+    with pytest.raises(ValueError, match=named):
+        build_dataclass(TransformerTrainConfig, values)
+    loader = build_dataclass(
+        TransformerTrainConfig, {"mix": "source", "source_weights": {"a": 2.0}}
+    ).loader_config()
+    assert (loader.mix, loader.weights) == ("source", {"a": 2.0})

@@ -26,7 +26,7 @@ from jobs.training.loop import last_metrics, step_generator
 from jobs.training.metrics import StepRecords, Throughput
 from modeling.checkpoint import read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
-from modeling.masking import mvtm_loss
+from modeling.masking import LOSS_NORMALIZATIONS, SCHEDULES, mvtm_loss
 from modeling.text_encoder import TextEncoderConfig
 from modeling.typed_config import build_dataclass
 
@@ -41,6 +41,30 @@ class TransformerTrainConfig(TrainConfig):
     text_drop_prob: float = 0.1  # classifier-free guidance training
     mask_schedule: str = "cosine"
     loss_normalization: str = "sample"  # "sample": each sample weighs the same; "token": MaskGIT's mean
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Checked here, when the config is built on the driver, not on the workers after the cluster started.
+        self.loader_config()
+        if not 0.0 <= self.text_drop_prob <= 1.0:
+            raise ValueError(f"transformer_train.text_drop_prob must be in [0, 1], got {self.text_drop_prob}")
+        if self.mask_schedule not in SCHEDULES:
+            raise ValueError(
+                f"transformer_train.mask_schedule must be one of {sorted(SCHEDULES)}, got {self.mask_schedule!r}"
+            )
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"transformer_train.loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}"
+            )
+
+    def loader_config(self):
+        """The token loader's settings, derived from these (not restated)."""
+        from pipelines.loaders import TokenLoaderConfig
+
+        return TokenLoaderConfig(
+            batch_size=self.batch_size, video_fraction=self.video_fraction, seed=self.seed, mix=self.mix,
+            weights=self.source_weights,
+        )  # fmt: skip
 
 
 @dataclass
@@ -68,13 +92,13 @@ class TransformerJob:
         }
 
     def setup(self, worker: Worker, out_dir: str) -> dict[str, Any]:
-        from pipelines.loaders import TokenBatches, TokenLoaderConfig
+        from pipelines.loaders import TokenBatches
 
         cfg = self.train
         self._worker = worker
         self._loader = TokenBatches(
             self.data,
-            TokenLoaderConfig(cfg.batch_size, cfg.video_fraction, cfg.seed, cfg.mix, cfg.source_weights),
+            cfg.loader_config(),
             rank=worker.rank,
             world_size=worker.world_size,
             seq_len=self.model.seq_len,
