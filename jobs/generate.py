@@ -52,17 +52,18 @@ class CommitGenerator:
     """A loaded COMMIT transformer + its MAGVIT-VQ tokenizer (+ lazily its text encoder)."""
 
     def __init__(self, model, tokenizer, *, extra: dict, device: str = "cpu", meta: dict | None = None):
+        from modeling.checkpoint import GenerationRecord
         from modeling.commit import CommitConfig
         from modeling.typed_config import build_dataclass
 
         self.device = device
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer.to(device).eval()
-        self.extra = dict(extra)
-        self.num_frames = int(extra["num_frames"])
-        self.fps = float(extra["fps"])
-        self.cfg = build_dataclass(CommitConfig, dict(extra.get("commit") or {}))
-        self.class_names = [str(c) for c in extra.get("class_names") or []]
+        self.record = GenerationRecord.from_extra(extra)
+        self.num_frames = self.record.num_frames
+        self.fps = self.record.fps
+        self.cfg = build_dataclass(CommitConfig, self.record.commit)
+        self.class_names = list(self.record.class_names)
         self.grid = tuple(self.tokenizer.token_grid(self.num_frames))
         self.image_size = int(self.tokenizer.cfg.image_size)
         self.meta = meta or {}
@@ -124,8 +125,7 @@ class CommitGenerator:
         if not self.model.text:
             raise ValueError("this COMMIT model was trained without text (transformer.text: false)")
         if self._text_encoder is None:
-            name = str(self.extra.get("text_encoder", "minilm"))
-            self._text_encoder = load_text_encoder(name, int(self.extra.get("max_text_length", 32)))
+            self._text_encoder = load_text_encoder(self.record.text_encoder, self.record.max_text_length)
             self._text_encoder.to(self.device)
         emb, mask = self._text_encoder.encode(list(prompts))
         return emb.to(self.device), mask.to(self.device)

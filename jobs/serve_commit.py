@@ -171,7 +171,7 @@ def commit_info(generator) -> dict:
         "num_classes": model.cfg.num_classes,
         "class_names": generator.class_names,
         "text": bool(model.text),
-        "text_encoder": str(generator.extra.get("text_encoder", "minilm")) if model.text else None,
+        "text_encoder": generator.record.text_encoder if model.text else None,
         "num_frames": generator.num_frames,
         "fps": generator.fps,
         "clip_seconds": generator.num_frames / generator.fps,

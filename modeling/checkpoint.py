@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from modeling.text_encoder import DEFAULT_TEXT_ENCODER
 from modeling.typed_config import build_dataclass
 
 
@@ -101,6 +102,52 @@ class Loaded:
     extra: dict
     digest: str
     path: Path
+
+    @property
+    def generation(self) -> GenerationRecord:
+        """A transformer checkpoint's generation record (typed `extra`)."""
+        return GenerationRecord.from_extra(self.extra, self.path)
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """What a transformer checkpoint's `extra` records for generating from it (written by the trainers,
+    `jobs.training.transformer` / `commit`), read in one place with one set of defaults."""
+
+    num_frames: int  # frames per generated clip
+    fps: float
+    text_encoder: str = DEFAULT_TEXT_ENCODER  # the encoder the token cache's captions were embedded with
+    max_text_length: int = 32
+    sampling: dict = dataclasses.field(default_factory=dict)  # MaskGIT: the preset's `sampling` section
+    commit: dict = dataclasses.field(default_factory=dict)  # COMMIT: generation defaults + condition geometry
+    class_names: tuple[str, ...] = ()  # COMMIT: class i's name
+    step: int | None = None  # the training step exported
+    tokenizer_digest: str | None = None
+    token_grid: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_extra(cls, extra: dict, where: str | Path = "checkpoint") -> GenerationRecord:
+        missing = [k for k in ("num_frames", "fps") if k not in extra]
+        if missing:
+            raise ValueError(
+                f"{where}/config.yaml extra lacks {missing} (needed to generate): not a transformer checkpoint "
+                "written by `phenaki train-transformer`"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in extra.items() if k in known and v is not None}
+        return cls(
+            **{
+                **values,
+                "num_frames": int(values["num_frames"]),
+                "fps": float(values["fps"]),
+                "text_encoder": str(values.get("text_encoder", cls.text_encoder)),
+                "max_text_length": int(values.get("max_text_length", cls.max_text_length)),
+                "sampling": dict(values.get("sampling") or {}),
+                "commit": dict(values.get("commit") or {}),
+                "class_names": tuple(str(c) for c in values.get("class_names") or ()),
+                "token_grid": tuple(values["token_grid"]) if values.get("token_grid") else None,
+            }
+        )
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict:

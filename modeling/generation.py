@@ -150,26 +150,23 @@ class VideoGenerator:
             )
         tok = load_checkpoint(tok_dir, device)
         check_tokenizer_kind(tok.kind, str(tok_dir))
-        extra = loaded.extra
-        missing = [k for k in ("num_frames", "fps") if k not in extra]
-        if missing:
-            raise ValueError(f"{path}/config.yaml extra lacks {missing} (needed to generate)")
+        record = loaded.generation
         meta = {
             "checkpoint": str(path.resolve()),
             "digest": loaded.digest,
             "tokenizer_digest": tok.digest,
-            "train_step": extra.get("step"),
+            "train_step": record.step,
         }
         return cls(
             loaded.model,
             tok.model,
-            num_frames=int(extra["num_frames"]),
-            fps=float(extra["fps"]),
-            text_encoder=str(extra.get("text_encoder", DEFAULT_TEXT_ENCODER)),
-            defaults=SamplingConfig.from_dict(extra.get("sampling")),
+            num_frames=record.num_frames,
+            fps=record.fps,
+            text_encoder=record.text_encoder,
+            defaults=SamplingConfig.from_dict(record.sampling),
             device=device,
             meta=meta,
-            max_text_length=int(extra.get("max_text_length", 32)),
+            max_text_length=record.max_text_length,
         )
 
     # ---- facts ----------------------------------------------------------------------------------------------

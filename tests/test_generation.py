@@ -181,3 +181,22 @@ def test_from_checkpoint_errors(tmp_path, checkpoint):
         VideoGenerator.from_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="transformer"):
         VideoGenerator.from_checkpoint(checkpoint / "tokenizer")
+
+
+def test_generation_record_reads_a_checkpoints_extra_in_one_place():
+    """The typed record of a transformer checkpoint's `extra`: defaults once, unknown keys ignored, and a
+    checkpoint without the clip's frames and rate refused with the reason."""
+    from modeling.checkpoint import GenerationRecord
+
+    record = GenerationRecord.from_extra(
+        {"num_frames": 9, "fps": "8", "step": 3, "data": "/x", "token_grid": [5, 4, 4]}
+    )
+    assert (record.num_frames, record.fps, record.step, record.token_grid) == (9, 8.0, 3, (5, 4, 4))
+    assert (record.text_encoder, record.max_text_length, record.sampling, record.class_names) == (
+        "minilm",
+        32,
+        {},
+        (),
+    )
+    with pytest.raises(ValueError, match=r"lacks \['fps'\]"):
+        GenerationRecord.from_extra({"num_frames": 9}, "ckpt")
