@@ -43,6 +43,7 @@ from jobs.serve_common import (
     decode_b64_image,
     other_family_fields,
     replica_device,
+    static_page,
     video_response,
 )
 from modeling.checkpoint import read_checkpoint_meta
@@ -52,82 +53,7 @@ APP_NAME = "phenaki"
 _started_ray = False
 
 # The page is defined before the deployment class: Serve pickles the class with the globals it sees.
-INDEX_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>phenaki-ray</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body{font:15px/1.45 system-ui,sans-serif;max-width:880px;margin:2em auto;padding:0 1em;color:#222;background:#fafafa}
- h1{font-size:1.5em;margin-bottom:.2em} .sub{color:#666;margin-top:0}
- textarea{width:100%;box-sizing:border-box;font:inherit;padding:.5em}
- fieldset{border:1px solid #ddd;border-radius:6px;margin:1em 0} label{margin-right:1em;white-space:nowrap}
- input[type=number]{width:5.5em} button{font:inherit;padding:.5em 1.4em;border-radius:6px;border:0;
- background:#2d5be3;color:#fff;cursor:pointer} button:disabled{background:#999}
- #out{margin-top:1.2em} #out video,#out img{width:384px;image-rendering:pixelated;background:#000;border-radius:4px}
- .err{color:#b00020;white-space:pre-wrap} table{border-collapse:collapse;margin-top:.6em}
- td,th{border:1px solid #ddd;padding:.2em .6em;text-align:left} small{color:#666}
-</style></head><body>
-<h1>phenaki-ray</h1>
-<p class="sub">Text to video with a masked transformer over C-ViViT tokens. One prompt per line: several lines
-tell a story, each line one segment continued from the last frames of the one before.</p>
-<form id="f">
-<textarea id="prompts" rows="4" placeholder="a red circle moving left&#10;a blue square moving down"></textarea>
-<fieldset><legend>sampling</legend>
- <label>seed <input type="number" id="seed" value="0"></label>
- <label>steps <input type="number" id="steps" min="1"></label>
- <label>guidance <input type="number" id="guidance_scale" step="0.5"></label>
- <label>temperature <input type="number" id="temperature" step="0.5" min="0"></label>
- <label>format <select id="format"><option>mp4</option><option>gif</option></select></label>
- <br><label>animate an image (optional) <input type="file" id="image" accept="image/*"></label>
-</fieldset>
-<button id="go" type="submit">Generate</button> <small id="facts"></small>
-</form>
-<div id="out"></div>
-<script>
-const $ = id => document.getElementById(id);
-fetch('info').then(r => r.json()).then(info => {
-  const d = info.defaults || {};
-  for (const k of ['steps', 'guidance_scale', 'temperature']) if (d[k] !== undefined) $(k).placeholder = d[k];
-  $('facts').textContent = `${info.num_frames} frames/segment at ${info.fps} fps, ${info.image_size}px, ` +
-    `text encoder ${info.text_encoder}, up to ${info.max_segments} segments`;
-}).catch(() => {});
-const readImage = file => new Promise((ok, fail) => {
-  const r = new FileReader(); r.onload = () => ok(r.result); r.onerror = fail; r.readAsDataURL(file);
-});
-$('f').addEventListener('submit', async ev => {
-  ev.preventDefault();
-  const prompts = $('prompts').value.split('\\n').map(s => s.trim()).filter(Boolean);
-  const body = {prompts, seed: parseInt($('seed').value || '0'), format: $('format').value};
-  for (const k of ['steps', 'guidance_scale', 'temperature']) if ($(k).value !== '') body[k] = Number($(k).value);
-  if ($('image').files.length) body.image_b64 = await readImage($('image').files[0]);
-  $('go').disabled = true; $('out').textContent = 'generating...';
-  try {
-    const r = await fetch('generate', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                       body: JSON.stringify(body)});
-    if (!r.ok) {
-      const t = await r.text(); let msg = t;
-      try { const j = JSON.parse(t); msg = typeof j.detail === 'string' ? j.detail : JSON.stringify(j.detail, null, 1); } catch (e) {}
-      $('out').innerHTML = ''; const p = document.createElement('p'); p.className = 'err';
-      p.textContent = `error ${r.status}: ${msg}`; $('out').appendChild(p); return;
-    }
-    const url = URL.createObjectURL(await r.blob());
-    const segs = JSON.parse(r.headers.get('X-Phenaki-Segments') || '[]');
-    const el = document.createElement(body.format === 'gif' ? 'img' : 'video');
-    el.src = url; if (el.tagName === 'VIDEO') { el.controls = el.loop = el.muted = el.autoplay = true; }
-    const table = document.createElement('table');
-    table.innerHTML = '<tr><th>segment</th><th>frames</th><th>prompt</th></tr>';
-    segs.forEach((s, i) => { const tr = table.insertRow(); [i + 1, `${s.start}-${s.end - 1}`, s.prompt]
-      .forEach(v => { tr.insertCell().textContent = v; }); });
-    const info = document.createElement('p');
-    info.textContent = `${r.headers.get('X-Phenaki-Frames')} frames, ${r.headers.get('X-Phenaki-Duration')} s ` +
-      `of video, generated in ${r.headers.get('X-Phenaki-Seconds')} s. `;
-    const a = document.createElement('a'); a.href = url; a.download = `phenaki-${body.seed}.${body.format}`;
-    a.textContent = 'download'; info.appendChild(a);
-    $('out').replaceChildren(el, info, table);
-  } catch (e) { $('out').textContent = 'request failed: ' + e; }
-  finally { $('go').disabled = false; }
-});
-</script></body></html>
-"""
+INDEX_HTML = static_page("phenaki.html")  # jobs/static/phenaki.html
 
 app = FastAPI(
     title="phenaki-ray", description="Phenaki text-to-video (MaskGIT over C-ViViT tokens) on Ray Serve"

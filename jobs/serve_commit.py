@@ -34,56 +34,13 @@ from jobs.serve_common import (
     decode_b64,
     other_family_fields,
     replica_device,
+    static_page,
     video_response,
 )
 from modeling.commit_tasks import CLASS_TASKS, TASKS
 
 # Defined before the deployment class, like jobs/serve.py's page.
-INDEX_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>phenaki-ray: MAGVIT COMMIT</title>
-<style>body{font:15px/1.45 system-ui,sans-serif;max-width:880px;margin:2em auto;padding:0 1em}
-label{margin-right:1em;white-space:nowrap} input[type=number]{width:5.5em} .err{color:#b00020;white-space:pre-wrap}
-#out video,#out img{width:384px;image-rendering:pixelated;background:#000}</style></head><body>
-<h1>phenaki-ray: MAGVIT COMMIT</h1><p id="facts"></p>
-<form id="f"><label>task <select id="task"></select></label>
-<label>input video or still <input type="file" id="video" accept="video/*,image/*"></label><br>
-<label>class <input id="class_id" size="8"></label> <label>prompt <input id="prompt" size="30"></label>
-<label>seed <input type="number" id="seed" value="0"></label> <label>steps <input type="number" id="steps" min="1"></label>
-<label>format <select id="format"><option>mp4</option><option>gif</option></select></label>
-<button type="submit" id="go">Generate</button></form><div id="out"></div>
-<script>
-const $ = id => document.getElementById(id);
-fetch('info').then(r => r.json()).then(i => {
-  i.tasks.forEach(t => $('task').add(new Option(t)));
-  $('facts').textContent = `${i.num_frames} frames at ${i.fps} fps, ${i.image_size}px; classes: ` +
-    (i.class_names.length ? i.class_names.join(', ') : `0..${i.num_classes - 1}`) + (i.text ? '; text prompts' : '');
-});
-const read = f => new Promise((ok, fail) => { const r = new FileReader(); r.onload = () => ok(r.result);
-  r.onerror = fail; r.readAsDataURL(f); });
-$('f').addEventListener('submit', async ev => {
-  ev.preventDefault();
-  const body = {task: $('task').value, seed: parseInt($('seed').value || '0'), format: $('format').value};
-  if ($('steps').value !== '') body.steps = Number($('steps').value);
-  if ($('class_id').value.trim() !== '') body.class_id = $('class_id').value.trim();
-  if ($('prompt').value.trim() !== '') body.prompts = [$('prompt').value.trim()];
-  if ($('video').files.length && body.task !== 'cg') body.video_b64 = await read($('video').files[0]);
-  $('go').disabled = true; $('out').textContent = 'generating...';
-  try {
-    const r = await fetch('generate', {method: 'POST', headers: {'Content-Type': 'application/json'},
-                                       body: JSON.stringify(body)});
-    if (!r.ok) { const p = document.createElement('p'); p.className = 'err';
-      p.textContent = `error ${r.status}: ${await r.text()}`; $('out').replaceChildren(p); return; }
-    const el = document.createElement(body.format === 'gif' ? 'img' : 'video');
-    el.src = URL.createObjectURL(await r.blob());
-    if (el.tagName === 'VIDEO') { el.controls = el.loop = el.muted = el.autoplay = true; }
-    const p = document.createElement('p');
-    p.textContent = `${body.task}: ${r.headers.get('X-Phenaki-Frames')} frames in ${r.headers.get('X-Phenaki-Seconds')} s` +
-      `, condition tokens kept ${r.headers.get('X-Phenaki-Kept')}`;
-    $('out').replaceChildren(el, p);
-  } catch (e) { $('out').textContent = `request failed: ${e}`; } finally { $('go').disabled = false; }
-});
-</script></body></html>
-"""
+INDEX_HTML = static_page("commit.html")  # jobs/static/commit.html
 
 app = FastAPI(
     title="phenaki-ray (MAGVIT COMMIT)", description="MAGVIT COMMIT multi-task video generation on Ray Serve"

@@ -51,6 +51,13 @@ class GenerateRequest(BaseModel):
     format: Literal["mp4", "gif"] = "mp4"
 
 
+def static_page(name: str) -> str:
+    """A web page shipped in jobs/static/ (HTML, CSS and JS in one file, kept out of the Python)."""
+    from importlib.resources import files
+
+    return (files("jobs") / "static" / name).read_text(encoding="utf-8")
+
+
 def decode_b64(data: str, field: str = "image_b64") -> bytes:
     """Base64 (optionally a `data:...;base64,` URL) -> bytes; ValueError naming `field` with a reason."""
     if len(data) > MAX_B64_CHARS:
