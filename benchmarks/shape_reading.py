@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import describe_machine
-from pipelines.detector import detect
+from pipelines.detector import detect, gaussian_blur_matrix
 from pipelines.fidelity import fidelity_clips
 
 LABELS = Path(__file__).parent / "data" / "shape_labels.npz"
@@ -33,18 +33,11 @@ SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def gaussian_blur(frames: np.ndarray, sigma: float) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> the same blurred by a Gaussian of `sigma` pixels over H and W (edges clamped)."""
-    if sigma == 0:
-        return frames
-    radius = int(np.ceil(3 * sigma))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    out = frames.astype(np.float64)
-    for axis in (out.ndim - 3, out.ndim - 2):
-        pad = [(radius, radius) if a == axis else (0, 0) for a in range(out.ndim)]
-        padded = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
+    """(..., H, W, 3) uint8 -> the same blurred by a Gaussian of `sigma` pixels over H and W (the detector's own
+    blur, `pipelines.detector.gaussian_blur_matrix`)."""
+    h, w = frames.shape[-3:-1]
+    gy, gx = gaussian_blur_matrix(h, sigma), gaussian_blur_matrix(w, sigma)
+    out = np.einsum("ij,...jwc,kw->...ikc", gy, frames.astype(np.float64), gx)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

@@ -17,7 +17,9 @@ def frames_to_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(0)
     if x.ndim != 5 or x.shape[-1] != 3:
         raise ValueError(f"expected (T, H, W, 3) or (B, T, H, W, 3) frames, got {tuple(x.shape)}")
-    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
+    return (
+        x.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+    )  # never in place: a float input is the caller's
 
 
 def video_to_frames(video: torch.Tensor) -> np.ndarray:

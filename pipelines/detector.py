@@ -202,8 +202,9 @@ def clean_object(frames: np.ndarray) -> tuple[bool, float]:
 
 
 @functools.lru_cache(maxsize=64)
-def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
-    """(n, n) row-normalised Gaussian blur along one axis (identity for sigma 0); rows sum to 1 at the edges."""
+def gaussian_blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) row-normalised Gaussian blur along one axis (identity for sigma 0); rows sum to 1 at the edges.
+    `M @ x` blurs x along that axis (the shape fit's templates, and `benchmarks.shape_reading`'s test blurs)."""
     if sigma == 0:
         return np.eye(n)
     i = np.arange(n)
@@ -223,7 +224,7 @@ def shape_fit(alpha: np.ndarray) -> dict[str, float]:
     # Continuous coordinates: pixel i spans [i, i + 1), as `shape_coverage` draws.
     cx = float((alpha.sum(axis=0) * (np.arange(w) + 0.5)).sum() / mass)
     cy = float((alpha.sum(axis=1) * (np.arange(h) + 0.5)).sum() / mass)
-    blurs = [(_gaussian_matrix(h, s), _gaussian_matrix(w, s)) for s in BLUR_SIGMAS_PX]
+    blurs = [(gaussian_blur_matrix(h, s), gaussian_blur_matrix(w, s)) for s in BLUR_SIGMAS_PX]
     fit = {}
     for shape in SHAPES:
         r = float(np.sqrt(mass / _AREA_PER_R2[shape]))
