@@ -21,15 +21,13 @@ Output layout (`out_dir`):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,20 +35,14 @@ from modeling.typed_config import build_dataclass
 from pipelines.clip_samples import SkipSample, record_samples, skip_record
 from pipelines.fetch import FetchPolicy, check_scheme, resolve_and_check, url_scheme
 from pipelines.media import DecodeLimits
-from pipelines.ray_utils import iter_rows_released, progress_note
+from pipelines.sharded_job import ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
     absolute_uri,
-    check_no_foreign_shards,
-    completed_shard,
-    exists,
     join_uri,
     progress_uri,
-    read_manifest,
-    remove_temp_files,
     sanitize_key,
     shard_name,
     write_json,
-    write_manifest,
     write_shard,
 )
 from pipelines.sources import SourceRecord, SourceSpec, parse_source_spec, read_sources_with_stats
@@ -221,31 +213,21 @@ def storage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
 
 
-def _run_shards(pending: list[dict], out_dir: str, cfg: PrepareConfig) -> Iterator[dict]:
-    if not pending:
-        return
-    import ray
-    import ray.data
+def _shard_options(out_dir: str, cfg: PrepareConfig, num_shards: int) -> Callable[[dict], dict[str, Any]]:
+    """`Dataset.map` options for `make_shard`: a task pool of up to `num_workers` (default: every CPU)."""
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True)  # joins RAY_ADDRESS when set, else starts a local instance
-    # One block per shard, so shards spread over up to `num_workers` concurrent tasks.
-    workers = cfg.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # One map stage whose rows are tiny (a shard plan in, a stats row out): Ray Data's per-operator resource
-    # reservation would hold back half the CPUs for downstream operators that do not exist, and measured
-    # 1.15 tasks running at once with 2 allowed (benchmarks/prepare_throughput.py).
-    ctx = ray.data.DataContext.get_current()
-    ctx.op_resource_reservation_enabled = False
-    ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    ds = ds.map(
-        make_shard,
-        fn_kwargs={"out_dir": out_dir, "cfg": asdict(cfg)},
-        compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(pending)))),
-        num_cpus=1,
-        runtime_env={"env_vars": storage_env()},
-    )
-    for row in iter_rows_released(ds):
-        yield json.loads(row["state"])
+    def options(resources: dict) -> dict[str, Any]:
+        import ray.data
+
+        workers = cfg.num_workers or max(1, int(resources.get("CPU", 1)))
+        return {
+            "fn_kwargs": {"out_dir": out_dir, "cfg": asdict(cfg)},
+            "compute": ray.data.TaskPoolStrategy(size=max(1, min(workers, num_shards))),
+            "num_cpus": 1,
+            "runtime_env": {"env_vars": storage_env()},
+        }
+
+    return options
 
 
 def build_manifest(
@@ -258,16 +240,14 @@ def build_manifest(
 ) -> dict:
     """`sources` are the per-source listing stats; the manifest accounts for every input row:
     num_records + duplicates + no_media == rows listed, and num_records == samples' records + skips."""
-    counts: Counter[str] = Counter()
     skips: Counter[str] = Counter({SKIP_DUPLICATE: duplicates} if duplicates else {})
     no_media = sum(int(s.get("dropped_no_media", 0)) for s in sources)
     if no_media:
         skips[SKIP_NO_MEDIA] += no_media
     examples: list[dict] = []
     for s in states:
-        counts.update(s["counts"])
-        skips.update(s["skips"])
         examples.extend(s["skipped"][: _MAX_SKIP_EXAMPLES - len(examples)])
+    totals = shard_totals(states, skips)
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "clips",
@@ -276,16 +256,12 @@ def build_manifest(
         "sources": list(sources),
         "plan_digest": plan_digest,
         "num_records": num_records,
-        "num_samples": sum(counts.values()),
-        "counts": {"video": counts.get("video", 0), "image": counts.get("image", 0)},
-        "skips": dict(sorted(skips.items())),
+        "num_samples": totals["num_samples"],
+        "counts": totals["counts"],
+        "skips": totals["skips"],
         "skipped_examples": examples,
-        "shards": [s["name"] for s in states if s["num_samples"] > 0],
-        "shard_counts": {
-            s["name"]: {"num_samples": s["num_samples"], **s["counts"]}
-            for s in states
-            if s["num_samples"] > 0
-        },
+        "shards": totals["shards"],
+        "shard_counts": totals["shard_counts"],
     }
 
 
@@ -326,48 +302,17 @@ def prepare(sources: list[str | SourceSpec], out_dir: str, cfg: PrepareConfig | 
     )
 
     shards = plan_shards(records, cfg.samples_per_shard)
-    digests = [shard_digest(recs, cfg) for recs in shards]
-    plan_digest = hashlib.sha256("".join(digests).encode()).hexdigest()
-    check_no_foreign_shards(out_dir, set(range(len(shards))))
-    states: dict[int, dict] = {}
-    for i, d in enumerate(digests):
-        st = completed_shard(out_dir, i, d)
-        if st is not None:
-            states[i] = st
-    pending = [
-        {"index": i, "digest": digests[i], "records": json.dumps([asdict(r) for r in shards[i]])}
-        for i in range(len(shards))
-        if i not in states
-    ]
-    log.info("prepare: %d shard(s) planned, %d complete, %d to make", len(shards), len(states), len(pending))
-
-    manifest_uri = join_uri(out_dir, "manifest.json")
-    if not pending and exists(manifest_uri):
-        old = read_manifest(out_dir)
-        if old.get("plan_digest") == plan_digest:
-            log.info("prepare: %s is complete; nothing to do", out_dir)
-            return old
-
-    if pending:
-        log.info("prepare: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
-    with contextlib.closing(_run_shards(pending, out_dir, cfg)) as finished:
-        started = time.monotonic()
-        for n, st in enumerate(finished, start=1):
-            states[st["index"]] = st
-            log.info(
-                "prepare: shard %s done (%d samples, skips %s) %s", st["name"], st["num_samples"], st["skips"],
-                progress_note(n, len(pending), time.monotonic() - started),
-            )  # fmt: skip
-
-    manifest = build_manifest(
-        source_stats, cfg, plan_digest, [states[i] for i in sorted(states)], len(records), duplicates
+    digests = {i: shard_digest(recs, cfg) for i, recs in enumerate(shards)}
+    plan = ShardPlan(
+        "prepare", out_dir, digests, hashlib.sha256("".join(digests.values()).encode()).hexdigest()
     )
-    write_manifest(out_dir, manifest)
-    log.info(
-        "prepare: wrote %s: %s samples %s, skips %s",
-        manifest_uri,
-        manifest["num_samples"],
-        manifest["counts"],
-        manifest["skips"],
+    return run_sharded_job(
+        plan,
+        lambda i, digest: {
+            "index": i,
+            "digest": digest,
+            "records": json.dumps([asdict(r) for r in shards[i]]),
+        },
+        lambda rows: map_shards(rows, make_shard, _shard_options(out_dir, cfg, len(rows))),
+        lambda states: build_manifest(source_stats, cfg, plan.plan_digest, states, len(records), duplicates),
     )
-    return manifest

@@ -22,36 +22,29 @@ clip dataset, tokenizer, text encoder and config) marks a finished shard; `manif
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from pipelines.ray_utils import iter_rows_released, progress_note
+from pipelines.sharded_job import ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
     PlanMismatchError,
     absolute_uri,
-    check_no_foreign_shards,
-    completed_shard,
-    exists,
     join_uri,
     list_shards,
     local_path,
     progress_uri,
     read_manifest,
     read_shard,
-    remove_temp_files,
     shard_index,
     shard_name,
     write_json,
-    write_manifest,
     write_shard,
 )
 
@@ -330,33 +323,30 @@ def model_identity(
     }
 
 
-def _run(
-    pending: list[dict], tokenizer_ckpt: str, out_dir: str, cfg: TokenizeConfig, identity: dict
-) -> Iterator[dict]:
-    if not pending:
-        return
-    import ray
-    import ray.data
+def _worker_options(
+    tokenizer_ckpt: str, out_dir: str, cfg: TokenizeConfig, identity: dict, num_shards: int
+) -> Callable[[dict], dict[str, Any]]:
+    """`Dataset.map` options for `TokenizeWorker`: an actor pool of `num_workers` (default: one per GPU, else
+    one), each actor loading the models once."""
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    workers = cfg.num_workers or max(1, gpus)
-    ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-    ds = ds.map(
-        TokenizeWorker,
-        fn_constructor_kwargs={
-            "tokenizer_ckpt": tokenizer_ckpt,
-            "out_dir": out_dir,
-            "cfg": asdict(cfg),
-            "identity": identity,
-        },
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(pending)))),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1,
-    )
-    for row in iter_rows_released(ds):
-        yield json.loads(row["state"])
+    def options(resources: dict) -> dict[str, Any]:
+        import ray.data
+
+        gpus = int(resources.get("GPU", 0))
+        workers = cfg.num_workers or max(1, gpus)
+        return {
+            "fn_constructor_kwargs": {
+                "tokenizer_ckpt": tokenizer_ckpt,
+                "out_dir": out_dir,
+                "cfg": asdict(cfg),
+                "identity": identity,
+            },
+            "compute": ray.data.ActorPoolStrategy(size=max(1, min(workers, num_shards))),
+            "num_gpus": 1 if gpus else 0,
+            "num_cpus": 1,
+        }
+
+    return options
 
 
 def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConfig | None = None) -> dict:
@@ -380,47 +370,38 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
         ).hexdigest()
         for s in clip_shards
     }
-    plan_digest = hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()
-    check_no_foreign_shards(out_dir, set(digests))
-    states = {i: st for i, d in digests.items() if (st := completed_shard(out_dir, i, d)) is not None}
-    pending = [
-        {"index": shard_index(s), "clip_shard": s, "digest": digests[shard_index(s)]}
-        for s in clip_shards
-        if shard_index(s) not in states
-    ]
+    plan = ShardPlan(
+        "tokenize", out_dir, digests, hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()
+    )
     log.info(
-        "tokenize: %d clip shard(s), %d done, %d to tokenize (tokenizer %s, text encoder %s)",
+        "tokenize: %d clip shard(s) (tokenizer %s, text encoder %s)",
         len(clip_shards),
-        len(states),
-        len(pending),
         identity["tokenizer_digest"],
         identity["text_encoder"],
     )
+    by_index = {shard_index(s): s for s in clip_shards}
+    return run_sharded_job(
+        plan,
+        lambda i, digest: {"index": i, "clip_shard": by_index[i], "digest": digest},
+        lambda rows: map_shards(
+            rows, TokenizeWorker, _worker_options(tokenizer_ckpt, out_dir, cfg, identity, len(rows))
+        ),
+        lambda states: _manifest(cfg, data_dir, tokenizer_ckpt, identity, plan.plan_digest, states),
+    )
 
-    if not pending and exists(join_uri(out_dir, "manifest.json")):
-        old = read_manifest(out_dir)
-        if old.get("plan_digest") == plan_digest:
-            log.info("tokenize: %s is complete; nothing to do", out_dir)
-            return old
-    if pending:
-        log.info("tokenize: removed %d temp file(s) left by an interrupted run", remove_temp_files(out_dir))
-    with contextlib.closing(_run(pending, tokenizer_ckpt, out_dir, cfg, identity)) as finished:
-        started = time.monotonic()
-        for n, st in enumerate(finished, start=1):
-            states[st["index"]] = st
-            log.info(
-                "tokenize: shard %s done (%d samples, skips %s) %s", st["name"], st["num_samples"], st["skips"],
-                progress_note(n, len(pending), time.monotonic() - started),
-            )  # fmt: skip
 
-    ordered = [states[i] for i in sorted(states)]
-    counts: Counter[str] = Counter()
-    skips: Counter[str] = Counter()
-    for st in ordered:
-        counts.update(st["counts"])
-        skips.update(st["skips"])
+def _manifest(
+    cfg: TokenizeConfig,
+    data_dir: str,
+    tokenizer_ckpt: str,
+    identity: dict,
+    plan_digest: str,
+    states: list[dict],
+) -> dict:
+    """The token cache's manifest: the models that made it, the settings, and the shards' totals."""
     tok_cfg = identity["tokenizer_config"]
-    manifest = {
+    totals = shard_totals(states)
+    return {
         "schema_version": SCHEMA_VERSION,
         "type": "tokens",
         "producer": "pipelines.tokenize",
@@ -438,22 +419,5 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
         "codebook_size": tok_cfg["codebook_size"],
         "token_dtype": token_dtype(tok_cfg["codebook_size"]).name,
         "text_encoder": {"name": identity["text_encoder"], "digest": identity["text_encoder_digest"]},
-        "num_samples": sum(counts.values()),
-        "counts": {"video": counts.get("video", 0), "image": counts.get("image", 0)},
-        "skips": dict(sorted(skips.items())),
-        "shards": [st["name"] for st in ordered if st["num_samples"] > 0],
-        "shard_counts": {
-            st["name"]: {"num_samples": st["num_samples"], **st["counts"]}
-            for st in ordered
-            if st["num_samples"] > 0
-        },
+        **totals,
     }
-    write_manifest(out_dir, manifest)
-    log.info(
-        "tokenize: wrote %s (%d samples %s, skips %s)",
-        join_uri(out_dir, "manifest.json"),
-        manifest["num_samples"],
-        manifest["counts"],
-        manifest["skips"],
-    )
-    return manifest

@@ -159,3 +159,76 @@ def test_resume_records(tmp_path) -> None:
     (tmp_path / "_progress" / "shard-000003.json.tmp-0123").write_bytes(b"{")
     assert remove_temp_files(d) == 2
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+
+
+def _make_shards(out: str, made: list[int]):
+    """What a job's workers do for each row: write the shard's tar, then its progress record (both atomic)."""
+
+    def make(rows: list[dict]):
+        for row in rows:
+            i = row["index"]
+            made.append(i)
+            write_shard(f"{out}/{shard_name(i)}", _samples(i + 1))
+            state = {"index": i, "name": shard_name(i), "digest": row["digest"], "num_samples": i + 1,
+                     "counts": {"video": i + 1}, "skips": {"bad": 1}}  # fmt: skip
+            write_json(progress_uri(out, i), state)
+            yield state
+
+    return make
+
+
+def test_sharded_job_makes_only_what_is_missing_and_writes_the_manifest_last(tmp_path) -> None:
+    """`prepare` and `tokenize` share this driver: a rerun makes only the missing shards, an unchanged
+    finished plan returns its manifest untouched, another plan's directory is refused."""
+    from pipelines.sharded_job import ShardPlan, run_sharded_job, shard_totals
+
+    out = str(tmp_path)
+    plan = ShardPlan("job", out, {0: "d0", 1: "d1", 2: "d2"}, plan_digest="p")
+    made: list[int] = []
+
+    def manifest(states: list[dict]) -> dict:
+        assert not (tmp_path / "manifest.json").exists() or made == [1]  # written after every shard
+        return {"plan_digest": "p", **shard_totals(states)}
+
+    first = run_sharded_job(plan, lambda i, d: {"index": i, "digest": d}, _make_shards(out, made), manifest)
+    assert made == [0, 1, 2] and read_manifest(out) == first
+    assert first["num_samples"] == 6 and first["counts"] == {"video": 6, "image": 0}
+    assert first["skips"] == {"bad": 3} and first["shards"] == [shard_name(i) for i in range(3)]
+    assert first["shard_counts"][shard_name(2)] == {"num_samples": 3, "video": 3}
+
+    made.clear()
+    assert (
+        run_sharded_job(plan, lambda i, d: {"index": i, "digest": d}, _make_shards(out, made), manifest)
+        == first
+    )
+    assert made == []  # complete: nothing made, the manifest as it was
+
+    (tmp_path / shard_name(1)).unlink()  # a lost shard is made again, and only it
+    again = run_sharded_job(plan, lambda i, d: {"index": i, "digest": d}, _make_shards(out, made), manifest)
+    assert made == [1] and again == first
+
+    with pytest.raises(PlanMismatchError, match="new output directory"):
+        other = ShardPlan("job", out, {0: "x0", 1: "d1", 2: "d2"}, plan_digest="q")
+        run_sharded_job(other, lambda i, d: {"index": i, "digest": d}, _make_shards(out, made), manifest)
+    with pytest.raises(PlanMismatchError, match="shard-000002"):
+        shorter = ShardPlan("job", out, {0: "d0", 1: "d1"}, plan_digest="r")
+        run_sharded_job(shorter, lambda i, d: {"index": i, "digest": d}, _make_shards(out, made), manifest)
+
+
+def test_shard_totals_adds_the_jobs_own_skips_and_leaves_out_empty_shards() -> None:
+    from collections import Counter
+
+    from pipelines.sharded_job import shard_totals
+
+    states = [
+        {"name": "a", "num_samples": 2, "counts": {"video": 1, "image": 1}, "skips": {"undecodable": 1}},
+        {"name": "b", "num_samples": 0, "counts": {}, "skips": {"undecodable": 4}},
+    ]
+    totals = shard_totals(states, Counter({"duplicate": 2}))
+    assert totals == {
+        "num_samples": 2,
+        "counts": {"video": 1, "image": 1},
+        "skips": {"duplicate": 2, "undecodable": 5},
+        "shards": ["a"],
+        "shard_counts": {"a": {"num_samples": 2, "video": 1, "image": 1}},
+    }
