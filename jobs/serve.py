@@ -46,7 +46,7 @@ from jobs.serve_common import (
     static_page,
     video_response,
 )
-from modeling.checkpoint import read_checkpoint_meta
+from modeling.generators import generator_class, generator_kind
 from modeling.masking import SCHEDULES
 
 APP_NAME = "phenaki"
@@ -150,6 +150,14 @@ class PhenakiServer:
         )  # fmt: skip
 
 
+# by `modeling.generators.generator_kind` of the checkpoint
+SERVERS = {"maskgit": PhenakiServer, "commit": CommitServer}
+EXAMPLE_REQUESTS = {
+    "maskgit": {"prompts": ["a red circle moving left"], "seed": 0},
+    "commit": {"task": "fp", "video_b64": "<base64 of input.mp4>", "seed": 0},
+}
+
+
 def build_app(
     checkpoint: str | os.PathLike,
     *,
@@ -161,23 +169,11 @@ def build_app(
     num_gpus: float = 0.0,
 ) -> serve.Application:
     """The Serve application: autoscaled replicas (1..max_replicas, ~2 ongoing requests each) of the server
-    for the checkpoint's family (`kind` in its config.yaml: maskgit -> PhenakiServer, commit -> CommitServer)."""
+    for the checkpoint's family (`SERVERS`, by the kind in its config.yaml)."""
     if max_replicas < 1:
         raise ValueError(f"max_replicas must be >= 1, got {max_replicas}")
     checkpoint = Path(checkpoint).resolve()
-    if not (checkpoint / "config.yaml").exists():
-        raise FileNotFoundError(f"{checkpoint} is not a transformer checkpoint (no config.yaml)")
-    kind = read_checkpoint_meta(checkpoint).get("kind")
-    options = {"max_segments": max_segments}
-    if kind == "commit":
-        server, options = CommitServer, {}
-    elif kind == "maskgit":
-        server = PhenakiServer
-    else:
-        raise ValueError(
-            f"{checkpoint} holds a {kind!r} checkpoint: serve takes a transformer checkpoint, Phenaki (maskgit) "
-            "or MAGVIT COMMIT (commit), as `phenaki train-transformer --out` writes it"
-        )
+    server = SERVERS[generator_kind(checkpoint)]
     return server.options(
         autoscaling_config={
             "min_replicas": 1,
@@ -194,7 +190,7 @@ def build_app(
         },
     ).bind(
         str(checkpoint),
-        **options,
+        max_segments=max_segments,
         max_steps=max_steps,
         device=device,
         num_threads=max(1, math.ceil(num_cpus)),
@@ -340,12 +336,8 @@ def main(args: argparse.Namespace) -> int:
         device="cuda" if args.num_gpus > 0 else None,
         address=args.address,
     )
-    name, body = "Phenaki", json.dumps({"prompts": ["a red circle moving left"], "seed": 0})
-    if read_checkpoint_meta(args.checkpoint).get("kind") == "commit":
-        name, body = (
-            "MAGVIT COMMIT",
-            json.dumps({"task": "fp", "video_b64": "<base64 of input.mp4>", "seed": 0}),
-        )
+    kind = generator_kind(args.checkpoint)
+    name, body = generator_class(kind).title, json.dumps(EXAMPLE_REQUESTS[kind])
     print(f"{name} is serving at {url}/  (open it in a browser; Ctrl-C stops)")
     print(
         f"  curl -s -X POST {url}/generate -H 'Content-Type: application/json' -d '{body}' -o video.mp4 -D -"

@@ -10,7 +10,7 @@ Routes: `GET /` a small web page, `GET /healthz` (`{"status", "family": "commit"
 
 `task` is one of fp|fi|opc|opv|oph|opd|ipc|ipd|cg|cfp. Every task but cg needs `video_b64`: it is resized and
 centre-cropped to the tokenizer's size and cut to the checkpoint's clip length (a shorter input holds its last
-frame), exactly as `phenaki generate --task T --input VIDEO` reads a file (`CommitGenerator.read_video`); cg
+frame), exactly as `phenaki generate --task T --input VIDEO` reads a file (`jobs.generate.read_condition`); cg
 ignores it. cg/cfp need `class_id` (or a prompt, on a text-conditioned model); `class_id` on any other task,
 prompts on a model trained without text, more than one prompt and the Phenaki fields (`image_b64`,
 `context_frames`, `schedule`) are refused with a 400 naming the fix. The answer is the video with the shared
@@ -27,6 +27,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 from ray import serve
 
+from jobs.generate import read_condition
 from jobs.serve_common import (
     DEPLOYMENT_OPTIONS,
     PHENAKI_FIELDS,
@@ -100,7 +101,7 @@ def commit_call(generator, req: GenerateRequest, *, max_steps: int) -> dict:
             )
         raw = decode_b64(req.video_b64, "video_b64")
         try:
-            frames = generator.read_video(raw)
+            frames = read_condition(generator, raw)
         except ValueError as e:  # MediaError
             raise ValueError(f"video_b64 is neither a video nor an image we can decode: {e}") from e
     return {
@@ -159,11 +160,12 @@ class CommitServer:
         self,
         checkpoint: str,
         *,
+        max_segments: int = 1,  # what `build_app` passes every family; a COMMIT request takes one prompt
         max_steps: int = 64,
         device: str | None = None,
         num_threads: int | None = None,
     ):
-        from jobs.generate import CommitGenerator
+        from modeling.commit_generation import CommitGenerator
 
         device = replica_device(device, num_threads)
         self.generator = CommitGenerator.from_checkpoint(checkpoint, device=device)

@@ -91,6 +91,9 @@ class GeneratedVideo:
 class VideoGenerator:
     """A loaded transformer + tokenizer (+ lazily loaded text encoder). Not thread-safe: serialise calls."""
 
+    kind = "maskgit"  # `modeling.generators.GENERATORS`
+    title = "Phenaki"
+
     def __init__(
         self,
         transformer: MaskGIT,

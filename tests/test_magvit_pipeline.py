@@ -80,7 +80,7 @@ def commit_ckpt(world, tokenizer, cache):
 
 @pytest.fixture(scope="module")
 def generator(commit_ckpt):
-    from jobs.generate import CommitGenerator
+    from modeling.commit_generation import CommitGenerator
 
     return CommitGenerator.from_checkpoint(commit_ckpt[0])
 
@@ -168,10 +168,10 @@ def test_text_conditioning_trains_and_generates(tmp_path, cache, tokenizer, clip
     """`transformer.text: true`: caption embeddings from the cache condition COMMIT by cross-attention. The
     trainer's data path (loader, task draw, condition selection, training step) run in process for a few
     steps, exported, and generated from with prompts."""
-    from jobs.generate import CommitGenerator
     from jobs.training.commit import job_from_config, sample_tasks, task_probs
     from jobs.training.export import copy_tokenizer
     from modeling.checkpoint import save_checkpoint
+    from modeling.commit_generation import CommitGenerator
     from modeling.commit_model import CommitTransformer, commit_training_step
     from pipelines.commit_data import CommitBatches, select_condition, task_token_masks
 

@@ -142,3 +142,46 @@ def test_causal_in_time_where_claimed(kind: str) -> None:
         tokens_a, tokens_mixed = model.encode(a), model.encode(mixed)
     assert torch.equal(tokens_a[:, :3], tokens_mixed[:, :3])  # latent frames 0, 1, 2 see frames 0-4 only
     assert not torch.equal(tokens_a[:, 3:], tokens_mixed[:, 3:])
+
+
+# ----------------------------------------------------------------------------------- generators
+def _debug_generator_checkpoint(kind: str, directory):
+    from modeling.commit_generation import write_debug_commit_checkpoint
+    from modeling.generation import write_debug_checkpoint
+
+    return {"maskgit": write_debug_checkpoint, "commit": write_debug_commit_checkpoint}[kind](directory)
+
+
+GENERATOR_CHECKPOINTS = ("maskgit", "commit")
+
+
+def test_every_generator_kind_is_a_transformer_checkpoint_kind() -> None:
+    from modeling.checkpoint import checkpoint_kinds
+    from modeling.generators import GENERATORS
+
+    assert set(GENERATORS) == set(GENERATOR_CHECKPOINTS) and set(GENERATORS) <= set(checkpoint_kinds())
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATOR_CHECKPOINTS))
+def test_load_generator_picks_the_family_by_the_checkpoints_kind(tmp_path, kind: str) -> None:
+    """One loading contract for both families: kind, title, clip length and rate, and the checkpoint's
+    digests in `meta`, whichever family wrote the checkpoint."""
+    from modeling.checkpoint import read_checkpoint_meta
+    from modeling.generators import generator_class, generator_kind, load_generator
+
+    ckpt = _debug_generator_checkpoint(kind, tmp_path / kind)
+    assert generator_kind(ckpt) == kind
+    gen = load_generator(ckpt)
+    assert type(gen) is generator_class(kind) and gen.kind == kind and gen.title
+    assert gen.num_frames >= 1 and gen.fps > 0
+    assert gen.meta["digest"] == read_checkpoint_meta(ckpt)["digest"] and gen.meta["tokenizer_digest"]
+
+
+def test_generator_kind_refuses_what_is_not_a_transformer_checkpoint(tmp_path) -> None:
+    from modeling.generators import generator_kind
+
+    ckpt = _debug_generator_checkpoint("maskgit", tmp_path / "t")
+    with pytest.raises(ValueError, match=r"holds a 'cvivit' checkpoint: generation takes a transformer"):
+        generator_kind(ckpt / "tokenizer")
+    with pytest.raises(FileNotFoundError, match="not a phenaki checkpoint"):
+        generator_kind(tmp_path)

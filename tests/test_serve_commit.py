@@ -16,8 +16,9 @@ import pytest
 import requests
 from PIL import Image
 
-from jobs.generate import write_debug_commit_checkpoint
+from jobs.generate import read_condition
 from modeling.commit import CLASS_TASKS, TASKS
+from modeling.commit_generation import write_debug_commit_checkpoint
 from pipelines.media import decode_video, encode_mp4
 from tests.serve_helpers import free_port, post
 
@@ -59,7 +60,7 @@ def mp4() -> bytes:
 
 @pytest.fixture(scope="module")
 def local(ckpt):
-    from jobs.generate import CommitGenerator
+    from modeling.commit_generation import CommitGenerator
 
     return CommitGenerator.from_checkpoint(ckpt, device="cpu")
 
@@ -94,7 +95,7 @@ def test_every_task_answers_the_local_generators_video(url, mp4, local):
     decoded videos agree, over the task's given pixels and everywhere."""
     import torch
 
-    frames = local.read_video(mp4)  # what `phenaki generate --input` and the server read
+    frames = read_condition(local, mp4)  # what `phenaki generate --input` and the server read
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -179,10 +180,10 @@ def test_bad_requests_get_4xx_with_a_message(url, mp4, body, status, message):
 
 def test_text_model_takes_one_prompt_and_a_tokenizer_is_refused(tmp_path):
     """No Serve needed: the request check on a text-conditioned model, and build_app's family dispatch."""
-    from jobs.generate import CommitGenerator
     from jobs.serve import build_app
     from jobs.serve_commit import commit_call
     from jobs.serve_common import GenerateRequest
+    from modeling.commit_generation import CommitGenerator
 
     generator = CommitGenerator.from_checkpoint(
         write_debug_commit_checkpoint(tmp_path / "text", text_dim=384)
@@ -195,5 +196,5 @@ def test_text_model_takes_one_prompt_and_a_tokenizer_is_refused(tmp_path):
         commit_call(generator, GenerateRequest(task="cg", prompts=["a", "b"]), max_steps=8)
     with pytest.raises(ValueError, match="or a prompt"):
         commit_call(generator, GenerateRequest(task="cfp", video_b64="AAAA"), max_steps=8)
-    with pytest.raises(ValueError, match="'magvit_vq' checkpoint: serve takes a transformer checkpoint"):
+    with pytest.raises(ValueError, match="'magvit_vq' checkpoint: generation takes a transformer checkpoint"):
         build_app(tmp_path / "text" / "tokenizer")
