@@ -68,7 +68,7 @@ def tokenizer_fidelity_report(checkpoint: str, repeats: int = 1, frames: int | N
     if read_checkpoint_meta(path).get("kind") not in FAMILIES:
         path = path / "tokenizer"  # a transformer checkpoint carries its tokenizer here
     loaded = load_checkpoint(path)
-    frames = frames or int(loaded.extra.get("num_frames") or 9)
+    frames = frames or loaded.tokenizer_record.num_frames
     report, _ = tokenizer_fidelity(loaded.model, fidelity_clips(loaded.model.cfg.image_size, frames, repeats))
     return {"tokenizer": str(path), "frames": frames, **report}
 

@@ -108,6 +108,11 @@ class Loaded:
         """A transformer checkpoint's generation record (typed `extra`)."""
         return GenerationRecord.from_extra(self.extra, self.path)
 
+    @property
+    def tokenizer_record(self) -> TokenizerRecord:
+        """A tokenizer checkpoint's training record (typed `extra`)."""
+        return TokenizerRecord.from_extra(self.extra, self.path)
+
 
 @dataclass(frozen=True)
 class GenerationRecord:
@@ -124,6 +129,11 @@ class GenerationRecord:
     step: int | None = None  # the training step exported
     tokenizer_digest: str | None = None
     token_grid: tuple[int, ...] | None = None
+    data: str | tuple[str, ...] | None = None  # provenance: the token cache(s) it was trained on
+
+    def to_extra(self) -> dict:
+        """The `extra` a trainer writes (what `from_extra` reads back equal): plain YAML types, no Nones."""
+        return _plain({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
     @classmethod
     def from_extra(cls, extra: dict, where: str | Path = "checkpoint") -> GenerationRecord:
@@ -146,8 +156,57 @@ class GenerationRecord:
                 "commit": dict(values.get("commit") or {}),
                 "class_names": tuple(str(c) for c in values.get("class_names") or ()),
                 "token_grid": tuple(values["token_grid"]) if values.get("token_grid") else None,
+                "data": _data_field(values.get("data")),
             }
         )
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """What a tokenizer checkpoint's `extra` records (written by `jobs.training.tokenizer`): the clips it was
+    trained on, so evaluation and tokenizing know the clip length and rate without the data."""
+
+    num_frames: int  # frames per training clip (1 for an image-only tokenizer)
+    fps: float | None = None
+    token_grid: tuple[int, ...] | None = None  # (t, h, w) of one training clip
+    step: int | None = None
+    data: str | None = None  # provenance: the clip shards
+    perceptual: dict | None = None  # which perceptual terms trained it (`modeling.losses.perceptual_status`)
+
+    def to_extra(self) -> dict:
+        return _plain({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+    @classmethod
+    def from_extra(cls, extra: dict, where: str | Path = "checkpoint") -> TokenizerRecord:
+        if "num_frames" not in extra:
+            raise ValueError(
+                f"{where}/config.yaml extra lacks num_frames: not a tokenizer checkpoint written by "
+                "`phenaki train-tokenizer`"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in extra.items() if k in known and v is not None}
+        return cls(
+            **{
+                **values,
+                "num_frames": int(values["num_frames"]),
+                "fps": float(values["fps"]) if "fps" in values else None,
+                "token_grid": tuple(values["token_grid"]) if values.get("token_grid") else None,
+            }
+        )
+
+
+def _data_field(value: Any) -> str | tuple[str, ...] | None:
+    """A record's `data`: one dataset path, or several (a YAML list) as a tuple."""
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what YAML writes and `yaml.safe_load` reads back."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def read_checkpoint_meta(directory: str | Path) -> dict:

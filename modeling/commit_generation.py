@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling.checkpoint import GenerationRecord, load_checkpoint, save_checkpoint
+from modeling.checkpoint import GenerationRecord, TokenizerRecord, load_checkpoint, save_checkpoint
 from modeling.commit import TASKS, CommitConfig, commit_debug, condition_video, infer_stride, ispad
 from modeling.commit_model import CommitTransformer, commit_generate, commit_transformer_debug
 from modeling.magvit_vq import MagvitVQ, magvit_vq_debug
@@ -194,13 +194,15 @@ def write_debug_commit_checkpoint(
     model_cfg = commit_transformer_debug(num_classes=len(class_names), text_dim=text_dim)
     num_frames = model_cfg.grid[0] * 4  # the debug 3D-VQ's temporal stride
     cfg = commit_debug(codebook_size=model_cfg.codebook_size, num_classes=model_cfg.num_classes, **commit)
-    extra = {
-        "family": COMMIT_KIND, "num_frames": num_frames, "fps": fps, "text_encoder": "minilm",
-        "max_text_length": 24, "commit": dataclasses.asdict(cfg), "class_names": list(class_names),
-        "token_grid": list(model_cfg.grid),
-    }  # fmt: skip
-    save_checkpoint(directory, CommitTransformer(model_cfg).eval(), model_cfg, extra)
+    record = GenerationRecord(
+        num_frames, fps, text_encoder="minilm", max_text_length=24, commit=dataclasses.asdict(cfg),
+        class_names=tuple(class_names), token_grid=tuple(model_cfg.grid),
+    )  # fmt: skip
+    save_checkpoint(directory, CommitTransformer(model_cfg).eval(), model_cfg, record.to_extra())
     save_checkpoint(
-        directory / "tokenizer", MagvitVQ(tok_cfg).eval(), tok_cfg, {"num_frames": num_frames, "fps": fps}
+        directory / "tokenizer",
+        MagvitVQ(tok_cfg).eval(),
+        tok_cfg,
+        TokenizerRecord(num_frames, fps).to_extra(),
     )
     return directory

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeling.checkpoint import load_checkpoint, save_checkpoint
+from modeling.checkpoint import GenerationRecord, TokenizerRecord, load_checkpoint, save_checkpoint
 from modeling.cvivit import CViViT, cvivit_debug
 from modeling.maskgit import MaskGIT, maskgit_debug
 from modeling.pixels import frames_to_video, resize_center_crop, video_to_frames
@@ -413,7 +413,7 @@ def write_debug_checkpoint(
     mg_cfg = maskgit_debug(codebook_size=tok_cfg.codebook_size, seq_len=t * h * w, tokens_per_frame=h * w,
                            text_dim=text_dim, code_levels=tok_cfg.fsq_levels)  # fmt: skip
     mg = MaskGIT(mg_cfg).eval()
-    extra = {"text_encoder": text_encoder, "num_frames": num_frames, "fps": fps, "sampling": sampling or {}}
-    save_checkpoint(directory, mg, mg_cfg, extra)
-    save_checkpoint(directory / "tokenizer", tok, tok_cfg, {"num_frames": num_frames, "fps": fps})
+    record = GenerationRecord(num_frames, fps, text_encoder=text_encoder, sampling=dict(sampling or {}))
+    save_checkpoint(directory, mg, mg_cfg, record.to_extra())
+    save_checkpoint(directory / "tokenizer", tok, tok_cfg, TokenizerRecord(num_frames, fps).to_extra())
     return directory

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -200,3 +202,27 @@ def test_generation_record_reads_a_checkpoints_extra_in_one_place():
     )
     with pytest.raises(ValueError, match=r"lacks \['fps'\]"):
         GenerationRecord.from_extra({"num_frames": 9}, "ckpt")
+
+
+def test_checkpoint_records_round_trip_through_extra():
+    """What a trainer writes (`to_extra`: YAML-plain, no Nones) reads back as the same record, for both the
+    transformer's generation record and the tokenizer's training record."""
+    import yaml
+
+    from modeling.checkpoint import GenerationRecord, TokenizerRecord
+
+    generation = GenerationRecord(
+        9, 8.0, sampling={"steps": 12}, commit={"steps": 8, "tasks": ("fp", "cg")}, class_names=("left",),
+        step=7, tokenizer_digest="ab", token_grid=(5, 4, 4), data=("/a", "/b"),
+    )  # fmt: skip
+    extra = yaml.safe_load(yaml.safe_dump(generation.to_extra()))  # as config.yaml stores it
+    assert extra["token_grid"] == [5, 4, 4] and extra["data"] == ["/a", "/b"] and "fps" in extra
+    back = GenerationRecord.from_extra(extra)
+    assert back == dataclasses.replace(generation, commit={"steps": 8, "tasks": ["fp", "cg"]})
+    tokenizer = TokenizerRecord(
+        9, 8.0, token_grid=(5, 4, 4), step=3, data="/clips", perceptual={"image": "off"}
+    )
+    assert TokenizerRecord.from_extra(yaml.safe_load(yaml.safe_dump(tokenizer.to_extra()))) == tokenizer
+    assert "fps" not in TokenizerRecord(1).to_extra()  # no Nones written
+    with pytest.raises(ValueError, match="lacks num_frames: not a tokenizer checkpoint"):
+        TokenizerRecord.from_extra({"fps": 8}, "ckpt")

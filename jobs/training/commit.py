@@ -40,7 +40,7 @@ from jobs.training.common import (
 from jobs.training.export import copy_tokenizer, export_serving
 from jobs.training.loop import last_metrics, step_generator
 from jobs.training.metrics import Throughput
-from modeling.checkpoint import read_checkpoint_meta
+from modeling.checkpoint import GenerationRecord, read_checkpoint_meta
 from modeling.commit import TASKS, CommitConfig
 from modeling.commit_model import CommitTransformer, CommitTransformerConfig, commit_training_step
 from modeling.magvit_vq import MagvitVQConfig
@@ -98,7 +98,7 @@ class CommitJob:
     train: CommitTrainConfig
     commit: CommitConfig
     clip_shape: tuple[int, int, int]  # (T, H, W) of the cache's clips
-    extra: dict
+    record: GenerationRecord  # the checkpoint's `extra`: what generation needs, and provenance
     run_name = RUN_NAME
     # worker side, made by `setup`
     _loader: Any = field(default=None, init=False, repr=False)
@@ -113,7 +113,7 @@ class CommitJob:
             "transformer": {"family": FAMILY, **dataclasses.asdict(self.model)},
             "transformer_train": dataclasses.asdict(self.train),
             "commit": dataclasses.asdict(self.commit),
-            "extra": self.extra,
+            "extra": self.record.to_extra(),
         }
 
     def setup(self, worker: Worker, out_dir: str) -> dict[str, Any]:
@@ -148,7 +148,7 @@ class CommitJob:
 
         cfg, model_cfg = self.train, self.model
         n = model_cfg.seq_len
-        text_len = int(self.extra.get("max_text_length") or 1)
+        text_len = self.record.max_text_length
 
         def forward(model: CommitTransformer) -> object:
             tokens = torch.zeros(1, n, dtype=torch.long)
@@ -204,7 +204,7 @@ class CommitJob:
 
     def export(self, engines: dict[str, Any], step: int, out_dir: str, worker: Worker) -> None:
         export_serving(engines["transformer"], lambda: CommitTransformer(self.model), self.model, out_dir, worker,
-                       self.train.zero_stage, {**self.extra, "step": step})  # fmt: skip
+                       self.train.zero_stage, dataclasses.replace(self.record, step=step).to_extra())  # fmt: skip
         if worker.is_main:
             copy_tokenizer(self.tokenizer, str(Path(out_dir) / "tokenizer"))
 
@@ -280,20 +280,19 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
         **{k: record[k] for k in _GEOMETRY},
     )
     text_cfg = build_dataclass(TextEncoderConfig, config.get("text_encoder"))
-    extra = {
-        "family": FAMILY,
-        "num_frames": t * tok.temporal_compression,
-        "fps": clip_fps(meta, config),
-        "text_encoder": info.text_encoder or text_cfg.name,
-        "max_text_length": int(info.max_text_length or text_cfg.max_length),
-        "commit": dataclasses.asdict(commit),  # generation defaults + condition geometry
-        "class_names": list(train.class_keywords or []),
-        "tokenizer_digest": info.tokenizer_digest,
-        "token_grid": [t, h, w],
-        "data": data,
-    }
+    record = GenerationRecord(
+        num_frames=t * tok.temporal_compression,
+        fps=clip_fps(meta, config),
+        text_encoder=info.text_encoder or text_cfg.name,
+        max_text_length=int(info.max_text_length or text_cfg.max_length),
+        commit=dataclasses.asdict(commit),  # generation defaults + condition geometry
+        class_names=tuple(train.class_keywords or ()),
+        tokenizer_digest=info.tokenizer_digest,
+        token_grid=(t, h, w),
+        data=data if isinstance(data, str) else tuple(data),
+    )
     clip_shape = (t * tok.temporal_compression, h * tok.spatial_compression, w * tok.spatial_compression)
-    return CommitJob(data, tokenizer, model, train, commit, clip_shape, extra)
+    return CommitJob(data, tokenizer, model, train, commit, clip_shape, record)
 
 
 def sample_tasks(probs: torch.Tensor, batch: int, per: str, generator: torch.Generator) -> torch.Tensor:

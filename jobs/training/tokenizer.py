@@ -24,6 +24,7 @@ import torch
 from jobs.training.common import TrainConfig, Worker, build_engine, engine_dtype, worker_print
 from jobs.training.export import export_serving
 from jobs.training.metrics import Throughput
+from modeling.checkpoint import TokenizerRecord
 from modeling.discriminator import DiscriminatorConfig, StyleGANDiscriminator
 from modeling.losses import (
     LeCamEMA,
@@ -192,15 +193,17 @@ class TokenizerJob:
         """The serving checkpoint, then (rank 0) the held-out and object-fidelity evaluation of it."""
         cfg, loader = self.train, self._loader
         t, _, _ = loader.frame_shape
-        extra = {
-            "step": step,
-            "fps": loader.fps,
-            "num_frames": t,
-            "token_grid": list(self.model.token_grid(t)),
-            "data": self.data,
-            "perceptual": perceptual_status(self.loss),
-        }
-        export_serving(engines["tokenizer"], self.build, self.model, out_dir, worker, cfg.zero_stage, extra)
+        record = TokenizerRecord(
+            num_frames=t,
+            fps=loader.fps,
+            token_grid=tuple(self.model.token_grid(t)),
+            step=step,
+            data=self.data,
+            perceptual=perceptual_status(self.loss),
+        )
+        export_serving(
+            engines["tokenizer"], self.build, self.model, out_dir, worker, cfg.zero_stage, record.to_extra()
+        )
         if worker.is_main:
             evaluate(
                 out_dir, loader.holdout_videos(), step, t if cfg.fidelity_repeats else 0, cfg.fidelity_repeats

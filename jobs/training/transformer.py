@@ -24,7 +24,7 @@ from jobs.training.common import (
 from jobs.training.export import copy_tokenizer, export_serving
 from jobs.training.loop import last_metrics, step_generator
 from jobs.training.metrics import StepRecords, Throughput
-from modeling.checkpoint import read_checkpoint_meta
+from modeling.checkpoint import GenerationRecord, read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
 from modeling.masking import LOSS_NORMALIZATIONS, SCHEDULES, mvtm_loss
 from modeling.text_encoder import TextEncoderConfig
@@ -75,7 +75,7 @@ class TransformerJob:
     tokenizer: str
     model: MaskGITConfig
     train: TransformerTrainConfig
-    extra: dict  # written into the checkpoint's config.yaml: text encoder, tokenizer digest, token grid
+    record: GenerationRecord  # the checkpoint's `extra`: what generation needs, and provenance
     run_name = RUN_NAME
     # worker side, made by `setup`
     _loader: Any = field(default=None, init=False, repr=False)
@@ -88,7 +88,7 @@ class TransformerJob:
             "tokenizer": self.tokenizer,
             "transformer": dataclasses.asdict(self.model),
             "transformer_train": dataclasses.asdict(self.train),
-            "extra": self.extra,
+            "extra": self.record.to_extra(),
         }
 
     def setup(self, worker: Worker, out_dir: str) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class TransformerJob:
 
         cfg = self.train
         samples = cfg.batch_size * cfg.grad_accum
-        flops = samples * maskgit_forward_flops(self.model, text_len=int(self.extra["max_text_length"]))
+        flops = samples * maskgit_forward_flops(self.model, text_len=self.record.max_text_length)
         return Throughput.for_worker(worker, cfg, RUN_NAME, samples=samples, tokens=samples * self.model.seq_len,
                                      flops=flops)  # fmt: skip
 
@@ -159,7 +159,7 @@ class TransformerJob:
 
     def export(self, engines: dict[str, Any], step: int, out_dir: str, worker: Worker) -> None:
         export_serving(engines["transformer"], lambda: MaskGIT(self.model), self.model, out_dir, worker,
-                       self.train.zero_stage, {**self.extra, "step": step})  # fmt: skip
+                       self.train.zero_stage, dataclasses.replace(self.record, step=step).to_extra())  # fmt: skip
         if worker.is_main:
             copy_tokenizer(self.tokenizer, str(Path(out_dir) / "tokenizer"))
 
@@ -198,22 +198,20 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
     model = build_dataclass(MaskGITConfig, {**(config.get("transformer") or {}), **sizes})
     latent_frames = info.seq_len // info.frame_tokens
     text_cfg = build_dataclass(TextEncoderConfig, config.get("text_encoder"))
-    extra = {
-        # what generation needs (modeling.generation.VideoGenerator.from_checkpoint)
-        "num_frames": 1 + (latent_frames - 1) * int(tok["temporal_patch_size"]),
-        "fps": clip_fps(meta, config),
-        "text_encoder": info.text_encoder or text_cfg.name,
-        "max_text_length": int(info.max_text_length or text_cfg.max_length),
-        "sampling": dict(config.get("sampling") or {}),
-        # provenance
-        "tokenizer_digest": info.tokenizer_digest,
-        "token_grid": [latent_frames, grid, grid],
-        "data": data,
-    }
+    record = GenerationRecord(
+        num_frames=1 + (latent_frames - 1) * int(tok["temporal_patch_size"]),
+        fps=clip_fps(meta, config),
+        text_encoder=info.text_encoder or text_cfg.name,
+        max_text_length=int(info.max_text_length or text_cfg.max_length),
+        sampling=dict(config.get("sampling") or {}),
+        tokenizer_digest=info.tokenizer_digest,
+        token_grid=(latent_frames, grid, grid),
+        data=data if isinstance(data, str) else tuple(data),
+    )
     return TransformerJob(
         data,
         tokenizer,
         model,
         build_dataclass(TransformerTrainConfig, config.get("transformer_train")),
-        extra,
+        record,
     )
