@@ -90,5 +90,13 @@ def _load_with_parents(path_or_name: str | Path, chain: tuple[str, ...]) -> dict
     return deep_merge(merged, config)
 
 
-def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:
-    return apply_overrides(_load_with_parents(path_or_name, ()), list(overrides or []))
+def load_config(path_or_name: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """A preset or file (None: no file, the overrides alone) with `section.key=value` overrides applied, and
+    checked whole (`jobs.config_tree.check_config`): an unknown section or key, or a value out of range, fails
+    here, on the command line, naming the section, before any cluster starts or any stage runs."""
+    from jobs.config_tree import check_config
+
+    base = {} if path_or_name is None else _load_with_parents(path_or_name, ())
+    config = apply_overrides(base, list(overrides or []))
+    check_config(config)
+    return config

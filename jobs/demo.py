@@ -13,9 +13,24 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.runtime import add_ray_arguments, init_ray, log, run_command, stage
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The `demo` section: the synthetic world's size and seed, and how many videos per evaluation prompt."""
+
+    videos: int = 600  # synthetic mp4s in a WebVid CSV
+    images: int = 300  # synthetic stills (purple only here) in a LAION parquet
+    seed: int = 0
+    samples_per_prompt: int = 1  # generated videos per evaluation prompt (different seeds)
+
+    def __post_init__(self) -> None:
+        if self.videos < 1 or self.images < 0 or self.samples_per_prompt < 1:
+            raise ValueError(f"demo needs videos >= 1, images >= 0, samples_per_prompt >= 1; got {self}")
 
 
 def demo_prompts(fast: bool) -> list[dict]:
@@ -139,7 +154,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     from pipelines.tokenize import tokenize
 
     config = load_config(config_name, overrides)
-    demo = config.get("demo", {})
+    demo = build_dataclass(DemoConfig, config.get("demo"))  # load_config checked every section
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo-config.json").write_text(json.dumps(config, indent=2))
     timings: dict[str, float] = {}
@@ -150,9 +165,9 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
     with stage("synth: the synthetic world", timings):
         summary = synthesize(
             out / "source",
-            num_videos=demo.get("videos", 600),
-            num_images=demo.get("images", 300),
-            seed=demo.get("seed", 0),
+            num_videos=demo.videos,
+            num_images=demo.images,
+            seed=demo.seed,
         )
         log.info("%s", summary)
     with stage("prepare: Ray Data -> clip shards", timings):
@@ -174,7 +189,7 @@ def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, addr
         log.info("endpoint up at %s", url)
         try:
             records = request_videos(
-                url, demo_prompts(fast), demo.get("samples_per_prompt", 1), config.get("sampling", {}), out
+                url, demo_prompts(fast), demo.samples_per_prompt, config.get("sampling", {}), out
             )
         finally:
             stop_serve()

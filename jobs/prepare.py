@@ -42,11 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.config import apply_overrides, load_config
+    from jobs.config import load_config
     from modeling.typed_config import build_dataclass
     from pipelines.prepare import PrepareConfig, prepare
 
-    config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
+    config = load_config(args.config, args.overrides)
     section = dict(config.get("prepare") or {})
     if args.format:
         section["source_format"] = args.format

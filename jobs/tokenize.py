@@ -43,10 +43,10 @@ def tokenize_config_from(config: dict):
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.config import apply_overrides, load_config
+    from jobs.config import load_config
     from pipelines.tokenize import tokenize
 
-    config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
+    config = load_config(args.config, args.overrides)
     cfg = tokenize_config_from(config)
     if args.text_encoder:
         cfg.text_encoder = args.text_encoder

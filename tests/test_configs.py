@@ -5,56 +5,65 @@ from __future__ import annotations
 import pytest
 
 from jobs.config import CONFIG_DIR, load_config
+from jobs.config_tree import check_config
 from jobs.tokenize import tokenize_config_from
 from jobs.training.commit import CommitTrainConfig
-from jobs.training.tokenizer import TokenizerTrainConfig
 from jobs.training.transformer import TransformerTrainConfig
 from modeling.commit import CommitConfig
 from modeling.commit_model import CommitTransformerConfig
 from modeling.cvivit import CViViT, CViViTConfig
-from modeling.discriminator import DiscriminatorConfig
-from modeling.generation import SamplingConfig
-from modeling.losses import TokenizerLossConfig
+from modeling.magvit_vq import MagvitVQConfig
 from modeling.maskgit import MaskGITConfig
 from modeling.text_encoder import TextEncoderConfig
 from modeling.tokenizers import tokenizer_config_from
 from modeling.typed_config import build_dataclass
-from pipelines.prepare import PrepareConfig
-
-SECTIONS = {
-    "prepare": PrepareConfig,
-    "tokenizer_train": TokenizerTrainConfig,
-    "tokenizer_loss": TokenizerLossConfig,
-    "discriminator": DiscriminatorConfig,
-    "transformer_train": TransformerTrainConfig,
-    "sampling": SamplingConfig,
-    "text_encoder": TextEncoderConfig,
-}
+from pipelines.tokenize import TokenizeConfig
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_preset_sections_build(preset):
+    """`load_config` types every section (`jobs.config_tree.check_config`), the transformer's by its family."""
     config = load_config(preset)
-    commit = (config.get("transformer") or {}).get("family") == "commit"  # MAGVIT's COMMIT trainer
-    for section, cls in SECTIONS.items():
-        if section in config:
-            build_dataclass(
-                CommitTrainConfig if commit and section == "transformer_train" else cls, config[section]
-            )
+    typed = check_config(config)
+    assert set(typed) >= set(config) and isinstance(typed["tokenize"], TokenizeConfig)
     if "tokenizer" in config:  # C-ViViT or MAGVIT-VQ, by tokenizer.family
-        family, tok_cfg = tokenizer_config_from(config["tokenizer"])
-        tok_cfg.token_grid(
-            int((config.get("prepare") or {}).get("num_frames", 16 if family.name == "magvit_vq" else 11))
+        assert isinstance(typed["tokenizer"], CViViTConfig | MagvitVQConfig)
+    family = (config.get("transformer") or {}).get("family", "maskgit")
+    if "transformer" in config:
+        assert isinstance(
+            typed["transformer"], {"maskgit": MaskGITConfig, "commit": CommitTransformerConfig}[family]
         )
-    if commit:  # transformer.family: commit (+ `text`): CommitTransformerConfig sizes, `commit` section
-        build_dataclass(
-            CommitTransformerConfig,
-            {k: v for k, v in config["transformer"].items() if k not in ("family", "text")},
+    if "transformer_train" in config:
+        assert (
+            type(typed["transformer_train"])
+            is {"maskgit": TransformerTrainConfig, "commit": CommitTrainConfig}[family]
         )
-        build_dataclass(CommitConfig, config.get("commit"))
-    elif "transformer" in config:  # sized here; codebook and sequence come from the tokenizer at train time
-        build_dataclass(MaskGITConfig, {k: v for k, v in config["transformer"].items() if k != "family"})
-    tokenize_config_from(config)
+    if family == "commit":
+        assert isinstance(typed["commit"], CommitConfig)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tokenzier.dim=64", r"unknown config section\(s\) \['tokenzier'\]"),
+        (
+            "tokenizer_train.stepz=3",
+            r"section 'tokenizer_train': unknown TokenizerTrainConfig field\(s\) \['stepz'\]",
+        ),
+        (
+            "transformer_train.video_fraction=2",
+            r"section 'transformer_train': video_fraction must be in \[0, 1\]",
+        ),
+        ("transformer.family=comit", r"section 'transformer': unknown transformer.family 'comit'"),
+        ("prepare.num_frames=10", r"section 'tokenizer': C-ViViT takes 1 \+ k\*2 frames"),
+        ("demo.videos=0", r"section 'demo': demo needs videos >= 1"),
+        ("sampling.steps=0", r"section 'sampling'"),
+    ],
+)
+def test_a_bad_config_fails_when_loaded_naming_the_section(override, message):
+    """A value the transformer would reject minutes into a demo (after the tokenizer trained) fails at load."""
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", [override])
 
 
 @pytest.mark.parametrize("preset", ["demo", "debug", "quality"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,17 @@ def commit_model_config(
         "text_dim": text_dim if text else None,
     }
     return build_dataclass(CommitTransformerConfig, {**values, **sizes})
+
+
+def section_builders(config: dict) -> dict[str, Callable[[], Any]]:
+    """How to type this family's sections before any data exists (`jobs.config_tree.check_config`); the
+    sizes that come from the tokenizer and the token cache at train time keep their defaults here."""
+    model = {k: v for k, v in (config.get("transformer") or {}).items() if k not in ("family", "text")}
+    return {
+        "transformer": lambda: build_dataclass(CommitTransformerConfig, model),
+        "transformer_train": lambda: build_dataclass(CommitTrainConfig, config.get("transformer_train")),
+        "commit": lambda: build_dataclass(CommitConfig, config.get("commit")),
+    }
 
 
 def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> CommitJob:

@@ -10,6 +10,7 @@ resume and checkpoints are `jobs.training.loop`'s.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,16 @@ class TransformerJob:
 
     def result(self, out: Path) -> dict:
         return last_metrics(out)
+
+
+def section_builders(config: dict) -> dict[str, Callable[[], Any]]:
+    """How to type this family's sections before any data exists (`jobs.config_tree.check_config`): codebook
+    and sequence sizes come from the tokenizer and the token cache at train time, so defaults stand in."""
+    model = {k: v for k, v in (config.get("transformer") or {}).items() if k != "family"}
+    return {
+        "transformer": lambda: build_dataclass(MaskGITConfig, model),
+        "transformer_train": lambda: build_dataclass(TransformerTrainConfig, config.get("transformer_train")),
+    }
 
 
 def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> TransformerJob:
