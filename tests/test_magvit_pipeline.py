@@ -203,7 +203,7 @@ def test_text_conditioning_trains_and_generates(tmp_path, cache, tokenizer, clip
         loss.backward()
         optimizer.step()
         assert math.isfinite(float(loss))
-    save_checkpoint(tmp_path / "text", model, job.model, job.extra)
+    save_checkpoint(tmp_path / "text", model, job.model, job.record.to_extra())
     copy_tokenizer(str(tokenizer), str(tmp_path / "text" / "tokenizer"))
     generator = CommitGenerator.from_checkpoint(tmp_path / "text")
     frames, captions = clips
