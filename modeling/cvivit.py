@@ -93,6 +93,17 @@ class CViViTConfig:
         """(t, h, w) tokens of a `num_frames` clip."""
         return self.latent_frames(num_frames), self.grid, self.grid
 
+    def usable_frames(self, num_frames: int) -> int:
+        """The longest clip length <= num_frames this tokenizer takes: 1 + k*t_p (0 for none)."""
+        return usable_frames(num_frames, self.temporal_patch_size)
+
+
+def usable_frames(num_frames: int, temporal_patch: int) -> int:
+    """The longest 1 + k*temporal_patch <= num_frames (the first frame alone, then whole tubelets); 0 for none."""
+    if num_frames < 1:
+        return 0
+    return 1 + (num_frames - 1) // temporal_patch * temporal_patch
+
 
 def cvivit_debug(**overrides) -> CViViTConfig:
     """The tiny named debug preset (torchtitan's `llama3_debugmodel` idea): 32x32, 8x8 patches, 80 tokens per

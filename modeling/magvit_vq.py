@@ -96,6 +96,10 @@ class MagvitVQConfig:
             )
         return num_frames // tc
 
+    def usable_frames(self, num_frames: int) -> int:
+        """The longest clip length <= num_frames the 3D model takes: a multiple of its temporal compression."""
+        return max(num_frames, 0) // self.temporal_compression * self.temporal_compression
+
     def token_grid(self, num_frames: int) -> tuple[int, int, int]:
         """(t, h, w) tokens of a `num_frames` clip of the 3D model."""
         return self.latent_frames(num_frames), self.grid, self.grid

@@ -23,12 +23,23 @@ from modeling.typed_config import build_dataclass
 class TokenizerFamily:
     name: str  # the checkpoint kind
     model_cls: type[nn.Module]
-    config_cls: type
+    config_cls: type  # has usable_frames(n) and token_grid(n)
+    # C-ViViT encodes the first frame alone, so a still is a one-frame clip and trains with the videos;
+    # MAGVIT-VQ takes multiples of its temporal compression, so it trains on (cropped) videos only.
+    takes_stills: bool
+
+    def config(self, values: dict[str, Any] | None) -> Any:
+        return build_dataclass(self.config_cls, values)
+
+    def usable_frames(self, config: dict[str, Any], num_frames: int) -> int:
+        """The longest clip length <= num_frames a tokenizer of this family (its checkpoint's config dict)
+        takes; 0 for none."""
+        return self.config(config).usable_frames(num_frames)
 
 
 FAMILIES: dict[str, TokenizerFamily] = {
-    "cvivit": TokenizerFamily("cvivit", CViViT, CViViTConfig),
-    "magvit_vq": TokenizerFamily("magvit_vq", MagvitVQ, MagvitVQConfig),
+    "cvivit": TokenizerFamily("cvivit", CViViT, CViViTConfig, takes_stills=True),
+    "magvit_vq": TokenizerFamily("magvit_vq", MagvitVQ, MagvitVQConfig, takes_stills=False),
 }
 TOKENIZER_KINDS = tuple(FAMILIES)
 
@@ -45,7 +56,7 @@ def tokenizer_config_from(section: dict[str, Any] | None) -> tuple[TokenizerFami
     """A config file's `tokenizer` section (with optional `family`) -> (family, typed config)."""
     values = dict(section or {})
     family = tokenizer_family(values.pop("family", "cvivit"))
-    return family, build_dataclass(family.config_cls, values)
+    return family, family.config(values)
 
 
 def build_tokenizer(section: dict[str, Any] | None) -> nn.Module:
@@ -59,17 +70,3 @@ def check_tokenizer_kind(kind: str | None, where: str) -> str:
             f"{where} holds a {kind!r} checkpoint, not a tokenizer ({', '.join(TOKENIZER_KINDS)})"
         )
     return kind
-
-
-def clip_frames(kind: str, config: dict[str, Any], latent_frames: int) -> int:
-    """Frames of a clip with `latent_frames` latent frames, from a checkpoint's config dict (no model built)."""
-    if kind == "cvivit":
-        return 1 + (latent_frames - 1) * int(config["temporal_patch_size"])
-    cfg = build_dataclass(MagvitVQConfig, config)
-    return latent_frames * cfg.temporal_compression
-
-
-def tokens_per_side(kind: str, config: dict[str, Any]) -> int:
-    """h_z = w_z from a checkpoint's config dict."""
-    family = tokenizer_family(kind)
-    return int(build_dataclass(family.config_cls, config).grid)

@@ -10,7 +10,7 @@ batches and writes atomically as the token shard of the same name. Samples (DESI
   with `commit: true` also `cond_tokens.npy` (9, t_z, h_z, w_z) (`pipelines.commit_data`).
 
 Tokenizer families (`modeling.tokenizers`, by the checkpoint's kind): videos are cut to the longest length
-the family takes (`usable_frames_for`): C-ViViT 1 + k*t_p (the first frame alone), MAGVIT-VQ a multiple of
+the family takes (`TokenizerFamily.usable_frames`): C-ViViT 1 + k*t_p (the first frame alone), MAGVIT-VQ a multiple of
 its temporal compression (4: a 9-frame clip becomes 8 frames; fewer than 4 frames are skipped as
 `too_few_frames`). Stills are skipped for MAGVIT-VQ and counted as `image_unsupported`: the 3D-VQ is trained on
 videos only (no image batches, `jobs.train_tokenizer`), MAGVIT has no image frame, and COMMIT trains on
@@ -81,22 +81,6 @@ def token_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.int16) if codebook_size <= np.iinfo(np.int16).max else np.dtype(np.int32)
 
 
-def usable_frames(num_frames: int, temporal_patch: int) -> int:
-    """Largest 1 + k*t_p <= num_frames: C-ViViT takes the first frame alone, then tubelets of t_p."""
-    return 1 + (num_frames - 1) // temporal_patch * temporal_patch
-
-
-def usable_frames_for(kind: str, tokenizer_config: dict, num_frames: int) -> int:
-    """Longest clip length <= num_frames that a tokenizer family takes (0: none): C-ViViT 1 + k*t_p,
-    MAGVIT-VQ a multiple of its temporal compression."""
-    if kind == "cvivit":
-        return usable_frames(num_frames, int(tokenizer_config["temporal_patch_size"])) if num_frames else 0
-    from modeling.tokenizers import clip_frames
-
-    step = clip_frames(kind, tokenizer_config, 1)
-    return num_frames // step * step
-
-
 # --------------------------------------------------------------------------------------------- samples
 @dataclass
 class Clip:
@@ -127,6 +111,7 @@ def decode_clip(
     `usable(n)`: the longest clip length <= n the tokenizer takes (default C-ViViT's, from `temporal_patch`);
     `images=False` skips stills. Raises ClipSkip for clips that cannot be used, MediaError for undecodable bytes.
     """
+    from modeling.cvivit import usable_frames
     from pipelines.media import decode_image, decode_video, resize_center_crop
 
     usable = usable or (lambda n: usable_frames(n, temporal_patch))
@@ -238,8 +223,11 @@ class TokenizeWorker:
         skips: Counter[str] = Counter()
         tok_cfg, size = self.identity["tokenizer_config"], self.model_cfg.image_size
         t_p = int(tok_cfg.get("temporal_patch_size", 1))
-        usable = lambda n: usable_frames_for(self.kind, tok_cfg, n)  # noqa: E731
-        images = self.kind == "cvivit"
+        from modeling.tokenizers import tokenizer_family
+
+        family = tokenizer_family(self.kind)
+        usable = lambda n: family.usable_frames(tok_cfg, n)  # noqa: E731
+        images = family.takes_stills
         for sample in read_shard(clip_shard):
             try:
                 clips.append(

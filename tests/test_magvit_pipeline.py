@@ -99,12 +99,14 @@ def clips(world) -> tuple[np.ndarray, list[str]]:
 
 # --------------------------------------------------------------------------------------------- tokenize
 def test_usable_frames_per_family() -> None:
-    from pipelines.tokenize import usable_frames_for
+    """What each tokenizer family takes, asked of the registry (`modeling.tokenizers.FAMILIES`), not by name."""
+    from modeling.tokenizers import FAMILIES
 
     magvit = {k: v for k, v in load_config("magvit-debug")["tokenizer"].items() if k != "family"}  # as saved
-    assert [usable_frames_for("magvit_vq", magvit, n) for n in (3, 4, 9, 16, 17)] == [0, 4, 8, 16, 16]
+    assert [FAMILIES["magvit_vq"].usable_frames(magvit, n) for n in (3, 4, 9, 16, 17)] == [0, 4, 8, 16, 16]
     cvivit = load_config("debug")["tokenizer"]
-    assert [usable_frames_for("cvivit", cvivit, n) for n in (1, 4, 9, 10)] == [1, 3, 9, 9]
+    assert [FAMILIES["cvivit"].usable_frames(cvivit, n) for n in (0, 1, 4, 9, 10)] == [0, 1, 3, 9, 9]
+    assert FAMILIES["cvivit"].takes_stills and not FAMILIES["magvit_vq"].takes_stills
 
 
 def test_tokenize_stores_condition_tokens(cache, tokenizer) -> None:

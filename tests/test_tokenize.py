@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from modeling.checkpoint import save_checkpoint
-from modeling.cvivit import CViViT, cvivit_debug
+from modeling.cvivit import CViViT, cvivit_debug, usable_frames
 from modeling.pixels import frames_to_video
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import PrepareConfig, prepare
 from pipelines.shards import PlanMismatchError, list_shards, load_npy, read_manifest, read_shard
-from pipelines.tokenize import TokenizeConfig, token_dtype, tokenize, usable_frames
+from pipelines.tokenize import TokenizeConfig, token_dtype, tokenize
 
 pytestmark = pytest.mark.ray
 

@@ -222,13 +222,13 @@ def job_from_config(config: dict, data: str) -> TokenizerJob:
         {**(config.get("discriminator") or {}), "image_size": model.image_size, "channels": model.channels},
     )
     train = build_dataclass(TokenizerTrainConfig, config.get("tokenizer_train"))
-    if family.name == "magvit_vq":
+    if not family.takes_stills:  # MAGVIT-VQ: cropped videos only
         if train.image_batch_size:
-            train = dataclasses.replace(train, image_batch_size=0)  # images are not 4k-frame clips
-        if train.num_frames is None or train.num_frames % model.temporal_compression:
+            train = dataclasses.replace(train, image_batch_size=0)
+        if train.num_frames is None or model.usable_frames(train.num_frames) != train.num_frames:
             raise ValueError(
-                f"the magvit_vq tokenizer takes clips of a multiple of {model.temporal_compression} frames: set "
-                f"tokenizer_train.num_frames (e.g. 8 to crop 9-frame clips), got {train.num_frames}"
+                f"the {family.name} tokenizer takes clips of a multiple of {model.temporal_compression} frames: "
+                f"set tokenizer_train.num_frames (e.g. 8 to crop 9-frame clips), got {train.num_frames}"
             )
     return TokenizerJob(
         data=absolute_uri(data),  # workers run in another directory than this driver
