@@ -132,8 +132,7 @@ class GenerationRecord:
     data: str | tuple[str, ...] | None = None  # provenance: the token cache(s) it was trained on
 
     def to_extra(self) -> dict:
-        """The `extra` a trainer writes (what `from_extra` reads back equal): plain YAML types, no Nones."""
-        return _plain({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        return _record_to_extra(self)
 
     @classmethod
     def from_extra(cls, extra: dict, where: str | Path = "checkpoint") -> GenerationRecord:
@@ -143,8 +142,7 @@ class GenerationRecord:
                 f"{where}/config.yaml extra lacks {missing} (needed to generate): not a transformer checkpoint "
                 "written by `phenaki train-transformer`"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in extra.items() if k in known and v is not None}
+        values = _record_values(cls, extra)
         return cls(
             **{
                 **values,
@@ -174,7 +172,7 @@ class TokenizerRecord:
     perceptual: dict | None = None  # which perceptual terms trained it (`modeling.losses.perceptual_status`)
 
     def to_extra(self) -> dict:
-        return _plain({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        return _record_to_extra(self)
 
     @classmethod
     def from_extra(cls, extra: dict, where: str | Path = "checkpoint") -> TokenizerRecord:
@@ -183,8 +181,7 @@ class TokenizerRecord:
                 f"{where}/config.yaml extra lacks num_frames: not a tokenizer checkpoint written by "
                 "`phenaki train-tokenizer`"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in extra.items() if k in known and v is not None}
+        values = _record_values(cls, extra)
         return cls(
             **{
                 **values,
@@ -193,6 +190,17 @@ class TokenizerRecord:
                 "token_grid": tuple(values["token_grid"]) if values.get("token_grid") else None,
             }
         )
+
+
+def _record_to_extra(record: Any) -> dict:
+    """The `extra` a trainer writes for a record (what `from_extra` reads back equal): YAML types, no Nones."""
+    return _plain({k: v for k, v in dataclasses.asdict(record).items() if v is not None})
+
+
+def _record_values(cls: type, extra: dict) -> dict:
+    """The keys of `extra` that are fields of the record `cls`, Nones dropped (older or newer keys ignored)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in extra.items() if k in known and v is not None}
 
 
 def _data_field(value: Any) -> str | tuple[str, ...] | None:
