@@ -279,8 +279,9 @@ def commit_decode(
     sample_temperature: float = 1.0,
     confidence: str = "log_prob",
     generator: torch.Generator | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Algorithm 1 on `modeling.sampling.parallel_decode`. logits_fn(z_bar (B, N) long) -> (B, N, K) logits over
+    """Algorithm 1 on `modeling.sampling.parallel_decode` (`on_step` as there). logits_fn(z_bar (B, N) long) -> (B, N, K) logits over
     the codebook (the caller closes over the prefix [rho, c], text, guidance). z_cond (B, N) long, cond_mask
     (B, N) bool = ~ispad. Returns z^ (B, N) long with every position sampled; exactly `steps` calls to
     logits_fn. Unlike MaskGIT, no position is fixed from the start: the condition positions are resampled too.
@@ -300,4 +301,5 @@ def commit_decode(
         generator=generator,
         confidence=confidence,
         stable=True,
+        on_step=on_step,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,13 +106,18 @@ class CommitGenerator:
             raise ValueError(f"class id must be in [-1, {self.model.cfg.num_classes}), got {cid}")
         return cid
 
-    def encode_text(self, prompts: list[str]):
+    @property
+    def text_encoder(self):
+        """The checkpoint's text encoder (loaded on first use); ValueError for a model trained without text."""
         if not self.model.text:
             raise ValueError("this COMMIT model was trained without text (transformer.text: false)")
         if self._text_encoder is None:
             self._text_encoder = load_text_encoder(self.record.text_encoder, self.record.max_text_length)
             self._text_encoder.to(self.device)
-        emb, mask = self._text_encoder.encode(list(prompts))
+        return self._text_encoder
+
+    def encode_text(self, prompts: list[str]):
+        emb, mask = self.text_encoder.encode(list(prompts))
         return emb.to(self.device), mask.to(self.device)
 
     # ---- generation -----------------------------------------------------------------------------------
@@ -124,11 +130,13 @@ class CommitGenerator:
         prompts: list[str] | None = None,
         seed: int = 0,
         guidance_scale: float = 0.0,
+        on_step: Callable[[int], None] | None = None,
         **overrides,
     ) -> CommitOutput:
         """frames (B, T, H, W, 3) or (T, H, W, 3) uint8 at the tokenizer's size (None for cg) -> CommitOutput.
 
-        `overrides`: CommitConfig decoding fields (steps, temperature, sample_temperature, confidence)."""
+        `overrides`: CommitConfig decoding fields (steps, temperature, sample_temperature, confidence);
+        `on_step(steps done)` after each decoding step (`modeling.sampling.parallel_decode`)."""
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; tasks: {list(TASKS)}")
         cfg = dataclasses.replace(self.cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -156,7 +164,7 @@ class CommitGenerator:
         gen = torch.Generator().manual_seed(int(seed))
         tokens = commit_generate(
             self.model, self.tokenizer.encode, video, task, classes, cfg=cfg, generator=gen, text=text,
-            text_mask=text_mask, guidance_scale=guidance_scale, grid=self.grid,
+            text_mask=text_mask, guidance_scale=guidance_scale, grid=self.grid, on_step=on_step,
         )  # fmt: skip
         shape = (batch, 3, self.num_frames, self.image_size, self.image_size)
         with torch.no_grad():

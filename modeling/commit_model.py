@@ -335,6 +335,7 @@ def commit_generate(
     text_mask: torch.Tensor | None = None,
     guidance_scale: float = 0.0,
     grid: tuple[int, int, int] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """One task's generation -> tokens (B, t, h, w) long, for the tokenizer's decoder.
 
@@ -401,5 +402,6 @@ def commit_generate(
         sample_temperature=cfg.sample_temperature,
         confidence=cfg.confidence,
         generator=generator,
+        on_step=on_step,
     )
     return tokens.reshape(batch, *grid)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class GeneratedVideo:
     tokens: list[torch.Tensor]  # per segment: the sampled window (t, h, w) long
     # per segment: the tokens held fixed while sampling it (re-encoded context or image), (k, h, w); None if free
     fixed_tokens: list[torch.Tensor | None] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the call that produced it (a batch's total for generate_batch)
+    seconds: float = 0.0  # wall time of the call that produced it (a batch's total for generate_clips)
 
     @property
     def duration(self) -> float:
@@ -266,29 +267,60 @@ class VideoGenerator:
         return video_to_frames(self.tokenizer.decode(tokens.to(self.device)))
 
     def _sample(
-        self, emb, mask, fixed: torch.Tensor | None, cfg: SamplingConfig, gen: torch.Generator
+        self,
+        emb,
+        mask,
+        fixed: torch.Tensor | None,
+        cfgs: list[SamplingConfig],
+        gens: list[torch.Generator],
+        on_step: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
+        """One sampler call for B rows: row b uses cfgs[b]'s guidance and temperatures and draws from gens[b];
+        every row shares cfgs[0]'s steps and schedule. -> (B, t, h, w) long."""
+        first = cfgs[0]
+        if any((c.steps, c.schedule) != (first.steps, first.schedule) for c in cfgs):
+            raise ValueError("rows sampled together must share steps and schedule")
+
+        def row_values(name: str) -> float | torch.Tensor:
+            values = [float(getattr(c, name)) for c in cfgs]
+            return values[0] if len(set(values)) == 1 else torch.tensor(values)
+
         tokens = maskgit_sample(
             self.transformer,
             emb,
             mask,
             self.seq_len,
-            steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            temperature=cfg.temperature,
-            sample_temperature=cfg.sample_temperature,
-            generator=gen,
+            steps=first.steps,
+            guidance_scale=row_values("guidance_scale"),
+            temperature=row_values("temperature"),
+            sample_temperature=row_values("sample_temperature"),
+            generator=gens[0] if len(gens) == 1 else gens,
             fixed_tokens=fixed,
-            schedule=cfg.schedule,
+            schedule=first.schedule,
+            on_step=on_step,
         )
         return tokens.view(-1, *self.grid)
 
-    def _primed(self, primer: torch.Tensor) -> torch.Tensor:
-        """Tokens (k, h, w) of the first k latent frames -> fixed_tokens (1, N) with -1 for the rest."""
-        fixed = torch.full((1, self.seq_len), -1, dtype=torch.long, device=self.device)
-        flat = primer.reshape(-1).to(self.device)
-        fixed[0, : flat.numel()] = flat
+    def _primed(self, primers: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """Per row, the tokens (k, h, w) of its first k latent frames or None -> fixed_tokens (B, N), -1 for the
+        tokens to sample; None when no row has a primer."""
+        if all(p is None for p in primers):
+            return None
+        fixed = torch.full((len(primers), self.seq_len), -1, dtype=torch.long, device=self.device)
+        for row, primer in enumerate(primers):
+            if primer is not None:
+                flat = primer.reshape(-1).to(self.device)
+                fixed[row, : flat.numel()] = flat
         return fixed
+
+    def steps_run(self, steps: int, fixed_latent_frames: int) -> int:
+        """Sampling steps a window really takes: each step fixes at least one token, so the loop ends after at
+        most as many steps as tokens to generate (`modeling.sampling.parallel_decode`)."""
+        return min(steps, self.seq_len - fixed_latent_frames * self.tokens_per_frame)
+
+    def _image_tokens(self, image: np.ndarray) -> torch.Tensor:
+        """A still of any size -> the tokens (1, h, w) of its centre crop at the tokenizer's size."""
+        return self.encode_frames(resize_center_crop(np.asarray(image), self.image_size)[None])
 
     # ---- public API ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -299,8 +331,11 @@ class VideoGenerator:
         *,
         text: TextInput | None = None,
         image: np.ndarray | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> GeneratedVideo:
-        """One prompt: one clip. Several: a story, one segment per prompt. `image` primes the first frame."""
+        """One prompt: one clip. Several: a story, one segment per prompt. `image` primes the first frame.
+        `on_step(done, total)` after every sampling step (total = steps x segments): progress, or cancel by
+        raising."""
         start = time.perf_counter()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -310,12 +345,17 @@ class VideoGenerator:
         emb, mask = self._text(prompts, text)
         gen = torch.Generator().manual_seed(cfg.seed)
 
-        primer = None
-        if image is not None:
-            primer = self.encode_frames(
-                resize_center_crop(np.asarray(image), self.image_size)[None]
-            )  # (1, h, w)
-        tokens = self._sample(emb[:1], mask[:1], None if primer is None else self._primed(primer), cfg, gen)
+        # steps each segment really runs: the first fixes the image's latent frame (if any), later ones k_lat
+        runs = [self.steps_run(cfg.steps, 1 if image is not None else 0)]
+        runs += [self.steps_run(cfg.steps, k_lat)] * (len(prompts) - 1)
+
+        def segment_steps(segment: int) -> Callable[[int], None] | None:
+            if on_step is None:
+                return None
+            return lambda done: on_step(sum(runs[:segment]) + done, sum(runs))
+
+        primer = None if image is None else self._image_tokens(image)  # (1, h, w)
+        tokens = self._sample(emb[:1], mask[:1], self._primed([primer]), [cfg], [gen], segment_steps(0))
         window = self.decode_tokens(tokens)[0]
         pieces, all_tokens = [window], [tokens[0].cpu()]
         all_fixed = [None if primer is None else primer.cpu()]
@@ -328,7 +368,9 @@ class VideoGenerator:
             context = np.concatenate(pieces, axis=0)[-k:] if len(pieces[-1]) < k else pieces[-1][-k:]
             primer = self.encode_frames(context)  # (k_lat, h, w)
             assert primer.shape[0] == k_lat
-            tokens = self._sample(emb[i : i + 1], mask[i : i + 1], self._primed(primer), cfg, gen)
+            tokens = self._sample(
+                emb[i : i + 1], mask[i : i + 1], self._primed([primer]), [cfg], [gen], segment_steps(i)
+            )
             new = self.decode_tokens(tokens)[0][k:]
             pieces.append(new)
             all_tokens.append(tokens[0].cpu())
@@ -346,22 +388,35 @@ class VideoGenerator:
         )
 
     @torch.no_grad()
-    def generate_batch(
-        self, prompts: list[str], cfg: SamplingConfig | None = None, *, text: TextInput | None = None
+    def generate_clips(
+        self,
+        prompts: list[str],
+        cfgs: list[SamplingConfig] | SamplingConfig | None = None,
+        *,
+        images: list[np.ndarray | None] | None = None,
+        text: TextInput | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> list[GeneratedVideo]:
-        """Independent one-clip prompts in one batched sampler call (text encoded once for all).
-
-        The rows share one generator, so row b depends on the batch it came in; a batch of one equals
-        `generate([prompt], cfg)`.
-        """
+        """Independent one-clip requests in one batched sampler call: the text is encoded once for all, each row
+        keeps its own seed, guidance and temperatures (`cfgs`, one per prompt, sharing steps and schedule) and
+        optional first image, so clip b equals `generate([prompts[b]], cfgs[b], image=images[b])` up to float
+        rounding in batched kernels. `on_step(done, steps)` as in `generate`."""
         start = time.perf_counter()
         prompts = list(prompts)
         if not prompts:
             return []
-        cfg = cfg or self.defaults
+        cfgs = [cfgs or self.defaults] * len(prompts) if not isinstance(cfgs, list) else cfgs
+        images = images or [None] * len(prompts)
+        if not len(cfgs) == len(images) == len(prompts):
+            raise ValueError(f"{len(prompts)} prompts, {len(cfgs)} configs and {len(images)} images")
         emb, mask = self._text(prompts, text)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        tokens = self._sample(emb, mask, None, cfg, gen)
+        gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+        primers = [None if im is None else self._image_tokens(im) for im in images]
+        steps = self.steps_run(cfgs[0].steps, 1 if all(p is not None for p in primers) else 0)
+        tokens = self._sample(
+            emb, mask, self._primed(primers), cfgs, gens,
+            None if on_step is None else (lambda done: on_step(done, steps)),
+        )  # fmt: skip
         frames = self.decode_tokens(tokens)
         seconds = time.perf_counter() - start
         return [
@@ -370,7 +425,7 @@ class VideoGenerator:
                 fps=self.fps,
                 segments=[(p, 0, frames.shape[1])],
                 tokens=[tokens[b].cpu()],
-                fixed_tokens=[None],
+                fixed_tokens=[None if primers[b] is None else primers[b].cpu()],
                 seconds=seconds,
             )
             for b, p in enumerate(prompts)

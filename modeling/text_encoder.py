@@ -11,9 +11,11 @@ Nothing here touches the network: every load passes `local_files_only=True`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -94,6 +96,9 @@ def text_encoder_identity(name_or_path: str) -> tuple[str, str]:
     return name, _weights_digest(str(path))
 
 
+_COUNTING_LOCK = threading.Lock()  # TextEncoder.token_counts
+
+
 class TextEncoder(nn.Module):
     def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 32):
         super().__init__()
@@ -108,6 +113,16 @@ class TextEncoder(nn.Module):
         self.model = model_cls.from_pretrained(str(path), local_files_only=True).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size if family != "t5" else self.model.config.d_model)
         self.digest = _weights_digest(str(path))
+        self._counting_tokenizer = None
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Encoder tokens per text before truncation (special tokens included): `encode` reads only the first
+        `max_length`, so a server can report which prompts were cut. Thread-safe beside `encode`: a fast
+        tokenizer must not be used from two threads at once, so counting uses its own copy."""
+        with _COUNTING_LOCK:
+            if self._counting_tokenizer is None:
+                self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+            return [len(ids) for ids in self._counting_tokenizer(list(texts), truncation=False)["input_ids"]]
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

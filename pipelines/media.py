@@ -139,6 +139,64 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "med
     return buf.getvalue()
 
 
+def encode_webm(frames: np.ndarray, fps: float, crf: int = 32) -> bytes:
+    """(T, H, W, 3) uint8 -> WebM bytes (VP9 libvpx-vp9, yuv420p, constant quality `crf`, one thread so the
+    same frames give the same bytes), the royalty-free format every browser plays."""
+    frames = _check_frames(frames)
+    if fps <= 0:
+        raise MediaError(f"fps must be positive, got {fps}")
+    rate = Fraction(fps).limit_denominator(1001)
+    _, h, w, _ = frames.shape
+    buf = io.BytesIO()
+    # bitexact: no random Matroska segment UID, so the same frames give the same bytes
+    with av.open(buf, mode="w", format="webm", container_options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("libvpx-vp9", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        stream.options = {"crf": str(crf), "b": "0", "threads": "1", "row-mt": "0", "deadline": "good"}
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            vf.pts = i
+            container.mux(stream.encode(vf))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def encode_gif(frames: np.ndarray, fps: float) -> bytes:
+    """(T, H, W, 3) uint8 -> looping animated GIF bytes (Pillow; GIF delays are in 10 ms units)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise MediaError(f"expected (T, H, W, 3) frames, got {frames.shape}")
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(
+        buf,
+        "GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        optimize=False,
+    )
+    return buf.getvalue()
+
+
+# format name -> (encoder (frames, fps) -> bytes, media type): what `phenaki serve` answers with
+VIDEO_FORMATS = {
+    "mp4": (encode_mp4, "video/mp4"),
+    "webm": (encode_webm, "video/webm"),
+    "gif": (encode_gif, "image/gif"),
+}
+
+
+def encode_video(frames: np.ndarray, fps: float, fmt: str) -> tuple[bytes, str]:
+    """(T, H, W, 3) uint8 -> (bytes, media type) in `fmt` (one of VIDEO_FORMATS)."""
+    if fmt not in VIDEO_FORMATS:
+        raise MediaError(f"unknown video format {fmt!r}; formats: {', '.join(VIDEO_FORMATS)}")
+    encode, media_type = VIDEO_FORMATS[fmt]
+    return encode(frames, fps), media_type
+
+
 def encode_mp4_file(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18) -> Path:
     """`encode_mp4` written to `path` (parents created); returns the path."""
     path = Path(path)
@@ -405,14 +463,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
     """(T, H, W, 3) uint8 -> looping animated GIF at `path` (for eyeballing samples)."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[0] == 0:
-        raise MediaError(f"expected (T, H, W, 3) frames, got {frames.shape}")
+    data = encode_gif(frames, fps)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    # GIF delays are in 10 ms units; Pillow takes milliseconds.
-    images[0].save(
-        path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, optimize=False
-    )
+    path.write_bytes(data)
     return path

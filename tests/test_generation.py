@@ -145,20 +145,53 @@ def test_image_animation_resizes_as_prepare_does():
         resize_center_crop(np.zeros((4, 4), dtype=np.uint8), 32)
 
 
-def test_generate_batch(gen):
+def test_generate_clips(gen):
     cfg = SamplingConfig(steps=4, seed=5)
     text = fake_text(3)
-    videos = gen.generate_batch(["a", "b", "c"], cfg, text=text)
-    again = gen.generate_batch(["a", "b", "c"], cfg, text=text)
+    videos = gen.generate_clips(["a", "b", "c"], cfg, text=text)
+    again = gen.generate_clips(["a", "b", "c"], cfg, text=text)
     assert len(videos) == 3
     for v, w, p in zip(videos, again, "abc", strict=True):
         assert v.frames.shape == (9, 32, 32, 3) and v.segments == [(p, 0, 9)]
         assert np.array_equal(v.frames, w.frames)
     assert not np.array_equal(videos[0].frames, videos[1].frames)
     # a batch of one is exactly generate()
-    one = gen.generate_batch(["a"], cfg, text=(text[0][:1], text[1][:1]))[0]
+    one = gen.generate_clips(["a"], cfg, text=(text[0][:1], text[1][:1]))[0]
     assert torch.equal(one.tokens[0], gen.generate(["a"], cfg, text=(text[0][:1], text[1][:1])).tokens[0])
-    assert gen.generate_batch([], cfg) == []
+    assert gen.generate_clips([], cfg) == []
+
+
+def test_generate_clips_rows_keep_their_own_request(gen):
+    """What a server's batching relies on: rows with different seeds, guidance, temperatures and first images
+    share one sampler call, and each row's tokens are the ones that request gets alone."""
+    text = fake_text(3)
+    cfgs = [
+        SamplingConfig(steps=4, seed=1, guidance_scale=0.0, temperature=4.5),
+        SamplingConfig(steps=4, seed=2, guidance_scale=3.0, temperature=1.0, sample_temperature=0.7),
+        SamplingConfig(steps=4, seed=3, guidance_scale=6.0, temperature=0.0),
+    ]
+    image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    images = [None, image, None]
+    steps_seen = []
+    batch = gen.generate_clips(
+        ["a", "b", "c"], cfgs, images=images, text=text, on_step=lambda d, n: steps_seen.append((d, n))
+    )
+    assert steps_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    for b, video in enumerate(batch):
+        row_text = (text[0][b : b + 1], text[1][b : b + 1])
+        alone = gen.generate(["abc"[b]], cfgs[b], text=row_text, image=images[b])
+        assert torch.equal(video.tokens[0], alone.tokens[0]), f"row {b}"
+    assert torch.equal(batch[1].tokens[0][0], batch[1].fixed_tokens[0][0])  # the image's tokens kept
+    with pytest.raises(ValueError, match="share steps"):
+        gen.generate_clips(["a", "b"], [cfgs[0], cfgs[1].replace(steps=5)], text=fake_text(2))
+
+
+def test_generate_reports_progress_over_all_segments(gen):
+    seen = []
+    gen.generate(
+        ["a", "b"], SamplingConfig(steps=3), text=fake_text(2), on_step=lambda d, n: seen.append((d, n))
+    )
+    assert seen == [(d, 6) for d in range(1, 7)]
 
 
 def test_real_text_encoder_matches_precomputed_embeddings(gen):
@@ -168,7 +201,7 @@ def test_real_text_encoder_matches_precomputed_embeddings(gen):
     a = gen.generate(prompts, cfg)
     b = gen.generate(prompts, cfg, text=gen.encode_text(prompts))
     assert np.array_equal(a.frames, b.frames)
-    batch = gen.generate_batch(prompts, cfg)
+    batch = gen.generate_clips(prompts, cfg)
     assert len(batch) == 2 and batch[0].frames.shape == (9, 32, 32, 3)
 
 
