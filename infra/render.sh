@@ -29,10 +29,10 @@ if [ "${1:-}" = "--image" ]; then
   exit 0
 fi
 out="${1:?usage: infra/render.sh --image | OUT_DIR}"
-mkdir -p "$out/kuberay"
-for f in "$here"/*.yaml "$here"/kuberay/*.yaml; do
+mkdir -p "$out/kuberay" "$out/serve"
+for f in "$here"/*.yaml "$here"/kuberay/*.yaml "$here"/serve/*.yaml; do
   rel="${f#"$here"/}"
   fill "$f" > "$out/$rel"
 done
 echo "rendered into $out:"
-(cd "$out" && ls -1 ./*.yaml kuberay/*.yaml)
+(cd "$out" && ls -1 ./*.yaml kuberay/*.yaml serve/*.yaml)

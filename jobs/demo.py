@@ -59,47 +59,51 @@ def free_port() -> int:
 
 
 def request_videos(url: str, requests_: list[dict], samples: int, sampling: dict, out: Path) -> list[dict]:
-    """POST each request to the Serve endpoint; save mp4 + gif; return gallery/eval records."""
+    """Send every request to the Serve endpoint at once (`POST /v1/videos/sync`, so the sampler batches them);
+    save mp4 + gif; return gallery/eval records in request order."""
+    import concurrent.futures
+
     import requests
 
     from pipelines.media import decode_video, write_gif
 
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
+    calls = [(i, req, seed) for i, req in enumerate(requests_) for seed in range(samples)]
+
+    def call(item: tuple[int, dict, int]) -> tuple[requests.Response, float]:
+        _, req, seed = item
+        body = {"prompts": req["prompts"], "seed": seed, **sampling, "format": "mp4"}
+        start = time.perf_counter()
+        response = requests.post(f"{url}/v1/videos/sync", json=body, timeout=600)
+        if response.status_code != 200:
+            raise RuntimeError(f"endpoint answered {response.status_code} for {body}: {response.text[:500]}")
+        return response, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, calls))
     records = []
-    for i, req in enumerate(requests_):
-        for seed in range(samples):
-            body = {"prompts": req["prompts"], "seed": seed, **sampling, "format": "mp4"}
-            start = time.perf_counter()
-            response = requests.post(f"{url}/generate", json=body, timeout=600)
-            if response.status_code != 200:
-                raise RuntimeError(
-                    f"endpoint answered {response.status_code} for {body}: {response.text[:500]}"
-                )
-            name = f"{i:02d}-{req['kind']}-seed{seed}"
-            mp4 = videos / f"{name}.mp4"
-            mp4.write_bytes(response.content)
-            decoded = decode_video(str(mp4))
-            write_gif(decoded.frames, videos / f"{name}.gif", decoded.fps)
-            segments = json.loads(response.headers.get("X-Phenaki-Segments", "null") or "null")
-            records.append(
-                {
-                    "kind": req["kind"],
-                    "prompts": req["prompts"],
-                    "seed": seed,
-                    "file": f"videos/{name}.mp4",
-                    "gif": f"videos/{name}.gif",
-                    "segments": [
-                        [s[1], s[2]] if isinstance(s, list) else [s["start"], s["end"]] for s in segments
-                    ]
-                    if segments and len(req["prompts"]) > 1
-                    else None,
-                    "request_seconds": round(time.perf_counter() - start, 3),
-                }
-            )
-            log.info(
-                "  %s <- %s (%.2f s)", mp4.name, " | ".join(req["prompts"]), records[-1]["request_seconds"]
-            )
+    for (i, req, seed), (response, seconds) in zip(calls, answers, strict=True):
+        name = f"{i:02d}-{req['kind']}-seed{seed}"
+        mp4 = videos / f"{name}.mp4"
+        mp4.write_bytes(response.content)
+        decoded = decode_video(str(mp4))
+        write_gif(decoded.frames, videos / f"{name}.gif", decoded.fps)
+        segments = json.loads(response.headers.get("X-Phenaki-Segments", "null") or "null")  # [[start, end]]
+        records.append(
+            {
+                "kind": req["kind"],
+                "prompts": req["prompts"],
+                "seed": seed,
+                "file": f"videos/{name}.mp4",
+                "gif": f"videos/{name}.gif",
+                "segments": segments if segments and len(req["prompts"]) > 1 else None,
+                "request_seconds": round(seconds, 3),
+                "batch_size": int(response.headers.get("X-Phenaki-Batch", "1")),
+            }
+        )
+        log.info("  %s <- %s (%.2f s, batch of %s)", mp4.name, " | ".join(req["prompts"]), seconds,
+                 records[-1]["batch_size"])  # fmt: skip
     return records
 
 
@@ -143,8 +147,8 @@ def reuse_commands(out: Path, config: str = "demo") -> str:
 
 def run_demo(out: Path, config_name: str, overrides: list[str], fast: bool, address: str | None) -> dict:
     from jobs.config import load_config
-    from jobs.serve import start as start_serve
-    from jobs.serve import stop as stop_serve
+    from jobs.serving.app import start as start_serve
+    from jobs.serving.app import stop as stop_serve
     from jobs.tokenize import tokenize_config_from
     from jobs.train_tokenizer import run as train_tokenizer
     from jobs.train_transformer import run as train_transformer

@@ -1,4 +1,4 @@
-"""What the Serve endpoint tests share: a free loopback port and the `POST /generate` call."""
+"""What the Serve endpoint tests share: a free loopback port and the synchronous video call."""
 
 from __future__ import annotations
 
@@ -13,5 +13,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, body: dict) -> requests.Response:
-    return requests.post(f"{url}/generate", json=body, timeout=120)
+def post(url: str, body: dict, headers: dict | None = None, **params) -> requests.Response:
+    """`POST /v1/videos/sync`: the video itself (or the error) for one request."""
+    return requests.post(f"{url}/v1/videos/sync", json=body, headers=headers, params=params, timeout=120)

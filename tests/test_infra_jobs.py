@@ -93,6 +93,19 @@ def test_rayjob_entrypoints_chain_the_pipeline_through_shared_storage():
 
 
 # ----------------------------------------------------------------------------------------------- serve
+def test_the_rayservice_serves_the_standalone_serve_config():
+    """One config: `serve deploy infra/serve/phenaki.yaml` and the RayService deploy the same document, and its
+    `args` are valid ServeArgs (no family-specific deployment names to edit)."""
+    from jobs.serving.app import ServeArgs
+
+    [(_, service)] = ray_docs("RayService")
+    standalone = yaml.safe_load((ROOT / "infra" / "serve" / "phenaki.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == standalone
+    [app] = standalone["applications"]
+    args = ServeArgs.model_validate(app["args"])
+    assert args.api_keys_file and "deployments" not in app
+
+
 def test_rayservice_serve_config_imports_a_real_app_builder():
     from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema

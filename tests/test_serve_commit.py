@@ -46,9 +46,11 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(ray_local, ckpt):
-    from jobs.serve import start, stop
+    from jobs.serving.app import start, stop
 
-    base = start(ckpt, host="127.0.0.1", port=free_port(), num_cpus=0.5, max_steps=MAX_STEPS, device="cpu")
+    base = start(
+        ckpt, host="127.0.0.1", port=free_port(), num_cpus=0.5, device="cpu", limits={"max_steps": MAX_STEPS}
+    )
     yield base
     stop()
 
@@ -69,12 +71,18 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_health_info_and_page(url):
+def test_health_models_and_page(url):
     assert requests.get(f"{url}/healthz", timeout=10).json() == {
-        "status": "ok", "family": "commit", "tasks": list(TASKS),
-    }  # fmt: skip
-    info = requests.get(f"{url}/info", timeout=10).json()
-    assert (info["family"], info["num_frames"], info["image_size"], info["fps"]) == (
+        "status": "ok",
+        "family": "commit",
+        "busy": False,
+    }
+    [card] = requests.get(f"{url}/v1/models", timeout=10).json()["data"]
+    assert (card["family"], card["title"], card["tasks"], card["limits"]["max_steps"]) == (
+        "commit", "MAGVIT COMMIT", list(TASKS), MAX_STEPS,
+    )  # fmt: skip
+    info = card["info"]
+    assert (card["family"], info["num_frames"], info["image_size"], info["fps"]) == (
         "commit",
         FRAMES,
         SIZE,
@@ -82,11 +90,11 @@ def test_health_info_and_page(url):
     )
     assert info["tasks"] == list(TASKS) and info["video_tasks"] == [t for t in TASKS if t != "cg"]
     assert (info["num_classes"], info["class_names"], info["text"]) == (4, list(CLASSES), False)
-    assert (
-        info["token_grid"] == [4, 4, 4] and info["defaults"]["steps"] == 2 and info["max_steps"] == MAX_STEPS
-    )
-    page = requests.get(f"{url}/", timeout=10)
-    assert page.status_code == 200 and "MAGVIT COMMIT" in page.text and "video_b64" in page.text
+    assert info["token_grid"] == [4, 4, 4] and info["defaults"]["steps"] == 2
+    page = requests.get(f"{url}/", timeout=10)  # one page for both families: it reads /v1/models
+    script = requests.get(f"{url}/static/app.js", timeout=10)
+    assert page.status_code == 200 and "static/app.js" in page.text
+    assert "video_b64" in script.text and "v1/models" in script.text
 
 
 def test_every_task_answers_the_local_generators_video(url, mp4, local):
@@ -151,21 +159,22 @@ def test_class_names_gif_and_a_still_as_input(url):
     ("body", "status", "message"),
     [
         ({"prompts": ["a red circle moving left"]}, 400, "give `task`"),
-        ({"task": "xx", "video_b64": VIDEO}, 400, "unknown task 'xx'"),
-        ({"task": "fp"}, 400, "task fp needs `video_b64`"),
-        ({"task": "opd", "video_b64": "not base64!!"}, 400, "video_b64 is not valid base64"),
+        ({"task": "xx", "video_b64": VIDEO}, 422, "'fp', 'fi', 'opc'"),
+        ({"task": "fp"}, 400, "task fp needs the condition video"),
+        ({"task": "opd", "video_b64": "not base64!!"}, 400, "video_b64: not valid base64"),
         ({"task": "fi", "video_b64": b64(b"no video, no image")}, 400, "neither a video nor an image"),
         ({"task": "cg"}, 400, "task cg needs `class_id` (0..3 or a name: left, right, up, down"),
         ({"task": "cfp", "video_b64": VIDEO, "class_id": 4}, 400, "class id must be in [-1, 4)"),
         ({"task": "cg", "class_id": "sideways"}, 400, "unknown class 'sideways'"),
-        ({"task": "fp", "video_b64": VIDEO, "class_id": 1}, 400, "class_id conditions only cg and cfp"),
+        ({"task": "fp", "video_b64": VIDEO, "class_id": 1}, 400, "class_id: conditions only cg and cfp"),
         ({"task": "fp", "video_b64": VIDEO, "prompts": ["a"]}, 400, "trained without text"),
-        ({"task": "fp", "video_b64": VIDEO, "image_b64": VIDEO}, 400, "image_b64: Phenaki fields"),
+        ({"task": "fp", "video_b64": VIDEO, "image_b64": VIDEO}, 422, "image_b64 is a Phenaki field"),
         (
             {"task": "fp", "video_b64": VIDEO, "context_frames": 5},
-            400,
+            422,
             "serve a Phenaki (MaskGIT) checkpoint",
         ),
+        ({"prompts": ["a"], "context_frames": 5}, 400, "context_frames: Phenaki fields"),
         ({"task": "fp", "video_b64": VIDEO, "steps": 100}, 400, f"at most {MAX_STEPS}"),
         ({"task": "fp", "video_b64": VIDEO, "format": "avi"}, 422, "mp4"),
         ({"task": "fp", "video": VIDEO}, 422, "Extra inputs"),
@@ -176,25 +185,3 @@ def test_bad_requests_get_4xx_with_a_message(url, mp4, body, status, message):
     r = post(url, body)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"] if status == 400 else message in r.text
-
-
-def test_text_model_takes_one_prompt_and_a_tokenizer_is_refused(tmp_path):
-    """No Serve needed: the request check on a text-conditioned model, and build_app's family dispatch."""
-    from jobs.serve import build_app
-    from jobs.serve_commit import commit_call
-    from jobs.serve_common import GenerateRequest
-    from modeling.commit_generation import CommitGenerator
-
-    generator = CommitGenerator.from_checkpoint(
-        write_debug_commit_checkpoint(tmp_path / "text", text_dim=384)
-    )
-    call = commit_call(generator, GenerateRequest(task="cg", prompts=[" a red circle "], seed=4), max_steps=8)
-    assert (call["task"], call["prompts"], call["class_ids"], call["frames"], call["seed"]) == (
-        "cg", ["a red circle"], None, None, 4,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="at most one"):
-        commit_call(generator, GenerateRequest(task="cg", prompts=["a", "b"]), max_steps=8)
-    with pytest.raises(ValueError, match="or a prompt"):
-        commit_call(generator, GenerateRequest(task="cfp", video_b64="AAAA"), max_steps=8)
-    with pytest.raises(ValueError, match="'magvit_vq' checkpoint: generation takes a transformer checkpoint"):
-        build_app(tmp_path / "text" / "tokenizer")
