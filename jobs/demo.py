@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.runtime import add_ray_arguments, init_ray, log, run_command, stage
+from jobs.runtime import add_ray_arguments, free_port, init_ray, log, run_command, stage
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,6 @@ def demo_prompts(fast: bool) -> list[dict]:
         story.append(("yellow", "triangle", "left"))
     requests.append({"kind": "story", "prompts": [caption_for(c, s, m, 0) for c, s, m in story]})
     return requests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request_videos(url: str, requests_: list[dict], samples: int, sampling: dict, out: Path) -> list[dict]:

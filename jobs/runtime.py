@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 import warnings
@@ -176,6 +177,13 @@ def cluster_address(explicit: str | None, environ: dict[str, str]) -> tuple[str 
             f"{env_address} JOB ARGS, or pass --address auto on the head."
         )
     return env_address, None
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a local Serve endpoint: the demo, tests, benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

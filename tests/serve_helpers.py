@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import requests
 
+from jobs.runtime import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "post"]
 
 
 def post(url: str, body: dict, headers: dict | None = None, **params) -> requests.Response:
