@@ -24,6 +24,7 @@ from modeling.commit_model import CommitTransformer, commit_generate, commit_tra
 from modeling.magvit_vq import MagvitVQ, magvit_vq_debug
 from modeling.pixels import frames_to_video, resize_center_crop, video_to_frames
 from modeling.text_encoder import load_text_encoder
+from modeling.tokenizers import check_tokenizer_for
 from modeling.typed_config import build_dataclass
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ class CommitGenerator:
         if loaded.kind != COMMIT_KIND:
             raise ValueError(f"{path} holds a {loaded.kind!r} checkpoint, not a COMMIT transformer")
         tok = load_checkpoint(path / "tokenizer", device)
-        if tok.kind != "magvit_vq":
-            raise ValueError(f"{path}/tokenizer holds a {tok.kind!r} checkpoint, not a MAGVIT-VQ tokenizer")
+        check_tokenizer_for(COMMIT_KIND, tok.kind, f"{path}/tokenizer")
         meta = {"checkpoint": str(path.resolve()), "digest": loaded.digest, "tokenizer_digest": tok.digest}
         return cls(loaded.model, tok.model, extra=loaded.extra, device=device, meta=meta)
 

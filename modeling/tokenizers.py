@@ -27,6 +27,9 @@ class TokenizerFamily:
     # C-ViViT encodes the first frame alone, so a still is a one-frame clip and trains with the videos;
     # MAGVIT-VQ takes multiples of its temporal compression, so it trains on (cropped) videos only.
     takes_stills: bool
+    title: str  # what a person calls it
+    # the transformer families (`modeling.generators.GENERATORS` kinds) that are trained on its tokens
+    transformers: tuple[str, ...] = ()
 
     def config(self, values: dict[str, Any] | None) -> Any:
         return build_dataclass(self.config_cls, values)
@@ -38,8 +41,10 @@ class TokenizerFamily:
 
 
 FAMILIES: dict[str, TokenizerFamily] = {
-    "cvivit": TokenizerFamily("cvivit", CViViT, CViViTConfig, takes_stills=True),
-    "magvit_vq": TokenizerFamily("magvit_vq", MagvitVQ, MagvitVQConfig, takes_stills=False),
+    "cvivit": TokenizerFamily("cvivit", CViViT, CViViTConfig, True, "C-ViViT", transformers=("maskgit",)),
+    "magvit_vq": TokenizerFamily(
+        "magvit_vq", MagvitVQ, MagvitVQConfig, False, "MAGVIT-VQ", transformers=("commit",)
+    ),
 }
 TOKENIZER_KINDS = tuple(FAMILIES)
 
@@ -70,3 +75,16 @@ def check_tokenizer_kind(kind: str | None, where: str) -> str:
             f"{where} holds a {kind!r} checkpoint, not a tokenizer ({', '.join(TOKENIZER_KINDS)})"
         )
     return kind
+
+
+def check_tokenizer_for(transformer: str, kind: str | None, where: str) -> TokenizerFamily:
+    """The family of a tokenizer checkpoint (`kind`) if the `transformer` family trains on its tokens, else a
+    ValueError naming the checkpoint, what it holds and what that transformer needs."""
+    family = tokenizer_family(check_tokenizer_kind(kind, where))
+    if transformer not in family.transformers:
+        needed = [f.title for f in FAMILIES.values() if transformer in f.transformers]
+        raise ValueError(
+            f"{where} holds a {family.title} tokenizer ({kind!r}); the {transformer} transformer needs a "
+            f"{' or '.join(needed)} tokenizer"
+        )
+    return family

@@ -289,7 +289,7 @@ def model_identity(
     the COMMIT condition record, without loading models."""
     from modeling.checkpoint import read_checkpoint_meta
     from modeling.text_encoder import text_encoder_identity
-    from modeling.tokenizers import check_tokenizer_kind
+    from modeling.tokenizers import check_tokenizer_for, check_tokenizer_kind
 
     meta = read_checkpoint_meta(local_path(tokenizer_ckpt))
     kind = check_tokenizer_kind(meta.get("kind"), tokenizer_ckpt)
@@ -297,8 +297,7 @@ def model_identity(
     if cfg is not None and cfg.commit:
         from pipelines.commit_data import commit_record
 
-        if kind != "magvit_vq":
-            raise ValueError(f"tokenize.commit needs a MAGVIT-VQ tokenizer; {tokenizer_ckpt} is {kind!r}")
+        check_tokenizer_for("commit", kind, f"{tokenizer_ckpt} (tokenize.commit)")
         commit = commit_record(cfg.commit_fp_cond_frames, cfg.commit_fi_cond_frames)
     te_name, te_digest = text_encoder_identity(text_encoder)
     return {

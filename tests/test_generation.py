@@ -259,3 +259,18 @@ def test_checkpoint_records_round_trip_through_extra():
     assert "fps" not in TokenizerRecord(1).to_extra()  # no Nones written
     with pytest.raises(ValueError, match="lacks num_frames: not a tokenizer checkpoint"):
         TokenizerRecord.from_extra({"fps": 8}, "ckpt")
+
+
+def test_each_transformer_family_names_the_tokenizer_it_needs():
+    from modeling.tokenizers import check_tokenizer_for
+
+    assert check_tokenizer_for("maskgit", "cvivit", "ckpt").name == "cvivit"
+    assert check_tokenizer_for("commit", "magvit_vq", "ckpt").name == "magvit_vq"
+    with pytest.raises(
+        ValueError, match=r"ckpt holds a C-ViViT tokenizer .*commit transformer needs a MAGVIT-VQ"
+    ):
+        check_tokenizer_for("commit", "cvivit", "ckpt")
+    with pytest.raises(ValueError, match=r"MAGVIT-VQ tokenizer .*maskgit transformer needs a C-ViViT"):
+        check_tokenizer_for("maskgit", "magvit_vq", "ckpt")
+    with pytest.raises(ValueError, match="not a tokenizer"):
+        check_tokenizer_for("maskgit", "maskgit", "ckpt")

@@ -46,6 +46,7 @@ from modeling.commit import TASKS, CommitConfig
 from modeling.commit_model import CommitTransformer, CommitTransformerConfig, commit_training_step
 from modeling.magvit_vq import MagvitVQConfig
 from modeling.text_encoder import TextEncoderConfig
+from modeling.tokenizers import check_tokenizer_for
 from modeling.typed_config import build_dataclass
 
 RUN_NAME = "transformer"
@@ -251,10 +252,7 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
     dirs = split_cache_dirs(data)
     data = dirs[0] if len(dirs) == 1 else dirs
     meta = read_checkpoint_meta(tokenizer)
-    if meta.get("kind") != "magvit_vq":
-        raise ValueError(
-            f"COMMIT needs a MAGVIT-VQ tokenizer; {tokenizer} holds a {meta.get('kind')!r} checkpoint"
-        )
+    check_tokenizer_for("commit", meta.get("kind"), tokenizer)
     tok = build_dataclass(MagvitVQConfig, meta["config"])
     info = token_cache_info(data)
     check_tokenizer_digest(data, info.tokenizer_digest, tokenizer)

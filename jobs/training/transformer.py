@@ -29,6 +29,7 @@ from modeling.checkpoint import GenerationRecord, read_checkpoint_meta
 from modeling.maskgit import MaskGIT, MaskGITConfig, code_sizes
 from modeling.masking import LOSS_NORMALIZATIONS, SCHEDULES, mvtm_loss
 from modeling.text_encoder import TextEncoderConfig
+from modeling.tokenizers import check_tokenizer_for
 from modeling.typed_config import build_dataclass
 
 RUN_NAME = "transformer"
@@ -190,8 +191,7 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
     data = dirs[0] if len(dirs) == 1 else dirs
 
     meta = read_checkpoint_meta(tokenizer)
-    if meta.get("kind") != "cvivit":
-        raise ValueError(f"{tokenizer} holds a {meta.get('kind')!r} checkpoint, not a C-ViViT tokenizer")
+    check_tokenizer_for("maskgit", meta.get("kind"), tokenizer)
     tok = meta["config"]
     grid = tok["image_size"] // tok["patch_size"]
     info = token_cache_info(data)
