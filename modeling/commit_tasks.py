@@ -51,7 +51,9 @@ from dataclasses import dataclass
 
 import torch
 
-TASKS = ("fp", "fi", "opc", "opv", "oph", "opd", "ipc", "ipd", "cg", "cfp")
+from modeling.names import CLASS_TASKS as CLASS_TASKS  # re-exported: modeling.commit and others read it here
+from modeling.names import TASKS
+
 TASK_IDS = {task: i for i, task in enumerate(TASKS)}
 # What each task generates from what, in words (for `--help`, the serve page and the docs; the table above has
 # the exact regions).
@@ -67,7 +69,6 @@ TASK_DESCRIPTIONS = {
     "cg": "class-conditional generation: a clip from the class alone (--class; no input)",
     "cfp": "class-conditional frame prediction: fp, steered by the class (--class)",
 }
-CLASS_TASKS = ("cg", "cfp")  # tasks whose prefix carries the class token
 DYNAMIC_TASKS = ("opd", "ipd")
 DEFAULT_STRIDE = (4, 8, 8)  # MAGVIT 3D-VQ: 4x temporal, 8x8 spatial
 FP_COND_FRAMES = {"bair": 1, "kinetics600": 5}  # sec. 4.1: "BAIR (1-frame condition), Kinetics-600 (5-frame)"

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from modeling.names import SCHEDULE_NAMES
+
 
 def cosine_schedule(r: torch.Tensor | float) -> torch.Tensor:
     """gamma(r) = cos(pi/2 * r): the fraction of tokens masked at progress r in [0, 1] (MaskGIT's choice)."""
@@ -27,7 +29,7 @@ def linear_schedule(r: torch.Tensor | float) -> torch.Tensor:
     return 1 - torch.as_tensor(r, dtype=torch.float32)
 
 
-SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
+SCHEDULES = dict(zip(SCHEDULE_NAMES, (cosine_schedule, linear_schedule), strict=True))
 LOSS_NORMALIZATIONS = ("sample", "token")
 
 

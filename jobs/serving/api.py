@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from modeling.commit_tasks import TASKS
-from modeling.masking import SCHEDULES
+from modeling.names import SCHEDULE_NAMES, TASKS  # not modeling.commit_tasks / masking: no torch here
 
 SEED_MAX = (
     2**63 - 1
@@ -83,7 +82,7 @@ class PhenakiRequest(_Sampling):
     )
     image_b64: str | None = Field(None, description="a still to animate: base64 or a data: URL")
     context_frames: int | None = Field(None, ge=1, description="frames carried into the next story segment")
-    schedule: Literal[tuple(SCHEDULES)] | None = Field(None, description="mask schedule")  # type: ignore[valid-type]
+    schedule: Literal[SCHEDULE_NAMES] | None = Field(None, description="mask schedule")  # type: ignore[valid-type]
 
 
 class CommitRequest(_Sampling):
@@ -92,7 +91,7 @@ class CommitRequest(_Sampling):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"task": "fp", "video_b64": "<base64 of input.mp4>", "seed": 0}]}
     )
-    task: Literal[tuple(TASKS)] | None = Field(None, description="fp|fi|opc|opv|oph|opd|ipc|ipd|cg|cfp")  # type: ignore[valid-type]
+    task: Literal[TASKS] | None = Field(None, description="fp|fi|opc|opv|oph|opd|ipc|ipd|cg|cfp")  # type: ignore[valid-type]
     video_b64: str | None = Field(None, description="the condition video (base64 mp4, or a still for fp/cfp)")
     class_id: int | str | None = Field(None, description="cg/cfp: a class id or name (-1: the null class)")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs.serving.api import COMMIT_KEYS, PHENAKI_ONLY, CommitRequest, Limits, PhenakiRequest
+from modeling.names import CLASS_TASKS, TASKS
 
 StepFn = Callable[[int, int], None]  # (steps done, steps in all) -> None; raises to cancel
 
@@ -187,7 +188,6 @@ class CommitFamily:
     @staticmethod
     def check(generator, req, limits: Limits) -> Work:
         from jobs.generate import read_condition
-        from modeling.commit_tasks import CLASS_TASKS, TASKS
 
         if isinstance(req, PhenakiRequest):
             phenaki = [k for k in PHENAKI_ONLY if getattr(req, k) is not None]
@@ -268,8 +268,6 @@ class CommitFamily:
 
     @staticmethod
     def info(generator) -> dict:
-        from modeling.commit_tasks import CLASS_TASKS, TASKS
-
         model, cfg = generator.model, generator.cfg
         return {
             **generator.meta,
