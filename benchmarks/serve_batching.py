@@ -1,19 +1,24 @@
-"""Serving throughput and latency: the same burst of concurrent requests against `phenaki serve` with batching
-(`max_batch` 8) and without (`max_batch` 1), in one run on one machine.
+"""Serving: latency and throughput of `phenaki serve`, batched against unbatched, load shedding and
+autoscaling, all in one run on one machine.
 
-    python -m benchmarks.serve_batching --runs 3            # demo-sized model, 16 concurrent clips
-    python -m benchmarks.serve_batching --quick --out /tmp/s.json
+    python -m benchmarks.serve_batching --runs 3
+    python -m benchmarks.serve_batching --quick --out /tmp/s.json     # smoke test (about a minute)
 
 The model has the sizes of configs/demo.yaml (C-ViViT and MaskGIT, random weights: the work per request does
-not depend on the values) and the demo's sampling settings. Each run fires `--requests` one-prompt requests at
-once at `POST /v1/videos/sync` (different prompts and seeds) from as many client threads, and records the wall
-time of the burst and each request's latency. A batched request's video is the one it gets alone (tests check
-that byte for byte), so the ratio measures only what merging rows into one sampler call buys. The sampler
-replica gets 2 CPUs (the machine's, when it has 2): batching is about the sampler's own threads, not more
-replicas.
+not depend on the values) and the demo's sampling settings. A burst is N one-prompt requests sent at once to
+`POST /v1/videos/sync` (different prompts and seeds) from N client threads; its wall time gives requests per
+second and its requests' latencies the p50 and p95. A batched request's video is the one it gets alone (the
+tests check that byte for byte), so batched / unbatched measures only what merging rows into one sampler call
+buys. What is measured, medians over --runs bursts:
 
-Writes benchmarks/results/serve_batching.json: per setting, the median over runs of requests per second and of
-the median and 95th-percentile latency, the batch sizes seen, and the ratio batched / unbatched.
+1. batched (`max_batch` 8), one replica: p50 / p95 latency and requests/s at concurrency 1, 4, 8 and 32;
+2. unbatched (`max_batch` 1): the same at concurrency 8, and the throughput ratio batched / unbatched there;
+3. load shedding: with the sampler busy and `max_queued` jobs waiting, the time until a further request is
+   answered 503 (median of 5);
+4. autoscaling (`max_replicas` 2, one CPU each, upscale after 2 s, downscale after 10 s): sustained load of 16
+   client threads, the seconds until Serve runs 2 sampler replicas, then idle, the seconds until it is back to 1.
+
+Writes benchmarks/results/serve_batching.json with the machine described.
 """
 
 from __future__ import annotations
@@ -90,70 +95,147 @@ def burst(url: str, n: int, offset: int) -> dict:
     }
 
 
-def measure(checkpoint: Path, max_batch: int, n: int, runs: int, num_cpus: float) -> dict:
+def serve(checkpoint: Path, **fields) -> str:
     from jobs.runtime import free_port
-    from jobs.serving.app import ServeArgs, start, stop
+    from jobs.serving.app import ServeArgs, start
 
-    args = ServeArgs(checkpoint=str(checkpoint), num_cpus=num_cpus,
-                     limits={"max_batch": max_batch, "batch_wait_s": 0.05, "max_queued": 4 * n})  # fmt: skip
-    url = start(args, host="127.0.0.1", port=free_port())
-    try:
-        burst(url, min(n, 4), offset=10_000)  # warm-up: first calls load kernels and the encoder's caches
-        results = [burst(url, n, offset=run * n) for run in range(runs)]
-    finally:
-        stop()
+    return start(ServeArgs(checkpoint=str(checkpoint), **fields), host="127.0.0.1", port=free_port())
+
+
+def medians(results: list[dict]) -> dict:
+    keys = ("requests_per_s", "latency_p50_s", "latency_p95_s", "wall_s")
+    return {"runs": results, **{k: statistics.median(r[k] for r in results) for k in keys}}
+
+
+def latency_and_throughput(url: str, levels: list[int], runs: int) -> dict:
+    burst(url, 4, offset=10_000)  # warm-up: first calls load kernels and the encoder's caches
     return {
-        "max_batch": max_batch,
-        "runs": results,
-        **{
-            key: statistics.median(r[key] for r in results)
-            for key in ("requests_per_s", "latency_p50_s", "latency_p95_s", "wall_s")
-        },  # fmt: skip
+        str(n): medians([burst(url, n, offset=1000 * n + run * n) for run in range(runs)]) for n in levels
     }
+
+
+def shedding(url: str, max_queued: int) -> dict:
+    """Fill the sampler and its queue with stories, then time requests that must be refused."""
+    import requests
+
+    story = {"prompts": [f"a red circle moving left, part {i}" for i in range(8)], "steps": 12}
+    ids = [requests.post(f"{url}/v1/videos", json=story, timeout=60).json()["id"]]
+    while requests.get(f"{url}/v1/videos/{ids[0]}", timeout=60).json()["status"] != "running":
+        time.sleep(0.05)
+    ids += [requests.post(f"{url}/v1/videos", json=story, timeout=60).json()["id"] for _ in range(max_queued)]
+    seconds, statuses = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        r = requests.post(f"{url}/v1/videos", json=story, timeout=60)
+        seconds.append(time.perf_counter() - start)
+        statuses.append(r.status_code)
+    for job_id in ids:
+        requests.delete(f"{url}/v1/videos/{job_id}", timeout=60)
+    return {"statuses": statuses, "seconds": seconds, "median_s": statistics.median(seconds)}
+
+
+def sampler_replicas() -> int:
+    from ray import serve
+
+    from jobs.serving.app import APP_NAME
+
+    states = serve.status().applications[APP_NAME].deployments["sampler"].replica_states
+    return int(states.get("RUNNING", 0))
+
+
+def autoscaling(url: str, load_s: float, idle_s: float) -> dict:
+    """16 client threads looping requests until 2 sampler replicas run (or `load_s`), then none until 1 runs."""
+    import threading
+
+    import requests
+
+    stop, served = threading.Event(), [0]
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            r = requests.post(
+                f"{url}/v1/videos/sync", json={"prompt": f"a blue square {i}", "seed": i}, timeout=600
+            )
+            served[0] += r.status_code == 200
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    up = None
+    while time.perf_counter() - start < load_s:
+        if sampler_replicas() >= 2:
+            up = time.perf_counter() - start
+            break
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    idle_start, down = time.perf_counter(), None
+    while time.perf_counter() - idle_start < idle_s:
+        if sampler_replicas() <= 1:
+            down = time.perf_counter() - idle_start
+            break
+        time.sleep(0.5)
+    return {"to_2_replicas_s": up, "back_to_1_replica_s": down, "requests_served": served[0], "load_clients": 16,
+            "upscale_delay_s": 2, "downscale_delay_s": 10}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=16, help="concurrent requests per burst")
-    parser.add_argument("--quick", action="store_true", help="1 run of 4 requests (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="1 run, concurrency 1 and 4, short autoscaling")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    runs, n = (1, 4) if args.quick else (args.runs, args.requests)
+    runs, levels = (1, [1, 4]) if args.quick else (args.runs, [1, 4, 8, 32])
+    ratio_at = levels[-1] if args.quick else 8
 
     import os
 
     from benchmarks.machine import describe_machine
     from jobs.runtime import init_ray
+    from jobs.serving.app import stop
 
     started = time.perf_counter()
     num_cpus = float(min(2, os.cpu_count() or 1))
     init_ray(None)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint, model = demo_checkpoint(Path(tmp) / "transformer")
-        batched = measure(checkpoint, 8, n, runs, num_cpus)
-        single = measure(checkpoint, 1, n, runs, num_cpus)
-    result = {
+    result: dict = {
         "benchmark": "serve_batching",
         "date": time.strftime("%Y-%m-%d"),
         "machine": describe_machine(),
-        "model": model,
-        "requests_per_burst": n,
-        "runs": runs,
-        "replica_cpus": num_cpus,
-        "batched": batched,
-        "unbatched": single,
-        "throughput_ratio": batched["requests_per_s"] / single["requests_per_s"],
-        "p50_latency_ratio": batched["latency_p50_s"] / single["latency_p50_s"],
-        "wall_seconds": round(time.perf_counter() - started, 1),
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, result["model"] = demo_checkpoint(Path(tmp) / "transformer")
+        try:
+            url = serve(checkpoint, num_cpus=num_cpus, limits={"max_batch": 8, "max_queued": 64})
+            result["batched"] = latency_and_throughput(url, levels, runs)
+            stop()
+            url = serve(checkpoint, num_cpus=num_cpus, limits={"max_batch": 1, "max_queued": 16})
+            result["unbatched"] = latency_and_throughput(url, [ratio_at], runs)
+            result["shedding"] = shedding(url, 16)
+            stop()
+            url = serve(checkpoint, num_cpus=1.0, max_replicas=2, upscale_delay_s=2, downscale_delay_s=10,
+                        limits={"max_batch": 8, "max_queued": 64})  # fmt: skip
+            result["autoscaling"] = autoscaling(url, 30 if args.quick else 90, 30 if args.quick else 60)
+        finally:
+            stop()
+    batched, unbatched = result["batched"][str(ratio_at)], result["unbatched"][str(ratio_at)]
+    result.update(
+        runs=runs, replica_cpus=num_cpus, ratio_concurrency=ratio_at,
+        throughput_ratio=batched["requests_per_s"] / unbatched["requests_per_s"],
+        p50_latency_ratio=batched["latency_p50_s"] / unbatched["latency_p50_s"],
+        wall_seconds=round(time.perf_counter() - started, 1),
+    )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for n, row in result["batched"].items():
+        print(f"batched, concurrency {n}: {row['requests_per_s']:.2f} req/s, p50 {row['latency_p50_s']:.2f} s, "
+              f"p95 {row['latency_p95_s']:.2f} s")  # fmt: skip
     print(
-        f"{n} concurrent requests, median of {runs}: batched {batched['requests_per_s']:.2f} req/s "
-        f"(p50 {batched['latency_p50_s']:.2f} s, batches {batched['runs'][-1]['batch_sizes']}), unbatched "
-        f"{single['requests_per_s']:.2f} req/s (p50 {single['latency_p50_s']:.2f} s): "
-        f"{result['throughput_ratio']:.2f}x throughput -> {args.out}"
+        f"concurrency {ratio_at}: batched {batched['requests_per_s']:.2f} vs unbatched "
+        f"{unbatched['requests_per_s']:.2f} req/s = {result['throughput_ratio']:.2f}x; 503 in "
+        f"{result['shedding']['median_s'] * 1000:.0f} ms; replicas 1 -> 2 in {result['autoscaling']['to_2_replicas_s']} s, "
+        f"back in {result['autoscaling']['back_to_1_replica_s']} s -> {args.out}"
     )
     return 0
 

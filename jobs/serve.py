@@ -23,6 +23,9 @@ EXAMPLE_REQUESTS = {
     "commit": {"task": "fp", "video_b64": "<base64 of input.mp4>", "seed": 0},
 }
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# ServeArgs fields that are flags of their own (the limits are a group of flags too)
+SERVE_FLAGS = ("min_replicas", "max_replicas", "num_cpus", "num_gpus", "upscale_delay_s", "downscale_delay_s",
+               "api_keys_file")  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)"
     )
-    for name in ("min_replicas", "max_replicas", "num_cpus", "num_gpus", "api_keys_file"):
+    for name in SERVE_FLAGS:
         field = fields[name]
         kind = {int: int, float: float}.get(field.annotation, str)
         parser.add_argument(
@@ -52,9 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def args_from(ns: argparse.Namespace) -> ServeArgs:
     limits = Limits(**{name: getattr(ns, name) for name in Limits.model_fields})
     return ServeArgs(
-        checkpoint=ns.checkpoint, min_replicas=ns.min_replicas, max_replicas=ns.max_replicas,
-        num_cpus=ns.num_cpus, num_gpus=ns.num_gpus, api_keys_file=ns.api_keys_file, limits=limits,
-        device="cuda" if ns.num_gpus > 0 else None,
+        checkpoint=ns.checkpoint, limits=limits, device="cuda" if ns.num_gpus > 0 else None,
+        **{name: getattr(ns, name) for name in SERVE_FLAGS},
     )  # fmt: skip
 
 

@@ -223,25 +223,25 @@ def test_concurrent_requests_share_batches_and_each_gets_its_own_video(url):
         assert alone.headers["X-Phenaki-Batch"] == "1" and alone.content == r.content, body
 
 
-def test_overload_is_a_fast_503_with_retry_after(url):
-    ids = [submit(url, LONG)["id"]]
-    events(url, ids[0], until=lambda view: view["status"] == "running")
-    try:
-        refused = None
-        for _ in range(LIMITS["max_queued"] + 1):
-            r = requests.post(f"{url}/v1/videos", json=LONG, headers=KEY, timeout=60)
-            if r.status_code != 202:
-                refused = r
-                break
-            ids.append(r.json()["id"])
-        assert refused is not None and refused.status_code == 503, [job(url, i)["status"] for i in ids]
-        assert int(refused.headers["Retry-After"]) >= 1 and "jobs are waiting" in refused.text
-        assert (
-            requests.get(f"{url}/v1/stats", headers=KEY, timeout=30).json()["queued"] == LIMITS["max_queued"]
-        )
-    finally:
-        for job_id in ids:
-            requests.delete(f"{url}/v1/videos/{job_id}", headers=KEY, timeout=30)
+def test_overload_is_a_fast_503_with_retry_after_while_accepted_jobs_finish(url):
+    """One long job holds the sampler; short clips queue behind it up to max_queued; the next request is
+    refused at once with Retry-After, and every accepted job still finishes once the long one is gone."""
+    blocker = submit(url, LONG)["id"]
+    events(url, blocker, until=lambda view: view["status"] == "running")
+    clip = {"steps": 8}
+    accepted = [
+        submit(url, {**clip, "prompt": f"clip {i}", "seed": i})["id"] for i in range(LIMITS["max_queued"])
+    ]
+    refused = requests.post(
+        f"{url}/v1/videos", json={**clip, "prompt": "one too many"}, headers=KEY, timeout=60
+    )
+    assert refused.status_code == 503, [job(url, i)["status"] for i in accepted]
+    assert int(refused.headers["Retry-After"]) >= 1 and "jobs are waiting" in refused.text
+    assert requests.get(f"{url}/v1/stats", headers=KEY, timeout=30).json()["queued"] == LIMITS["max_queued"]
+    requests.delete(f"{url}/v1/videos/{blocker}", headers=KEY, timeout=30)
+    finals = [events(url, job_id)[-1][1] for job_id in accepted]
+    assert [f["status"] for f in finals] == ["succeeded"] * len(accepted)
+    assert max(f["batch_size"] for f in finals) > 1  # the queued clips shared sampler calls
 
 
 def test_a_slow_sync_request_is_408_and_a_client_that_leaves_cancels_its_job(url):

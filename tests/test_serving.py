@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 
 import numpy as np
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
 from jobs.serving.api import CommitRequest, Limits, PhenakiRequest, VideoRequest
@@ -233,6 +235,15 @@ def test_phenaki_check_applies_the_limits_and_reports_truncation(phenaki):
     image = base64.b64encode(b"\x89PNG not really").decode()
     with pytest.raises(RequestError, match="not an image"):
         PhenakiFamily.check(phenaki, PhenakiRequest(prompt="a", image_b64=image), limits)
+    png = io.BytesIO()
+    Image.new("RGB", (100, 80)).save(png, "PNG")
+    big = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    with pytest.raises(RequestError, match=r"max_image_pixels 5000") as info:
+        PhenakiFamily.check(phenaki, PhenakiRequest(prompt="a", image_b64=big), Limits(max_image_pixels=5000))
+    assert info.value.status == 413 and info.value.field == "image_b64"
+    assert PhenakiFamily.check(phenaki, PhenakiRequest(prompt="a", image_b64=big), limits).params["image"].shape == (
+        phenaki.image_size, phenaki.image_size, 3,
+    )  # fmt: skip
 
 
 def test_a_batched_run_gives_each_request_its_own_video(phenaki):

@@ -41,6 +41,10 @@ class ServeArgs(BaseModel):
     num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per sampler replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per sampler replica (0: CPU)")
     device: str | None = Field(None, description="torch device (default: cuda when the replica has one)")
+    upscale_delay_s: float = Field(
+        10.0, ge=0, description="sustained load this long before a replica is added"
+    )
+    downscale_delay_s: float = Field(120.0, ge=0, description="idle this long before a replica is removed")
     api_keys_file: str | None = Field(None, description="API keys, one per line or sha256:<hex> (none: open)")
     limits: Limits = Field(default_factory=Limits)
 
@@ -66,8 +70,8 @@ def build_app(args: ServeArgs) -> serve.Application:
             "max_replicas": args.max_replicas,
             # a replica with a full batch waiting is busy enough: more means another replica
             "target_ongoing_requests": args.limits.max_batch,
-            "upscale_delay_s": 10,
-            "downscale_delay_s": 120,
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
         },
         max_ongoing_requests=4 * args.limits.max_batch,
         max_queued_requests=args.limits.max_queued,  # beyond: BackPressureError -> 503 Retry-After

@@ -76,11 +76,13 @@ def decode_b64(data: str, field_name: str, max_bytes: int) -> bytes:
 
 def decode_still(data: str, field_name: str, limits: Limits) -> np.ndarray:
     """A base64 still -> (H, W, 3) uint8, refusing more than `limits.max_image_pixels` before decoding."""
-    from pipelines.media import DecodeLimits, MediaError, decode_image
+    from pipelines.media import DecodeLimits, MediaError, MediaLimitError, decode_image
 
     raw = decode_b64(data, field_name, limits.max_body_bytes)
     try:
         return decode_image(raw, DecodeLimits(max_pixels=limits.max_image_pixels))
+    except MediaLimitError as e:
+        raise RequestError(field_name, f"{e} (max_image_pixels {limits.max_image_pixels})", status=413) from e
     except MediaError as e:
         raise RequestError(field_name, f"not an image we can decode ({e})") from e
 
