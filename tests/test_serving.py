@@ -155,6 +155,9 @@ def test_admission_refuses_beyond_max_queued_with_a_retry_hint():
     with pytest.raises(Overloaded, match="2 jobs are waiting") as info:
         store.create("phenaki", "mp4", 0, ["p"], [])
     assert 1 <= info.value.retry_after_s <= 600
+    busy = store.overloaded()
+    assert "2 jobs are waiting" in busy["overloaded"] and busy["retry_after_s"] == info.value.retry_after_s
+    assert board(Clock(), max_queued=2).overloaded() is None
 
 
 # ---- keys, rate, body ----------------------------------------------------------------------------------------

@@ -73,7 +73,9 @@ def build_app(args: ServeArgs) -> serve.Application:
             "upscale_delay_s": args.upscale_delay_s,
             "downscale_delay_s": args.downscale_delay_s,
         },
-        max_ongoing_requests=4 * args.limits.max_batch,
+        # Every waiting job holds a slot (its `run` call waits in @serve.batch's queue), and request checks
+        # (`prepare`) must not wait behind them: room for a batch, the whole queue, and checks besides.
+        max_ongoing_requests=args.limits.max_batch + args.limits.max_queued + 16,
         max_queued_requests=args.limits.max_queued,  # beyond: BackPressureError -> 503 Retry-After
         ray_actor_options={
             "num_cpus": args.num_cpus,

@@ -182,6 +182,8 @@ class Gateway:
     # ---- jobs --------------------------------------------------------------------------------------------
     async def _submit(self, request: Request, body) -> tuple[dict, asyncio.Task]:
         self._admit(request)
+        if busy := await self.jobs.overloaded.remote():  # before the sampler: a refusal must not wait for it
+            raise error(503, f"overloaded: {busy['overloaded']}", {"Retry-After": str(busy["retry_after_s"])})
         try:
             work = await self.sampler.prepare.remote(body)
         except BackPressureError as e:

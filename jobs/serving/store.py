@@ -67,6 +67,17 @@ class JobStore:
             self._jobs[job_id] = _Record(view, deadline=now + self.limits.job_timeout_s)
             return dict(view)
 
+    def overloaded(self) -> dict | None:
+        """`{"overloaded": detail, "retry_after_s": n}` when `max_queued` jobs wait, else None: the gateway asks
+        before checking a request, so a refusal costs one round trip however busy the samplers are."""
+        with self._lock:
+            self._sweep(self.clock())
+            queued = sum(r.view["status"] == "queued" for r in self._jobs.values())
+            if queued < self.limits.max_queued:
+                return None
+            e = Overloaded(queued, self._retry_after(queued))
+            return {"overloaded": str(e), "retry_after_s": e.retry_after_s}
+
     def _retry_after(self, queued: int) -> int:
         typical = sorted(self._run_seconds)[len(self._run_seconds) // 2] if self._run_seconds else 5.0
         return max(1, min(600, round(typical * queued / max(1, self.limits.max_batch))))
