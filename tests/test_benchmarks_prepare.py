@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import prepare_throughput
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # Ray Data on the session's cluster: not the fast tier
 
 
 def _positive(x) -> bool:
