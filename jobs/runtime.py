@@ -48,7 +48,8 @@ RAY_FILE_NOISE: dict[str, tuple[str, ...]] = {
 RAY_LINES_NOTE = (
     "Ray and DeepSpeed print some lines of their own below; these are normal: 'core_worker.cc ... has "
     "constructor arguments in the object store and max_restarts > 0' (Ray describing a restartable actor), "
-    "'DeepSpeed ... built successfully', and Ray Serve's request log."
+    "'DeepSpeed ... built successfully', Ray Serve's request log, and when Serve stops, 'Task "
+    "ServeController.graceful_shutdown failed ... killed by `ray.kill`' (Serve removing its own controller)."
 )
 
 
