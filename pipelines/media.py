@@ -120,45 +120,38 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "med
     x264 build's SIMD path (seen on an AVX-512 CPU) gave different bytes from run to run for small
     frames (27 of 40 test videos at 32-96 px); with mbtree=0 none did. Both cost little here.
     """
-    frames = _check_frames(frames)
-    if fps <= 0:
-        raise MediaError(f"fps must be positive, got {fps}")
-    rate = Fraction(fps).limit_denominator(1001)
-    _, h, w, _ = frames.shape
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.time_base = 1 / rate
-        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
-        for i, frame in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            vf.pts = i
-            container.mux(stream.encode(vf))
-        container.mux(stream.encode())  # flush delayed (B-)frames
-    return buf.getvalue()
+    options = {"crf": str(crf), "preset": preset, "threads": "1", "x264-params": "mbtree=0"}
+    return _encode_yuv420p(frames, fps, "mp4", "libx264", options)
 
 
 def encode_webm(frames: np.ndarray, fps: float, crf: int = 32) -> bytes:
     """(T, H, W, 3) uint8 -> WebM bytes (VP9 libvpx-vp9, yuv420p, constant quality `crf`, one thread so the
     same frames give the same bytes), the royalty-free format every browser plays."""
+    options = {"crf": str(crf), "b": "0", "threads": "1", "row-mt": "0", "deadline": "good"}
+    # bitexact: no random Matroska segment UID, so the same frames give the same bytes
+    return _encode_yuv420p(frames, fps, "webm", "libvpx-vp9", options, {"fflags": "+bitexact"})
+
+
+def _encode_yuv420p(
+    frames: np.ndarray, fps: float, fmt: str, codec: str, options: dict, container_options: dict | None = None
+) -> bytes:
+    """(T, H, W, 3) uint8 -> `fmt` container bytes of one `codec` stream (yuv420p, constant `fps`)."""
     frames = _check_frames(frames)
     if fps <= 0:
         raise MediaError(f"fps must be positive, got {fps}")
     rate = Fraction(fps).limit_denominator(1001)
     _, h, w, _ = frames.shape
     buf = io.BytesIO()
-    # bitexact: no random Matroska segment UID, so the same frames give the same bytes
-    with av.open(buf, mode="w", format="webm", container_options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("libvpx-vp9", rate=rate)
+    with av.open(buf, mode="w", format=fmt, container_options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = 1 / rate
-        stream.options = {"crf": str(crf), "b": "0", "threads": "1", "row-mt": "0", "deadline": "good"}
+        stream.options = options
         for i, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             vf.pts = i
             container.mux(stream.encode(vf))
-        container.mux(stream.encode())
+        container.mux(stream.encode())  # flush delayed (B-)frames
     return buf.getvalue()
 
 

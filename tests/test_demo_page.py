@@ -5,7 +5,6 @@ output folder: H.264 videos and GIFs scored by the real detector, real fidelity 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from pipelines.demo_plots import plot_training, read_metrics, series, smooth
 from pipelines.fidelity import FidelityClips, score_reconstructions, write_examples
 from pipelines.media import encode_mp4_file, write_gif
 from pipelines.synth import sample_video
+from tests.browser_helpers import chromium, until
 
 # (kind, [(colour, shape, motion) per prompt]); None: a noise video asked for a red circle
 VIDEOS = [
@@ -186,36 +186,11 @@ def test_terminal_summary_has_the_headline_and_fidelity(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ in a browser
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,2000"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    pytest.importorskip("selenium")
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium  # with the driver's path too: Selenium Manager never looks online
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    yield driver
-    driver.quit()
-
-
-def loaded(driver, script: str, timeout: float = 30.0):
-    """Wait until `script` (a JS expression) is truthy; a condition, not a timing."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return {script}"))
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), window="1280,2000")
 
 
 def test_page_in_a_browser(browser, tmp_path):
@@ -224,7 +199,7 @@ def test_page_in_a_browser(browser, tmp_path):
     out = tmp_path / "demo-out"
     results = make_demo_out(out)
     browser.get((out / "index.html").as_uri())
-    loaded(browser, "document.readyState === 'complete'")
+    until(browser, "document.readyState === 'complete'")
 
     # The headline, in words and counts a person reads.
     headline = browser.find_element(By.ID, "headline").text
@@ -253,14 +228,14 @@ def test_page_in_a_browser(browser, tmp_path):
     assert "frames 0–8" in cards[4].text and "frames 9–17" in cards[4].text
     assert "✓ purple in every frame" in cards[3].text
     # The browser decodes every H.264 file (metadata at least).
-    loaded(browser, "[...document.querySelectorAll('video')].every(v => v.readyState >= 1)")
+    until(browser, "[...document.querySelectorAll('video')].every(v => v.readyState >= 1)")
     assert (
         browser.execute_script("return [...document.querySelectorAll('video')].map(v => v.videoWidth)")
         == [64] * 5
     )
 
     # Images (training plots, fidelity strips) actually loaded.
-    loaded(browser, "[...document.images].every(i => i.complete)")
+    until(browser, "[...document.images].every(i => i.complete)")
     images = browser.execute_script(
         "return [...document.images].filter(i => !i.closest('video')).map(i => [i.getAttribute('src'), i.naturalWidth])"
     )

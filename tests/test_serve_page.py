@@ -5,18 +5,15 @@ and the gallery kept in the browser."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import requests
 
+from tests.browser_helpers import chromium, until
 from tests.serve_helpers import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1000"]  # fmt: skip
 MAX_STEPS = 5000
 # A debug model at 64 px has 320 tokens a clip, so a segment runs at most 320 steps whatever `steps` says (one
 # token a step at least): a few milliseconds each, so a two-prompt story takes a couple of seconds, long enough
@@ -40,31 +37,7 @@ def url(ray_local, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    pytest.importorskip("selenium")
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium  # with the driver's path too: Selenium Manager never looks online
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    yield driver
-    driver.quit()
-
-
-def until(driver, script: str, timeout: float = 30.0):
-    """Wait until `script` (a JS expression) is truthy -> its value; a condition, not a timing."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-        lambda d: d.execute_script(f"return {script}")
-    )
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), window="1280,1000")
 
 
 @pytest.fixture

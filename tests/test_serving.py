@@ -67,6 +67,13 @@ def test_ranges_that_hold_for_every_model_are_in_the_schema(body, field):
     assert any(field in map(str, e["loc"]) for e in info.value.errors())
 
 
+def test_the_api_offers_exactly_the_formats_media_encodes():
+    from jobs.serving.api import FORMATS
+    from pipelines.media import VIDEO_FORMATS
+
+    assert tuple(VIDEO_FORMATS) == FORMATS  # the gateway loads no codec library, so it names them itself
+
+
 def test_openapi_documents_the_v1_routes_with_their_types():
     from jobs.serving.gateway import app
 

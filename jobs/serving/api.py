@@ -59,7 +59,7 @@ class _Sampling(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, le=100, description="classifier-free guidance lambda")
     temperature: float | None = Field(None, ge=0, le=100, description="choice (Gumbel) temperature")
     sample_temperature: float | None = Field(None, gt=0, le=100, description="softmax temperature of draws")
-    format: Literal["mp4", "webm", "gif"] = "mp4"
+    format: Literal[FORMATS] = "mp4"  # jobs.serving formats = pipelines.media.VIDEO_FORMATS
     prompt: str | None = Field(None, description="one prompt (or give `prompts`)")
     prompts: list[str] | None = Field(None, description="Phenaki: several prompts make a story")
 

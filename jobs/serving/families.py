@@ -120,7 +120,14 @@ def check_steps(steps: int | None, limits: Limits) -> None:
 # ---- Phenaki (MaskGIT) -------------------------------------------------------------------------------------
 class PhenakiFamily:
     name = "phenaki"
-    request = PhenakiRequest
+
+    @staticmethod
+    def transformer(generator):
+        return generator.transformer
+
+    @staticmethod
+    def takes_text(generator) -> bool:
+        return True
 
     @staticmethod
     def check(generator, req, limits: Limits) -> Work:
@@ -185,7 +192,14 @@ class PhenakiFamily:
 # ---- MAGVIT COMMIT -----------------------------------------------------------------------------------------
 class CommitFamily:
     name = "commit"
-    request = CommitRequest
+
+    @staticmethod
+    def transformer(generator):
+        return generator.model
+
+    @staticmethod
+    def takes_text(generator) -> bool:
+        return bool(generator.model.text)
 
     @staticmethod
     def check(generator, req, limits: Limits) -> Work:

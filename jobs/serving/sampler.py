@@ -21,7 +21,7 @@ import time
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from jobs.serving.api import Limits
+from jobs.serving.api import FORMATS, Limits
 from jobs.serving.families import RequestError, Work, family_of
 from jobs.serving.store import JobStore, Overloaded
 
@@ -107,7 +107,7 @@ class Sampler:
         self.failure: str | None = None
         self.run.set_max_batch_size(self.limits.max_batch)
         self.run.set_batch_wait_timeout_s(self.limits.batch_wait_s)
-        if self.family.name == "phenaki" or self.generator.model.text:
+        if self.family.takes_text(self.generator):
             self.generator.text_encoder.token_counts(["warm-up"])  # load the encoder now, not on a request
         self._batch_size = Histogram(
             "phenaki_batch_size", description="jobs per sampler call", boundaries=[1, 2, 4, 8, 16, 32]
@@ -128,13 +128,9 @@ class Sampler:
         stuck = self.busy_since is not None and time.time() - self.busy_since > self.limits.job_timeout_s + 60
         if stuck:
             raise RuntimeError(f"one sampler call has run {time.time() - self.busy_since:.0f} s")
-        first = next(iter(self.generator_modules()[0].parameters()))
+        first = next(iter(self.family.transformer(self.generator).parameters()))
         if not bool(first.isfinite().all()):
             raise RuntimeError("the model's weights are no longer finite")
-
-    def generator_modules(self):
-        g = self.generator
-        return [g.transformer if hasattr(g, "transformer") else g.model, g.tokenizer]
 
     def health(self) -> dict:
         self.check_health()
@@ -144,14 +140,15 @@ class Sampler:
         """`jobs.serving.api.ModelCard` fields of the loaded model."""
         from pathlib import Path
 
+        info = self.family.info(self.generator)
         return {
             "id": Path(self.checkpoint).name,
             "family": self.family.name,
             "title": self.generator.title,
-            "tasks": self.family.info(self.generator)["tasks"],
-            "formats": ["mp4", "webm", "gif"],
+            "tasks": info["tasks"],
+            "formats": list(FORMATS),
             "limits": self.limits.model_dump(),
-            "info": self.family.info(self.generator),
+            "info": info,
         }
 
     # ---- requests ------------------------------------------------------------------------------------------
@@ -164,8 +161,8 @@ class Sampler:
             return e
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def run(self, items: list[tuple[str, Work]]) -> list[str]:
-        """[(job id, work)] -> the status each job ended with; the board holds the results."""
+    async def run(self, items: list[tuple[str, Work]]) -> list[None]:
+        """Sample [(job id, work)]; results, failures and progress go to the board, not back to the caller."""
         groups: dict[tuple, list[tuple[str, Work]]] = {}
         for job_id, work in items:
             groups.setdefault(work.batch_key, []).append((job_id, work))
@@ -175,7 +172,7 @@ class Sampler:
             group = [(job_id, work) for job_id, work in group if job_id in wanted]
             if group:
                 await asyncio.to_thread(self._sample, group)
-        return [(await self.jobs.get.remote(job_id) or {}).get("status", "expired") for job_id, _ in items]
+        return [None] * len(items)  # the board holds each job's outcome
 
     def _sample(self, group: list[tuple[str, Work]]) -> None:
         """One sampler call for a group of works (in a thread: the replica's event loop stays free)."""
