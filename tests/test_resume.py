@@ -30,14 +30,8 @@ from test_loaders import make_token_cache
 from test_train_jobs import CODEBOOK, TEXT_DIM, TOKENIZER, read_metrics
 
 from jobs.config import load_config
-from jobs.training.common import (
-    FAULT_MARKER,
-    TrainConfig,
-    Worker,
-    maybe_inject_fault,
-    rng_state,
-    set_rng_state,
-)
+from jobs.training.common import TrainConfig, Worker, rng_state, set_rng_state
+from jobs.training.faults import FAULT_MARKER, maybe_inject_fault
 from jobs.training.metrics import StepRecords, read_step_records
 from modeling.checkpoint import save_checkpoint
 from modeling.tokenizers import tokenizer_config_from
@@ -123,7 +117,8 @@ def test_fault_hook_kills_rank_1_once(tmp_path) -> None:
     maybe_inject_fault(TrainConfig(), 2, str(tmp_path), Worker(1, 2, torch.device("cpu")))  # no drill
     assert not (tmp_path / FAULT_MARKER).exists()
     code = (
-        "import sys, torch; from jobs.training.common import TrainConfig, Worker, maybe_inject_fault; "
+        "import sys, torch; from jobs.training.common import TrainConfig, Worker; "
+        "from jobs.training.faults import maybe_inject_fault; "
         "maybe_inject_fault(TrainConfig(fail_at_step=2), 2, sys.argv[1], Worker(1, 2, torch.device('cpu')))"
     )
     first = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True)

@@ -34,7 +34,6 @@ from jobs.runtime import WORKER_ENV, init_ray, log
 from modeling.lr_schedule import warmup_cosine
 
 STATE_FILE = "state.json"
-FAULT_MARKER = ".fault-injected"  # TrainConfig.fail_at_step: written once, so a restarted group runs on
 
 
 @dataclass
@@ -70,7 +69,12 @@ class TrainConfig:
     peak_tflops: float | None = (
         None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
     )
-    fail_at_step: int | None = None  # fault drill: one worker exits after step N, first attempt only
+    # Fault drills (jobs.training.faults): one worker exits at step N ("step": after it, "save": inside its
+    # checkpoint save) on the first `fail_times` attempts; `nan_at_step` makes step N's loss NaN.
+    fail_at_step: int | None = None
+    fail_in: str = "step"
+    fail_times: int = 1
+    nan_at_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -81,8 +85,20 @@ class TrainConfig:
             )
         if self.steps < 0 or self.batch_size < 1 or self.grad_accum < 1 or self.num_workers < 1:
             raise ValueError("steps >= 0, batch_size >= 1, grad_accum >= 1 and num_workers >= 1 are required")
-        if self.fail_at_step is not None and self.fail_at_step < 1:
-            raise ValueError(f"fail_at_step must be a step >= 1 (or None), got {self.fail_at_step}")
+        for name in ("fail_at_step", "nan_at_step"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a step >= 1 (or None), got {getattr(self, name)}")
+        if self.fail_in not in ("step", "save") or self.fail_times < 1:
+            raise ValueError(f"fail_in must be 'step' or 'save' and fail_times >= 1, got {self.fail_in!r}, "
+                             f"{self.fail_times}")  # fmt: skip
+        if self.fail_in == "save" and self.fail_at_step is not None and not self._saves_at(self.fail_at_step):
+            raise ValueError(
+                f"fail_in='save' needs fail_at_step on a checkpoint step (a multiple of checkpoint_every="
+                f"{self.checkpoint_every}, or steps={self.steps}), got {self.fail_at_step}"
+            )
+
+    def _saves_at(self, step: int) -> bool:
+        return step == self.steps or bool(self.checkpoint_every and step % self.checkpoint_every == 0)
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -115,7 +131,9 @@ def deepspeed_config(
             },
         },
         "zero_optimization": {"stage": stage},
-        "bf16": {"enabled": cfg.precision == "bf16"},
+        # bf16: skip a step whose gradients are not finite (fp32 ZeRO-1..3 already does when clipping is on;
+        # jobs.training.faults).
+        "bf16": {"enabled": cfg.precision == "bf16", "check_grad_overflow": True},
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
@@ -371,16 +389,13 @@ def restore(engines: dict[str, Any]) -> dict | None:
     checkpoint = ray.train.get_checkpoint()  # Ray Train V2: the latest reported one, also after a restart
     if checkpoint is None:
         return None
-    client: dict = {}
     with checkpoint.as_directory() as d:
-        for name, engine in engines.items():
-            path, client_state = engine.load_checkpoint(os.path.join(d, name), tag="state")
-            if path is None:
-                raise RuntimeError(f"checkpoint {checkpoint.path} has no DeepSpeed state for {name!r}")
-            client = client or dict(client_state or {})
-        state = client.get(CLIENT_TRAIN_STATE)
-        if state is None:  # a checkpoint written before the train state moved into the client state
-            state = json.loads(Path(d, STATE_FILE).read_text())
+        client = load_engines(d, engines)
+    state = client.get(CLIENT_TRAIN_STATE)
+    if state is None:
+        raise RuntimeError(
+            f"checkpoint {checkpoint.path} carries no train state: not written by this trainer"
+        )
     rank = ray.train.get_context().get_world_rank()
     rngs = client.get(CLIENT_RNG_STATES) or {}
     if rank in rngs:
@@ -390,22 +405,61 @@ def restore(engines: dict[str, Any]) -> dict | None:
     return dict(state)
 
 
-def save_and_report(engines: dict[str, Any], state: dict, metrics: dict, worker: Worker) -> None:
+def load_engines(directory: str | os.PathLike, engines: dict[str, Any]) -> dict:
+    """Verify `directory` against its sha256 manifests, then load each engine's DeepSpeed state from it with
+    weights-only unpickling (`jobs.training.verified_checkpoint`); returns the client state.
+
+    A checkpoint saved by another number of ranks is first converted to DeepSpeed's universal format (in a
+    temporary directory on this worker) and loaded from that, so a run resumes on fewer or more workers.
+    """
+    from jobs.training.verified_checkpoint import (
+        saved_world_size,
+        to_universal,
+        verify_checkpoint_dir,
+        weights_only_loads,
+    )
+
+    verify_checkpoint_dir(directory)  # before any file in it is opened by a loader
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    resized = saved_world_size(directory) != world
+    client: dict = {}
+    with weights_only_loads(), tempfile.TemporaryDirectory(prefix="phenaki-universal-") as scratch:
+        for name, engine in engines.items():
+            source = os.path.join(directory, name)
+            if resized:
+                source = str(to_universal(os.path.join(source, "state"), os.path.join(scratch, name)))
+            engine._config.load_universal_checkpoint = resized  # DeepSpeed reads this flag in load_checkpoint
+            path, client_state = engine.load_checkpoint(source, tag="state")
+            if path is None:
+                raise RuntimeError(f"checkpoint {directory} has no DeepSpeed state for {name!r}")
+            client = client or dict(client_state or {})
+    return client
+
+
+def save_and_report(
+    engines: dict[str, Any],
+    state: dict,
+    metrics: dict,
+    worker: Worker,
+    fault_drill: Callable[[], None] | None = None,
+) -> None:
     """Save every engine's DeepSpeed state (each rank writes its shards) and report it: a collective.
 
     `state` (step, data position, ...) and every rank's RNG states go into the DeepSpeed client state;
     Ray Train registers the directory as checkpoint `checkpoint-<step>` and keeps the last
-    `TrainConfig.keep_checkpoints` (CheckpointConfig.num_to_keep in `launch`).
+    `TrainConfig.keep_checkpoints` (CheckpointConfig.num_to_keep in `launch`). `fault_drill` runs after
+    this rank's files are written, before the report (the kill-inside-save drill).
     """
     import ray.train
 
     client_state = {CLIENT_TRAIN_STATE: dict(state), CLIENT_RNG_STATES: gather_rng_states(worker)}
     tmp = tempfile.mkdtemp(prefix="phenaki-ckpt-")
     try:
-        for name, engine in engines.items():
-            engine.save_checkpoint(os.path.join(tmp, name), tag="state", client_state=client_state)
         if worker.is_main:
             Path(tmp, STATE_FILE).write_text(json.dumps(state))
+        save_engines(tmp, engines, client_state, worker)
+        if fault_drill is not None:
+            fault_drill()
         # Ray merges the workers' directories into one checkpoint directory in storage.
         ray.train.report(
             metrics,
@@ -420,6 +474,16 @@ def save_and_report(engines: dict[str, Any], state: dict, metrics: dict, worker:
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_engines(directory: str, engines: dict[str, Any], client_state: dict, worker: Worker) -> None:
+    """Every engine's DeepSpeed state under `directory/<name>` and this rank's sha256 manifest of what it
+    wrote (`load_engines` verifies it before loading anything)."""
+    from jobs.training.verified_checkpoint import write_rank_manifest
+
+    for name, engine in engines.items():
+        engine.save_checkpoint(os.path.join(directory, name), tag="state", client_state=client_state)
+    write_rank_manifest(directory, worker.rank, worker.world_size)
 
 
 def reduce_metrics(metrics: dict[str, float], stop: bool, worker: Worker) -> tuple[dict[str, float], bool]:
@@ -437,26 +501,6 @@ def reduce_metrics(metrics: dict[str, float], stop: bool, worker: Worker) -> tup
     vec = vec.cpu()
     values = (vec[:-1] / worker.world_size).tolist()
     return dict(zip(names, values, strict=True)), bool(vec[-1] > 0)
-
-
-def maybe_inject_fault(cfg: TrainConfig, step: int, out_dir: str, worker: Worker) -> None:
-    """Fault drill (`TrainConfig.fail_at_step`): kill this worker process right after step N, once.
-
-    The failing worker is rank 1 (rank 0 in a one-worker run), so the driver-side rank 0 logs survive the
-    kill. Called after step N's optimizer step and its records, before any checkpoint of step N: the run
-    restarts from the last checkpoint before N. `<out>/.fault-injected` is written before exiting; while it
-    exists no worker fails again, so the restarted group (and any rerun in the same --out) runs through.
-    """
-    if cfg.fail_at_step is None or step != cfg.fail_at_step:
-        return
-    if worker.rank != min(1, worker.world_size - 1):
-        return
-    marker = Path(out_dir) / FAULT_MARKER
-    if marker.exists():
-        return
-    marker.write_text(json.dumps({"step": step, "rank": worker.rank, "pid": os.getpid()}))
-    worker_print(f"fault injection: rank {worker.rank} exits after step {step} (fail_at_step)")
-    os._exit(1)
 
 
 def clip_fps(tokenizer_meta: dict, config: dict) -> float:

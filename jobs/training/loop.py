@@ -26,7 +26,6 @@ from jobs.training.common import (
     TrainConfig,
     Worker,
     launch,
-    maybe_inject_fault,
     reduce_metrics,
     restore,
     save_and_report,
@@ -34,6 +33,14 @@ from jobs.training.common import (
     set_lr,
     setup_worker,
     worker_print,
+)
+from jobs.training.faults import (
+    StepGuard,
+    clear_halt,
+    maybe_inject_fault,
+    maybe_poison_loss,
+    raise_if_halted,
+    write_halt,
 )
 from jobs.training.metrics import MetricsLog, StepClock, Throughput
 
@@ -85,7 +92,8 @@ class TrainTask(Protocol):
 
 @dataclass
 class StepTail:
-    """The end of every optimizer step: metrics, fault drill, checkpoints, the time budget."""
+    """The end of every optimizer step: metrics, the non-finite guard, fault drills, checkpoints, the time
+    budget."""
 
     cfg: TrainConfig
     worker: Worker
@@ -96,33 +104,55 @@ class StepTail:
     start_step: int  # the step the run (re)starts from: already checkpointed
     clock: StepClock = field(init=False)
     last_saved: int = field(init=False)
+    guard: StepGuard = field(init=False)
 
     def __post_init__(self) -> None:
         self.clock = StepClock(self.cfg.time_budget_s)  # the budget counts from the first step
         self.last_saved = self.start_step
+        self.guard = StepGuard(self.engines)
 
     def after_step(self, step: int, lr: float, metrics: dict[str, float], state: dict) -> bool:
-        """Log step `step` and checkpoint `state` when due; True when the run must stop (time budget).
+        """Log step `step` and checkpoint `state` when due; True when the run must stop (time budget, or the
+        non-finite guard halted it: `halted`).
 
         A collective: every rank calls it with the same metric names."""
         cfg = self.cfg
         dt = self.clock.lap()
         metrics, stop = reduce_metrics(metrics, self.clock.over_budget(), self.worker)
-        metrics.update(lr=lr, **self.throughput.metrics(dt))
+        metrics.update(lr=lr, **self.throughput.metrics(dt), **self.guard.check_step(step, metrics))
         self.log.write(step, metrics)
+        if self.halted:
+            return True
         maybe_inject_fault(cfg, step, self.out_dir, self.worker)
-        if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps):
-            save_and_report(self.engines, state, metrics, self.worker)
-            self.last_saved = step
+        due = stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps)
+        if due and not self.save(step, state, metrics):
+            return True
         if stop and self.worker.is_main:
             worker_print(f"[{self.log.run}] time budget {cfg.time_budget_s}s reached at step {step}")
         return stop
 
+    @property
+    def halted(self) -> str | None:
+        return self.guard.halted
+
+    def save(self, step: int, state: dict, metrics: dict) -> bool:
+        """Checkpoint step `step` unless a weight is non-finite (then nothing is saved; returns False)."""
+        if not self.guard.check_before_save(step, self.worker.device):
+            return False
+        drill = lambda: maybe_inject_fault(self.cfg, step, self.out_dir, self.worker, where="save")  # noqa: E731
+        save_and_report(self.engines, state, metrics, self.worker, fault_drill=drill)
+        self.last_saved = step
+        return True
+
     def finish(self, step: int, state: dict) -> None:
-        """The final checkpoint (unless step `step` was just saved) and the log's last flush."""
-        if step != self.last_saved or step == 0:
-            save_and_report(self.engines, state, {"step": step}, self.worker)
+        """The final checkpoint (unless step `step` was just saved, or the run is halted) and the log's last
+        flush; a halted run leaves `<out>/halted.json` for the driver."""
+        if not self.halted and (step != self.last_saved or step == 0):
+            self.save(step, state, {"step": step})
         self.log.close()
+        if self.halted and self.worker.is_main:
+            write_halt(self.out_dir, self.halted, self.last_saved)
+            worker_print(f"[{self.log.run}] halted at {self.halted}; last checkpoint: step {self.last_saved}")
 
 
 def step_generator(*keys: int) -> torch.Generator:
@@ -149,12 +179,14 @@ def train_loop(config: dict) -> None:
         lr = schedule_lr(cfg, step)
         for engine in engines.values():
             set_lr(engine, lr)
-        metrics = task.step(step, engines)
+        with maybe_poison_loss(cfg, step, engines):
+            metrics = task.step(step, engines)
         step += 1
         if tail.after_step(step, lr, metrics, task.state(step)):
             break
     tail.finish(step, task.state(step))
-    task.export(engines, step, out_dir, worker)
+    if not tail.halted:  # a halted run saves and exports nothing past its last finite checkpoint
+        task.export(engines, step, out_dir, worker)
 
 
 def train(task: TrainTask, out_dir: str) -> dict:
@@ -166,9 +198,11 @@ def train(task: TrainTask, out_dir: str) -> dict:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(yaml.safe_dump(task.run_config(), sort_keys=False))
+    clear_halt(out)  # a rerun after a halt resumes from the last finite checkpoint
     result = launch(loop, {"task": task}, task.train, str(out), task.run_name)
     if result.error is not None:
         raise result.error
+    raise_if_halted(out)
     return task.result(out)
 
 
