@@ -32,7 +32,7 @@ fi
 # Torch first, so later resolution keeps it: on machines without CUDA the CPU build
 # (a local wheel on our machines) avoids pulling several GB of CUDA packages.
 if command -v nvidia-smi >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q "torch>=2.4"
+  .venv/bin/python -m pip install -q "torch>=2.6"  # pyproject.toml's floor
 else
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi

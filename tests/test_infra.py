@@ -37,6 +37,8 @@ from tests.infra_helpers import (
 #                                                  AutoscalerOptions, commit 3275ee09f6a6c899c37e82ea6349785536de6bd4)
 #   ray-operator/apis/ray/v1/rayservice_types.go  (RayServiceSpec, commit 834fe3a876c5b5631ffc2e33f82dca3a6f31137d;
 #                                                  the two deprecated *UnhealthySecondThreshold fields left out)
+# plus RayClusterSpec.authOptions {mode, secretName} (commits 58c2aad8d "Add support for Ray token auth" and
+# 94c85c250 "add support for referencing Secret names for auth tokens", both first released in KubeRay v1.6.0).
 RAYJOB_SPEC = {
     "activeDeadlineSeconds",
     "backoffLimit",
@@ -60,6 +62,7 @@ RAYJOB_SPEC = {
 }
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
 RAYCLUSTER_SPEC = {
+    "authOptions",
     "suspend",
     "managedBy",
     "autoscalerOptions",
@@ -145,8 +148,10 @@ def test_kuberay_kinds_and_api_versions():
     kinds: dict[str, list[str]] = {}
     for path, doc in kuberay_docs():
         kind, api = doc.get("kind"), doc.get("apiVersion")
-        if kind in ("Namespace", "ServiceAccount"):
+        if kind in ("Namespace", "ServiceAccount", "Secret"):
             assert api == "v1", f"{path.name}: {kind} must be apiVersion v1"
+        elif kind == "NetworkPolicy":
+            assert api == "networking.k8s.io/v1", f"{path.name}: NetworkPolicy uses {api!r}"
         else:
             assert api == "ray.io/v1", f"{path.name}: {kind} uses {api!r}, not the current ray.io/v1"
             assert kind in ("RayCluster", "RayJob", "RayService"), f"{path.name}: unexpected kind {kind}"
@@ -279,6 +284,102 @@ def test_every_image_is_the_project_image_or_official_ray():
     cloudbuild = yaml.safe_load((INFRA / "cloudbuild.yaml").read_text())
     assert cloudbuild["substitutions"]["_IMAGE"] == IMAGE
     assert "infra/Dockerfile" in cloudbuild["steps"][0]["args"]
+
+
+# ----------------------------------------------------------------------------------------------- exposure
+AUTH_SECRET = "phenaki-ray-auth"
+RAY_CONTROL_PORTS = {6379, 8265, 10001}  # GCS, dashboard + Jobs API, Ray Client
+SERVE_PORT = 8000
+# KubeRay labels every head and worker pod it creates with this (ray-operator/controllers/ray/common/pod.go).
+RAY_POD_LABELS = {"ray.io/is-ray-node": "yes"}
+OPERATOR_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+}
+
+
+def only(kind: str) -> dict:
+    [(_, doc)] = [(p, d) for p, d in kuberay_docs() if d["kind"] == kind]
+    return doc
+
+
+def test_ray_token_auth_comes_from_one_secret_on_every_ray_container():
+    secret = only("Secret")
+    assert secret["metadata"]["name"] == AUTH_SECRET and secret["metadata"]["namespace"] == "phenaki"
+    assert not secret.get("data") and not secret.get("stringData"), "a token is committed in infra/"
+    for where, spec in cluster_specs():
+        # authOptions is what makes the operator send the token on its dashboard calls and hand it to the
+        # RayJob submitter and autoscaler containers it builds; without it RayJob/RayService get 401s.
+        assert spec.get("authOptions") == {"mode": "token", "secretName": AUTH_SECRET}, where
+    for where, group, template in pod_templates():
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env") or []}
+            label = f"{where}/{group}/{container['name']}"
+            assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{label}: RAY_AUTH_MODE=token"
+            token = env.get("RAY_AUTH_TOKEN", {})
+            assert "value" not in token, f"{label}: RAY_AUTH_TOKEN written into the manifest"
+            assert token.get("valueFrom") == {"secretKeyRef": {"name": AUTH_SECRET, "key": "auth_token"}}, (
+                label
+            )
+
+
+def test_the_launcher_turns_on_token_auth_and_binds_the_dashboard_to_loopback():
+    raw = yaml.safe_load(LAUNCHER.read_text())
+    assert "--env RAY_AUTH_MODE=token" in raw["docker"]["run_options"]
+    # ~/.ray/auth_token is where `ray start` looks for the token when RAY_AUTH_MODE=token
+    assert raw["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    [head_start] = [c for c in raw["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head_start.split()
+    assert "0.0.0.0" not in LAUNCHER.read_text()
+
+
+def test_kuberay_heads_bind_the_dashboard_only_where_the_operator_needs_it():
+    policy = only("NetworkPolicy")
+    for path, doc in ray_docs():
+        spec = doc["spec"].get("rayClusterSpec") or doc["spec"].get("rayClusterConfig") or doc["spec"]
+        params = spec["headGroupSpec"]["rayStartParams"]
+        # Left out, KubeRay sets 0.0.0.0 silently. 0.0.0.0 is what the operator and the RayJob submitter need
+        # (they call the dashboard through the head Service), so such a head must sit where the policy applies.
+        assert params.get("dashboard-host") in ("127.0.0.1", "0.0.0.0"), (
+            f"{path.name}: dashboard-host not set"
+        )
+        if params["dashboard-host"] == "0.0.0.0":
+            assert doc["metadata"]["namespace"] == policy["metadata"]["namespace"], path.name
+
+
+def policy_peers(policy: dict, port: int) -> list[dict | None]:
+    """Who may connect to `port` of the selected pods: each peer of a matching rule, None for any source."""
+    peers: list[dict | None] = []
+    for rule in policy["spec"].get("ingress") or []:
+        ports = rule.get("ports")
+        if ports is None or any(p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in ports):
+            peers.extend(rule["from"] if rule.get("from") else [None])
+    return peers
+
+
+def test_the_network_policy_keeps_ray_control_ports_in_the_namespace():
+    policy = only("NetworkPolicy")
+    assert policy["metadata"]["namespace"] == "phenaki"
+    assert policy["spec"]["podSelector"] == {"matchLabels": RAY_POD_LABELS}, "selects every Ray pod"
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    same_namespace = {"podSelector": {}}
+    declared = set()
+    for where, group, template in pod_templates():
+        for container in template["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                declared.add(port["containerPort"])
+                if port.get("name") == "serve":
+                    assert port["containerPort"] == SERVE_PORT, f"{where}/{group}"
+    assert declared >= RAY_CONTROL_PORTS, (
+        "the heads declare the Ray ports (KubeRay builds the Service from them)"
+    )
+    for port in RAY_CONTROL_PORTS | declared - {SERVE_PORT}:
+        allowed = [same_namespace, OPERATOR_PEER] if port == 8265 else [same_namespace]
+        peers = policy_peers(policy, port)
+        assert None not in peers, f"port {port} is open to any source"
+        assert all(peer in allowed for peer in peers) and same_namespace in peers, f"port {port}: {peers}"
+    assert OPERATOR_PEER in policy_peers(policy, 8265), "the KubeRay operator must reach the dashboard"
+    assert None in policy_peers(policy, SERVE_PORT), "Serve's HTTP port is the endpoint: open"
 
 
 # ----------------------------------------------------------------------------------------------- GCE
