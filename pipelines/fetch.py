@@ -378,9 +378,9 @@ def fetch_bytes(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
 def fetch_range(url: str, policy: FetchPolicy, start: int, end: int) -> bytes:
     """Bytes [start, end) of ``url`` (fewer at the end of the object), under the same checks as fetch_bytes.
     HTTP servers must answer Range requests (206)."""
+    scheme, read, _ = _backend(url, policy)
     if end - start > policy.max_bytes:
         raise FetchError("too_large", url, f"range of {end - start} bytes > max_bytes={policy.max_bytes}")
-    scheme, read, _ = _backend(url, policy)
     if end <= start:
         return b""
     return _run(url, policy, scheme, lambda: read(url, policy, start, end))

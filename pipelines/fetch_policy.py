@@ -25,7 +25,7 @@ Resolver = Callable[..., list]
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    timeout_s: float = 30.0  # connect timeout and per-read timeout, not a total deadline
+    timeout_s: float = 30.0  # HTTP: connect and per-read timeout; gs://: a deadline on each whole call
     retries: int = 3  # extra attempts after the first, transient failures only
     backoff_s: float = 0.5  # sleep before retry k (0-based): backoff_s * 2**k, capped at max_backoff_s
     max_backoff_s: float = 8.0
