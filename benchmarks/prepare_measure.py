@@ -7,6 +7,7 @@ pull them in are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -207,9 +208,11 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     from pipelines.media import check_video_filters, clip_starts, probe_video, resize_center_crop
     from pipelines.prepare import dedupe_records
     from pipelines.shards import write_shard
-    from pipelines.sources import read_sources_with_stats
+    from pipelines.sources import listing_policy, read_sources_with_stats
 
-    records, _ = dedupe_records(read_sources_with_stats([webvid_csv])[0])
+    # as prepare() does: the listing's own folder is where its local media may be read from
+    cfg = dataclasses.replace(cfg, fetch=listing_policy(cfg.fetch, [webvid_csv]))
+    records, _ = dedupe_records(read_sources_with_stats([webvid_csv], policy=cfg.fetch)[0])
     records = records[:count]
     record_samples(records[0], cfg)  # first-call costs (codec set-up, lazy imports) are not per record
     stages = {"fetch": 0.0, "probe": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}

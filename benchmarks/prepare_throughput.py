@@ -34,6 +34,7 @@ run it alone on the machine. --quick (a few tiny videos, one run, debug tokenize
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -163,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         # Ray workers start and import the pipeline once, here: not part of any timed run.
         cfg = prepare_config("demo", samples_per_shard=2, num_workers=max(args.workers))
         outputs.mkdir(parents=True)
-        rows = Path(corpora["synthetic"]["webvid_csv"]).read_text().splitlines(keepends=True)
+        synthetic_csv = Path(corpora["synthetic"]["webvid_csv"])
+        rows = synthetic_csv.read_text().splitlines(keepends=True)
         (outputs / "warmup.csv").write_text("".join(rows[: 1 + 2 * max(args.workers)]))
+        # the warm-up listing sits in outputs/ but names the corpus's videos: allow their folder by name
+        cfg = dataclasses.replace(cfg, fetch=cfg.fetch.with_roots([str(synthetic_csv.parent.resolve())]))
         prepare_run(str(outputs / "warmup.csv"), outputs / "warmup", cfg)
         phase("warmup")
         for name, corpus in corpora.items():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.fetch import FetchError, check_scheme, fetch_bytes
+from pipelines.fetch import FetchError, fetch_bytes
 from pipelines.media import (
     MediaError,
     check_image_filters,
@@ -30,7 +30,7 @@ from pipelines.media import (
     resize_center_crop,
 )
 from pipelines.sources import SourceRecord
-from pipelines.wds_source import is_tar_member_url, read_tar_member, split_tar_member_url
+from pipelines.wds_source import is_tar_member_url, read_tar_member
 
 if TYPE_CHECKING:
     from pipelines.prepare import PrepareConfig
@@ -43,7 +43,6 @@ SKIP_CAPTION_NOT_UTF8 = "caption_not_utf8"
 SKIP_CAPTION_TOO_LONG = "caption_too_long"
 SKIP_MISSING = "missing"
 SKIP_FETCH_ERROR = "fetch_error"
-SKIP_TOO_LARGE = "too_large"
 SKIP_UNDECODABLE = "undecodable"
 SKIP_TOO_FEW_FRAMES = "too_few_frames"
 
@@ -69,16 +68,14 @@ def check_caption(caption: str, max_chars: int) -> None:
 def fetch_record_bytes(r: SourceRecord, cfg: PrepareConfig) -> bytes:
     try:
         if is_tar_member_url(r.url):
-            check_scheme(split_tar_member_url(r.url)[0], cfg.fetch)
-            return read_tar_member(r.url, max_bytes=cfg.fetch.max_bytes)
+            return read_tar_member(r.url, cfg.fetch)
         return fetch_bytes(r.url, cfg.fetch)
-    except FetchError as e:
+    except FetchError as e:  # its reason: blocked, missing, timeout, too_large, fetch_error
         raise SkipSample(e.reason, str(e)) from e
-    except FileNotFoundError as e:
+    except FileNotFoundError as e:  # a tar member that is not in its tar
         raise SkipSample(SKIP_MISSING, f"{r.url} not found") from e
-    except Exception as e:  # a tar member over the cap, a truncated tar, I/O errors
-        reason = SKIP_TOO_LARGE if "max_bytes" in str(e) else SKIP_FETCH_ERROR
-        raise SkipSample(reason, f"{r.url}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # a truncated or corrupt tar
+        raise SkipSample(SKIP_FETCH_ERROR, f"{r.url}: {type(e).__name__}: {e}") from e
 
 
 def cut_clips(frames: np.ndarray, cfg: PrepareConfig) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import Any
 
 from modeling.typed_config import build_dataclass
 from pipelines.clip_samples import SkipSample, record_samples, skip_record
-from pipelines.fetch import FetchPolicy, check_scheme, resolve_and_check, url_scheme
+from pipelines.fetch import FetchPolicy, check_scheme
 from pipelines.media import DecodeLimits
 from pipelines.sharded_job import ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
@@ -45,7 +45,13 @@ from pipelines.shards import (
     write_json,
     write_shard,
 )
-from pipelines.sources import SourceRecord, SourceSpec, parse_source_spec, read_sources_with_stats
+from pipelines.sources import (
+    SourceRecord,
+    SourceSpec,
+    listing_policy,
+    parse_source_spec,
+    read_sources_with_stats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -271,28 +277,19 @@ def _absolute_source(spec: str | SourceSpec) -> SourceSpec:
     return dataclasses.replace(spec, uri=absolute_uri(spec.uri))
 
 
-def check_source_uri(uri: str, policy: FetchPolicy) -> None:
-    """Listings are fetched through fsspec on the driver: hold them to the same scheme and address rules."""
-    check_scheme(uri, policy)
-    if url_scheme(uri) in ("http", "https"):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(uri)
-        resolve_and_check(
-            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), policy
-        )
-
-
 def prepare(sources: list[str | SourceSpec], out_dir: str, cfg: PrepareConfig | None = None) -> dict:
     """Build (or resume) a clip-shard dataset in `out_dir` from sources ("[fmt:]URI[::weight=W][::name=N]"
     strings or SourceSpecs: listings, WebDataset folders, media folders; globs and brace lists allowed).
     Returns the manifest."""
     cfg = cfg or PrepareConfig()
     sources = [_absolute_source(s) for s in sources]
-    for spec in sources:
-        check_source_uri(spec.uri, cfg.fetch)
+    for spec in sources:  # before any listing or glob: a source URI's scheme must be allowed too
+        check_scheme(spec.uri, cfg.fetch)
+    # One policy for the driver's listing reads and the workers' fetches; local media may come from the
+    # sources' own folders and the folders the user named (the manifest's config records them all).
+    cfg = dataclasses.replace(cfg, fetch=listing_policy(cfg.fetch, list(sources)))
     out_dir = absolute_uri(out_dir)
-    raw, source_stats = read_sources_with_stats(sources, cfg.source_format)
+    raw, source_stats = read_sources_with_stats(sources, cfg.source_format, cfg.fetch)
     records, duplicates = dedupe_records(raw)
     log.info(
         "prepare: read %d records from %d source(s) (%d duplicates dropped)",

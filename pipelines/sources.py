@@ -1,8 +1,11 @@
 """Read sources (WebVid CSV, LAION parquet, WebDataset tars, folders of media) into `SourceRecord`s.
 
 A source is a listing of media plus captions; the media bytes are fetched later, per shard, by
-`pipelines.prepare`. Every path goes through fsspec, so local paths, file://, gs:// and http(s):// work,
-and every URI may be a glob (`gs://b/webvid/part-*.csv`) or a brace list (`out/{00000..00009}.tar`).
+`pipelines.prepare`. Local paths, file://, gs:// and http(s):// work, and every URI may be a glob
+(`gs://b/webvid/part-*.csv`) or a brace list (`out/{00000..00009}.tar`). Globs and directories are listed
+with fsspec; every byte read (tables, tars, captions) goes through `pipelines.fetch` under one `FetchPolicy`,
+whose `local_roots` gain each local source's own folder (`source_root`), so a listing's local media must
+lie beside or below it unless the user names more folders.
 
 Formats:
   webvid      CSV `videoid, contentUrl, duration, page_dir, name` (extra columns to meta)
@@ -21,7 +24,6 @@ name (see `parse_source_spec`), carried by each record for the training-time mix
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -32,10 +34,10 @@ from typing import Any, Literal
 
 import fsspec
 import numpy as np
-import pandas as pd
 from braceexpand import UnbalancedBracesError, braceexpand
 
-from pipelines.shards import sanitize_key
+from pipelines.fetch import FetchPolicy, url_scheme
+from pipelines.local_paths import local_path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ _FORMAT_BY_EXT = {
     ".pq": "laion",
     ".tar": "webdataset",
 }
-_TABLE_EXTS = (".csv", ".tsv", ".parquet", ".pq")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _NAME_RE = re.compile(r"[A-Za-z0-9_\-]+")
 _OPTION_RE = re.compile(r"([A-Za-z_]+)=(.*)")
@@ -164,7 +165,7 @@ def path_part(uri: str) -> str:
     return uri.split("?", 1)[0] if _is_http(uri) else uri
 
 
-def _format_from_ext(uri: str) -> str | None:
+def format_from_ext(uri: str) -> str | None:
     path = path_part(uri).lower()
     return next((f for ext, f in _FORMAT_BY_EXT.items() if path.endswith(ext)), None)
 
@@ -231,10 +232,10 @@ def dir_files(uri: str) -> list[str]:
 def detect_format(uri: str) -> str:
     """The format of a source URI: by extension (also of every brace alternative), else by looking into
     a directory (webdataset if it holds `.tar` files, else folder)."""
-    fmt = _format_from_ext(uri)
+    fmt = format_from_ext(uri)
     if fmt is not None:
         return fmt
-    fmts = {_format_from_ext(u) for u in _braces(uri)}
+    fmts = {format_from_ext(u) for u in _braces(uri)}
     if len(fmts) == 1 and None not in fmts:
         return fmts.pop()
     if len(fmts) > 1 and None not in fmts:
@@ -265,9 +266,24 @@ def resolve_url(url: str, base_uri: str) -> str:
     return posixpath.normpath(posixpath.join(posixpath.dirname(base_uri) or ".", url))
 
 
-def _stem(uri: str) -> str:
-    name = uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    return name.split(".", 1)[0] or "source"
+def source_root(uri: str) -> str | None:
+    """The folder a local source lives in, which its local media may be read from by default: the source
+    itself if it is a directory, else the folder holding its file or its first glob / brace part.
+    None for remote sources (their media rows get no default local folder)."""
+    if url_scheme(uri) not in ("file", "local"):
+        return None
+    parts = os.path.abspath(local_path(uri)).split("/")
+    fixed = next((i for i, p in enumerate(parts) if _GLOB_CHARS.search(p) or "{" in p), None)
+    if fixed is not None:
+        return "/".join(parts[:fixed]) or "/"
+    path = "/".join(parts) or "/"
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def listing_policy(policy: FetchPolicy, specs: list[str | SourceSpec]) -> FetchPolicy:
+    """`policy` with each local source's folder (`source_root`) added to its `local_roots`."""
+    roots = (source_root(_as_spec(s).uri) for s in specs)
+    return policy.with_roots(r for r in roots if r is not None)
 
 
 def default_source_name(uri: str, fmt: str) -> str:
@@ -332,119 +348,19 @@ def text_value(v: Any) -> str:
     return "" if v is None else str(v).strip()
 
 
-def _pick_column(df: pd.DataFrame, names: tuple[str, ...], what: str, uri: str) -> str:
-    for n in names:
-        if n in df.columns:
-            return n
-    raise ValueError(f"source {uri} has no {what} column (looked for {names}; found {list(df.columns)})")
-
-
-# --------------------------------------------------------------------------------------------- tables
-def read_table(uri: str, fmt: str) -> pd.DataFrame:
-    """The file type follows the extension (a LAION list may be a CSV); unknown -> the format's usual one."""
-    path = path_part(uri).lower()
-    is_csv = path.endswith((".csv", ".tsv")) or (fmt == "webvid" and not path.endswith((".parquet", ".pq")))
-    with fsspec.open(uri, "rb") as f:
-        if is_csv:
-            # dtype=str keeps ids like "000123" intact. Bytes that are not UTF-8 become U+FFFD instead of failing
-            # the whole listing: prepare then skips just those rows (caption_not_utf8) and counts them.
-            return pd.read_csv(
-                f,
-                dtype=str,
-                keep_default_na=False,
-                sep="\t" if path.endswith(".tsv") else ",",
-                encoding="utf-8",
-                encoding_errors="replace",
-            )
-        return pd.read_parquet(f)
-
-
-def webvid_records(df: pd.DataFrame, uri: str, *, name: str = "", weight: float = 1.0) -> list[SourceRecord]:
-    """WebVid CSV: `videoid, contentUrl, duration, page_dir, name` (extra columns go to meta)."""
-    id_col = _pick_column(df, ("videoid",), "video id", uri)
-    url_col = _pick_column(df, ("contentUrl",), "URL", uri)
-    cap_col = _pick_column(df, ("name",), "caption", uri)
-    extra = [c for c in df.columns if c not in (id_col, url_col, cap_col)]
-    out = []
-    for row in df.to_dict("records"):
-        vid = text_value(row[id_col])
-        meta = {c: json_value(row[c]) for c in extra}
-        if "duration" in meta and meta["duration"] not in (None, ""):
-            with contextlib.suppress(ValueError):
-                meta["duration"] = float(meta["duration"])
-        out.append(
-            SourceRecord(
-                key=sanitize_key(f"webvid-{vid}"),
-                url=resolve_url(text_value(row[url_col]), uri),
-                caption=text_value(row[cap_col]),
-                kind="video",
-                source="webvid",
-                source_key=vid,
-                meta=meta,
-                source_name=name,
-                source_weight=weight,
-            )
-        )
-    return out
-
-
-def laion_records(df: pd.DataFrame, uri: str, *, name: str = "", weight: float = 1.0) -> list[SourceRecord]:
-    """LAION parquet: `URL`/`url`, `TEXT`/`caption`; all other columns (WIDTH, similarity, ...) to meta."""
-    url_col = _pick_column(df, ("URL", "url"), "URL", uri)
-    cap_col = _pick_column(df, ("TEXT", "caption", "text"), "caption", uri)
-    extra = [c for c in df.columns if c not in (url_col, cap_col)]
-    stem = _stem(uri)
-    out = []
-    for i, row in enumerate(df.to_dict("records")):
-        # row position within the file: stable for a given listing, unlike LAION's optional ids
-        source_key = f"{stem}-{i:09d}"
-        out.append(
-            SourceRecord(
-                key=sanitize_key(f"laion-{source_key}"),
-                url=resolve_url(text_value(row[url_col]), uri),
-                caption=text_value(row[cap_col]),
-                kind="image",
-                source="laion",
-                source_key=source_key,
-                meta={c: json_value(row[c]) for c in extra},
-                source_name=name,
-                source_weight=weight,
-            )
-        )
-    return out
-
-
-def _table_files(uri: str) -> list[str]:
-    """Expanded listing files; a directory stands for the .csv/.tsv/.parquet/.pq files directly in it."""
-    files: list[str] = []
-    for u in expand_uri(uri):
-        if _format_from_ext(u) is None and is_directory(u):
-            found = [c for c in dir_files(u) if c.lower().endswith(_TABLE_EXTS)]
-            if not found:
-                raise ValueError(f"directory {u} (source {uri!r}) has no {'/'.join(_TABLE_EXTS)} files")
-            files.extend(found)
-        else:
-            files.append(u)
-    return files
-
-
 # --------------------------------------------------------------------------------------------- entry
-def _read_spec(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, Any]]:
+def _read_spec(spec: SourceSpec, policy: FetchPolicy) -> tuple[list[SourceRecord], dict[str, Any]]:
     assert spec.format is not None and spec.name is not None, "resolve_specs first"
     # imported here: wds_source builds on this module (SourceRecord, expand_uri, ...)
+    from pipelines.table_source import table_records
     from pipelines.wds_source import folder_records, webdataset_records
 
     if spec.format == "webdataset":
-        records, counts = webdataset_records(spec)
+        records, counts = webdataset_records(spec, policy)
     elif spec.format == "folder":
-        records, counts = folder_records(spec)
+        records, counts = folder_records(spec, policy)
     else:
-        to_records = webvid_records if spec.format == "webvid" else laion_records
-        files = _table_files(spec.uri)
-        records = []
-        for f in files:
-            records.extend(to_records(read_table(f, spec.format), f, name=spec.name, weight=spec.weight))
-        counts = {"files": len(files)}
+        records, counts = table_records(spec, policy)
     if not records:
         raise ValueError(
             f"source {spec.to_text()!r} ({spec.format}) has no usable rows ({counts}); check the URI "
@@ -464,25 +380,32 @@ def _read_spec(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, Any]]:
 
 
 def read_sources_with_stats(
-    specs: list[str | SourceSpec], fmt: str | None = None
+    specs: list[str | SourceSpec], fmt: str | None = None, policy: FetchPolicy | None = None
 ) -> tuple[list[SourceRecord], list[dict[str, Any]]]:
     """Read several sources, in the order given (callers sort before sharding), with one stats dict per
     source: name, format, uri, weight, files, records, dropped_no_media, empty_caption (+ format extras).
-    `fmt` forces the format of every source, over any prefix."""
+    `fmt` forces the format of every source, over any prefix. Reads go through `policy` (default
+    `FetchPolicy()`) with the sources' own folders added to its local roots (`listing_policy`)."""
     records: list[SourceRecord] = []
     stats: list[dict[str, Any]] = []
-    for spec in resolve_specs(specs, fmt):
-        recs, st = _read_spec(spec)
+    resolved = resolve_specs(specs, fmt)
+    policy = listing_policy(policy or FetchPolicy(), list(resolved))
+    for spec in resolved:
+        recs, st = _read_spec(spec, policy)
         records.extend(recs)
         stats.append(st)
     return records, stats
 
 
-def read_sources(specs: list[str | SourceSpec], fmt: str | None = None) -> list[SourceRecord]:
+def read_sources(
+    specs: list[str | SourceSpec], fmt: str | None = None, policy: FetchPolicy | None = None
+) -> list[SourceRecord]:
     """Read several sources, in the order given (callers sort before sharding)."""
-    return read_sources_with_stats(specs, fmt)[0]
+    return read_sources_with_stats(specs, fmt, policy)[0]
 
 
-def read_source(spec: str | SourceSpec, fmt: str | None = None) -> list[SourceRecord]:
+def read_source(
+    spec: str | SourceSpec, fmt: str | None = None, policy: FetchPolicy | None = None
+) -> list[SourceRecord]:
     """Read one source. `fmt` (or a `"<fmt>:"` URI prefix) overrides detection from the URI."""
-    return read_sources([spec], fmt)
+    return read_sources([spec], fmt, policy)

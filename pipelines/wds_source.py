@@ -8,7 +8,9 @@ the WebDataset convention `<key>.<ext>`: `000000000.jpg` (or `.mp4`), `000000000
 
 Listing a source reads every tar's headers and its small `txt`/`json` members; the media stays in the
 tar. A record points at its member with `tar+<tar uri>#<member name>`, and `read_tar_member` fetches just
-that member later, with one ranged read, in whichever worker makes the shard.
+that member later, with one ranged read, in whichever worker makes the shard. Every read of a tar, a
+caption sidecar or a metadata table goes through `pipelines.fetch` under the job's `FetchPolicy` (address
+checks on every redirect hop, local roots, size and time limits).
 
 A folder source is listed with one recursive listing; its records are the media files' own URLs.
 """
@@ -30,6 +32,8 @@ from typing import IO, Any
 import fsspec
 import pandas as pd
 
+from pipelines.fetch import FetchError, FetchPolicy, fetch_bytes, fetch_range, fetch_size
+from pipelines.ranged_file import open_ranged
 from pipelines.shards import sanitize_key
 from pipelines.sources import (
     SourceRecord,
@@ -145,7 +149,7 @@ def _members(tar: tarfile.TarFile, tar_uri: str) -> Iterator[tarfile.TarInfo]:
 
 
 # --------------------------------------------------------------------------------------------- listing
-def list_tar_samples(tar_uri: str) -> tuple[list[TarSample], int]:
+def list_tar_samples(tar_uri: str, policy: FetchPolicy) -> tuple[list[TarSample], int]:
     """The samples of one tar, in member order, with their captions and json metadata read.
 
     Returns (samples, number of members cut off by the end of the file). A tar left truncated by an
@@ -159,9 +163,8 @@ def list_tar_samples(tar_uri: str) -> tuple[list[TarSample], int]:
     groups: dict[str, dict[str, str]] = {}  # key -> ext -> member name
     payloads: dict[tuple[str, str], bytes] = {}
     truncated = 0
-    fs, path = fsspec.core.url_to_fs(tar_uri)
-    total = fs.size(path)
-    with fs.open(path, "rb", block_size=_HEADER_WALK_BLOCK) as f, _open_tar(f, tar_uri) as tar:
+    total = fetch_size(tar_uri, policy)
+    with open_ranged(tar_uri, policy, _HEADER_WALK_BLOCK) as f, _open_tar(f, tar_uri) as tar:
         for m in _members(tar, tar_uri):
             parsed = split_member_name(m.name)
             if parsed is None:
@@ -201,33 +204,33 @@ def list_tar_samples(tar_uri: str) -> tuple[list[TarSample], int]:
 
 # --------------------------------------------------------------------------------------------- reading
 @functools.lru_cache(maxsize=_INDEX_CACHE_SIZE)
-def tar_index(tar_uri: str) -> dict[str, tuple[int, int]]:
+def tar_index(tar_uri: str, policy: FetchPolicy) -> dict[str, tuple[int, int]]:
     """member name -> (data offset, size) for one tar; cached per process (LRU)."""
     index: dict[str, tuple[int, int]] = {}
-    fs, path = fsspec.core.url_to_fs(tar_uri)
-    with fs.open(path, "rb", block_size=_HEADER_WALK_BLOCK) as f, _open_tar(f, tar_uri) as tar:
+    with open_ranged(tar_uri, policy, _HEADER_WALK_BLOCK) as f, _open_tar(f, tar_uri) as tar:
         for m in _members(tar, tar_uri):
             name = m.name[2:] if m.name.startswith("./") else m.name
             index[name] = (m.offset_data, m.size)
     return index
 
 
-def read_tar_member(url: str, max_bytes: int | None = None) -> bytes:
-    """The bytes of one member of a tar, given its `tar+<tar uri>#<member>` URL.
+def read_tar_member(url: str, policy: FetchPolicy) -> bytes:
+    """The bytes of one member of a tar, given its `tar+<tar uri>#<member>` URL, read under `policy`.
 
     Reads the tar's headers once per process (see `tar_index`), then the member with one ranged read.
-    Raises FileNotFoundError for a missing tar or member, ValueError when the member is over `max_bytes`
-    or the tar is truncated or not a plain tar.
+    Raises FetchError for a tar the policy refuses or cannot fetch (reason "missing" for a missing tar,
+    "too_large" for a member over `max_bytes`), FileNotFoundError for a missing member, ValueError when the
+    tar is truncated or not a plain tar.
     """
     tar_uri, member = split_tar_member_url(url)
-    index = tar_index(tar_uri)
+    index = tar_index(tar_uri, policy)
     if member not in index:
         raise FileNotFoundError(f"{url}: no member {member!r} in {tar_uri}")
     offset, size = index[member]
-    if max_bytes is not None and size > max_bytes:
-        raise ValueError(f"{url} is {size} bytes, over the limit of {max_bytes} bytes")
-    fs, path = fsspec.core.url_to_fs(tar_uri)
-    data = fs.cat_file(path, start=offset, end=offset + size) if size else b""
+    if size > policy.max_bytes:
+        detail = f"member is {size} bytes > max_bytes={policy.max_bytes}; raise prepare.fetch.max_bytes to allow it"
+        raise FetchError("too_large", url, detail)
+    data = fetch_range(tar_uri, policy, offset, offset + size)
     if len(data) != size:
         # tarfile stops quietly at a truncated end; the short read is where it shows
         raise ValueError(f"{url}: read {len(data)} of {size} bytes; the tar is truncated")
@@ -259,12 +262,12 @@ def _tar_stem(tar_uri: str) -> str:
     return re.sub(r"\.tar$", "", path_part(tar_uri).rsplit("/", 1)[-1], flags=re.IGNORECASE)
 
 
-def webdataset_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, int]]:
+def webdataset_records(spec: SourceSpec, policy: FetchPolicy) -> tuple[list[SourceRecord], dict[str, int]]:
     """Records of img2dataset / video2dataset tars, plus counts (tars, samples without media, ...)."""
     assert spec.name is not None, "resolve_specs first"
     tars = webdataset_tars(spec.uri)
     with ThreadPoolExecutor(max_workers=max(1, min(_TAR_LIST_THREADS, len(tars)))) as pool:
-        listings = list(pool.map(list_tar_samples, tars))
+        listings = list(pool.map(lambda t: list_tar_samples(t, policy), tars))
     out: list[SourceRecord] = []
     counts = {"files": len(tars), "dropped_no_media": 0, "truncated_members": 0, "bad_json": 0}
     for tar_uri, (samples, truncated) in zip(tars, listings, strict=True):
@@ -296,13 +299,13 @@ def webdataset_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, 
 
 
 # --------------------------------------------------------------------------------------------- folders
-def _folder_table(fs: fsspec.AbstractFileSystem, root: str, names: set[str]) -> dict[str, dict[str, Any]]:
+def _folder_table(like: str, root: str, names: set[str], policy: FetchPolicy) -> dict[str, dict[str, Any]]:
     """Relative file name -> row of the first metadata table found at the folder root ({} if none)."""
     for table in _FOLDER_TABLES:
         path = f"{root}/{table}"
         if path not in names:
             continue
-        data = fs.cat_file(path)
+        data = fetch_bytes(with_scheme(like, path), policy)
         if table.endswith(".jsonl"):
             rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
         else:
@@ -321,8 +324,8 @@ def _media_kind_of(path: str) -> str | None:
     return media_kind(posixpath.splitext(path)[1][1:])
 
 
-def _folder_groups(uri: str) -> list[tuple[str, fsspec.AbstractFileSystem, str, list[str], set[str]]]:
-    """(uri style, fs, root, media-or-other files, all names beside them) per folder of a source.
+def _folder_groups(uri: str) -> list[tuple[str, str, list[str], set[str]]]:
+    """(uri style, root, media-or-other files, all names beside them) per folder of a source.
 
     A directory stands for everything under it; media files matched directly (`imgs/*.jpg`) are grouped
     by parent folder, whose listing (one request) says which sidecars exist.
@@ -333,25 +336,25 @@ def _folder_groups(uri: str) -> list[tuple[str, fsspec.AbstractFileSystem, str, 
         fs, path = fsspec.core.url_to_fs(entry)
         if _media_kind_of(path) is None and fs.isdir(path):
             files = sorted(fs.find(path))
-            groups.append((entry, fs, path.rstrip("/"), files, set(files)))
+            groups.append((entry, path.rstrip("/"), files, set(files)))
         else:
             parent = posixpath.dirname(path)
             loose.setdefault(with_scheme(entry, parent), (entry, fs, []))[2].append(path)
     for entry, fs, files in loose.values():
         parent = posixpath.dirname(files[0])
-        groups.append((entry, fs, parent, files, set(fs.ls(parent, detail=False))))
+        groups.append((entry, parent, files, set(fs.ls(parent, detail=False))))
     return groups
 
 
-def folder_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, int]]:
+def folder_records(spec: SourceSpec, policy: FetchPolicy) -> tuple[list[SourceRecord], dict[str, int]]:
     """Images / videos under a folder (recursively; names starting with '.' skipped), each captioned by
     its `<stem>.txt` sidecar, else by the folder's metadata table (`file_name` + `caption`/`text`
     columns, other columns to meta), else "" (which prepare skips and counts)."""
     assert spec.name is not None, "resolve_specs first"
     out: list[SourceRecord] = []
     counts = {"files": 0}
-    for like, fs, root, files, names in _folder_groups(spec.uri):
-        table = _folder_table(fs, root, names)
+    for like, root, files, names in _folder_groups(spec.uri):
+        table = _folder_table(like, root, names, policy)
         rels = {p: p[len(root) :].lstrip("/") for p in files}
         # skip hidden files and folders (.DS_Store, macOS "._x.jpg" forks, .git)
         media = [
@@ -360,7 +363,11 @@ def folder_records(spec: SourceSpec) -> tuple[list[SourceRecord], dict[str, int]
             if _media_kind_of(p) and not any(part.startswith(".") for part in rels[p].split("/"))
         ]
         sidecars = [t for p in media if (t := posixpath.splitext(p)[0] + ".txt") in names]
-        captions = fs.cat(sidecars) if sidecars else {}  # one batch: concurrent on object stores
+        # Concurrent: on an object store each sidecar is a request. A sidecar the policy refuses (a symlink
+        # out of the allowed folders) fails the listing with FetchError naming it.
+        with ThreadPoolExecutor(max_workers=_TAR_LIST_THREADS) as pool:
+            urls = [with_scheme(like, t) for t in sidecars]
+            captions = dict(zip(sidecars, pool.map(fetch_bytes, urls, [policy] * len(urls)), strict=True))
         for p in media:
             rel = rels[p]
             row = dict(table.get(posixpath.normpath(rel), {}))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
+import re
 import socket
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -19,11 +23,32 @@ from pipelines.fetch import (
     backoff_delays,
     check_scheme,
     fetch_bytes,
+    fetch_range,
+    fetch_size,
     is_blocked_address,
     resolve_and_check,
 )
+from pipelines.sources import read_sources
+from pipelines.wds_source import read_tar_member
 
 BODY = b"\x00\x01video-bytes" * 100
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# Served with byte ranges (206 + Content-Range), as object stores and CDNs serve tars.
+RANGED = {
+    "/wds/00000.tar": _tar_bytes({"000.mp4": BODY, "000.txt": b"a clip", "001.jpg": b"jpg", "001.txt": b"b"}),
+    "/webvid.csv": b"videoid,contentUrl,duration,page_dir,name\n1,v.mp4,2,d,a clip\n",
+}
 HUGE_BYTES = 64 * 2**20  # far more than socket buffers hold, so "stopped early" is observable
 SMALL_CAP = 64 * 1024
 
@@ -58,10 +83,25 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         self.server.sent_bytes[self.path] = sent
 
+    def _ranged(self, data: bytes) -> None:
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        if m is None:
+            return self._send(200, data)
+        start, end = int(m.group(1)), min(int(m.group(2)) + 1, len(data))
+        self._send(206, data[start:end], {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
+
     def do_GET(self) -> None:
         hits = self.server.hits
         hits[self.path] += 1
-        if self.path == "/file.mp4":
+        if self.path in RANGED:
+            self._ranged(RANGED[self.path])
+        elif self.path == "/no-ranges.tar":  # a server that ignores Range: the whole body, 200
+            self._send(200, RANGED["/wds/00000.tar"])
+        elif self.path == "/to-private/webvid.csv":  # a listing that redirects to an internal host
+            self._send(302, headers={"Location": "http://10.0.0.1/webvid.csv"})
+        elif self.path == "/to-metadata/00000.tar":  # a tar that redirects to the metadata server
+            self._send(302, headers={"Location": "http://169.254.169.254/00000.tar"})
+        elif self.path == "/file.mp4":
             self._send(200, BODY)
         elif self.path == "/flaky":  # 500 twice, then the body
             self._send(500) if hits[self.path] <= 2 else self._send(200, BODY)
@@ -174,18 +214,69 @@ def test_http_content_length_refused_up_front(base: str, server: _Server) -> Non
     assert server.hits["/huge-with-length"] == 1  # not retried
 
 
-def test_redirect_to_metadata_blocked_before_connecting(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    connected: list[tuple] = []
+@pytest.fixture
+def connected(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Every address the guarded connection opens a socket to, in order."""
+    seen: list[tuple] = []
     real = fetch.create_connection
 
     def spy(address: tuple, *args: object, **kwargs: object) -> socket.socket:
-        connected.append(address)
+        seen.append(address)
         return real(address, *args, **kwargs)
 
     monkeypatch.setattr(fetch, "create_connection", spy)
+    return seen
+
+
+def test_redirect_to_metadata_blocked_before_connecting(base: str, connected: list[tuple]) -> None:
     err = reason_of(f"{base}/to-metadata")
     assert err.reason == "blocked" and "169.254.169.254" in err.detail
     assert all(host == "127.0.0.1" for host, _ in connected) and connected  # only the first hop connected
+
+
+# ---------------------------------------------------------------------------- listings and tars (HTTP)
+def test_listing_redirect_to_private_address_refused(base: str, connected: list[tuple]) -> None:
+    """A listing is fetched like media: its redirect to an internal host is refused before connecting."""
+    with pytest.raises(FetchError) as e:
+        read_sources([f"{base}/to-private/webvid.csv"], policy=LOOP)
+    assert e.value.reason == "blocked" and "10.0.0.1" in e.value.detail
+    assert connected and all(host == "127.0.0.1" for host, _ in connected)
+
+
+def test_tar_redirect_to_metadata_refused(base: str, connected: list[tuple]) -> None:
+    with pytest.raises(FetchError) as e:
+        read_sources([f"{base}/to-metadata/00000.tar"], policy=LOOP)
+    assert e.value.reason == "blocked" and "169.254.169.254" in e.value.detail
+    assert connected and all(host == "127.0.0.1" for host, _ in connected)
+
+
+def test_http_listing_and_tar_through_guarded_fetch(base: str, server: _Server) -> None:
+    (rec,) = read_sources([f"{base}/webvid.csv"], policy=LOOP)
+    assert rec.url == f"{base}/v.mp4" and rec.caption == "a clip"
+    recs = read_sources([f"{base}/wds/00000.tar"], policy=LOOP)
+    assert [(r.caption, r.kind) for r in recs] == [("a clip", "video"), ("b", "image")]
+    assert read_tar_member(recs[0].url, LOOP) == BODY
+    with pytest.raises(FetchError) as e:  # the loopback opt-in is what let the records above through
+        read_tar_member(recs[0].url, FetchPolicy())
+    assert e.value.reason == "blocked"
+
+
+def test_fetch_range_and_size(base: str) -> None:
+    tar = RANGED["/wds/00000.tar"]
+    assert fetch_size(f"{base}/wds/00000.tar", LOOP) == len(tar)
+    assert fetch_range(f"{base}/wds/00000.tar", LOOP, 512, 600) == tar[512:600]
+    assert fetch_range(f"{base}/wds/00000.tar", LOOP, len(tar) - 4, len(tar) + 100) == tar[-4:]
+    small = FetchPolicy(allow_loopback=True, max_bytes=64)
+    assert reason_of_call(lambda: fetch_range(f"{base}/wds/00000.tar", small, 0, 65)).reason == "too_large"
+    err = reason_of_call(lambda: fetch_size(f"{base}/no-ranges.tar", LOOP))
+    assert err.reason == "fetch_error" and "byte ranges" in err.detail
+    assert reason_of_call(lambda: fetch_size(f"{base}/wds/00000.tar", FetchPolicy())).reason == "blocked"
+
+
+def reason_of_call(call) -> FetchError:
+    with pytest.raises(FetchError) as e:
+        call()
+    return e.value
 
 
 def test_connect_falls_through_to_next_checked_address(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,15 +345,62 @@ def test_other_schemes_blocked() -> None:
 def test_local_paths(tmp_path: Path) -> None:
     p = tmp_path / "clip.mp4"
     p.write_bytes(BODY)
-    assert fetch_bytes(str(p)) == BODY
-    assert fetch_bytes(f"file://{p}") == BODY
-    assert fetch_bytes(f"local://{p}") == BODY
-    assert reason_of(str(tmp_path / "missing.mp4"), FetchPolicy()).reason == "missing"
-    assert reason_of(f"file://{tmp_path}/missing.mp4", FetchPolicy()).reason == "missing"
-    assert reason_of(str(p), FetchPolicy(max_bytes=16)).reason == "too_large"
-    assert reason_of(str(tmp_path), FetchPolicy()).reason == "blocked"  # a directory
-    assert reason_of("/dev/zero", FetchPolicy()).reason == "blocked"  # would read forever up to the cap
+    here = FetchPolicy(local_roots=(str(tmp_path),))
+    assert fetch_bytes(str(p), here) == BODY
+    assert fetch_bytes(f"file://{p}", here) == BODY
+    assert fetch_bytes(f"local://{p}", here) == BODY
+    assert fetch_range(str(p), here, 2, 6) == BODY[2:6] and fetch_size(str(p), here) == len(BODY)
+    assert reason_of(str(tmp_path / "missing.mp4"), here).reason == "missing"
+    assert reason_of(f"file://{tmp_path}/missing.mp4", here).reason == "missing"
+    assert reason_of(str(p), FetchPolicy(max_bytes=16, local_roots=(str(tmp_path),))).reason == "too_large"
+    assert reason_of(str(tmp_path), here).reason == "blocked"  # a directory
+    assert reason_of("/dev/zero", FetchPolicy(local_roots=("/",))).reason == "blocked"  # endless reads
     assert reason_of(str(p), FetchPolicy(allowed_schemes=("https",))).reason == "blocked"
+    os.mkfifo(tmp_path / "fifo")  # opening a FIFO for reading would wait for a writer
+    assert reason_of(str(tmp_path / "fifo"), here).reason == "blocked"
+
+
+def test_local_paths_outside_roots_refused_before_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a hostile listing names outside the allowed folders is refused without the file being opened."""
+    root, outside = tmp_path / "listing", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(BODY)
+    (root / "link.mp4").symlink_to(outside / "secret.mp4")
+    (root / "inside.mp4").write_bytes(BODY)
+    (root / "alias.mp4").symlink_to(root / "inside.mp4")  # a symlink that stays inside is fine
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(
+        os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k)
+    )
+    policy = FetchPolicy(local_roots=(str(root),))
+    cases = {
+        "file:///etc/passwd": "outside the allowed folders",
+        "/etc/passwd": "outside the allowed folders",
+        f"{root}/../../../etc/passwd": "'..'",
+        "/proc/self/environ": "pseudo-file",
+        str(root / "link.mp4"): "through a symlink",
+        "relative/clip.mp4": "relative local path",
+    }
+    for url, why in cases.items():
+        err = reason_of(url, policy)
+        assert err.reason == "blocked" and why in err.detail, (url, err.detail)
+    # kernel pseudo-files stay refused even when the user allows everything
+    assert "pseudo-file" in reason_of("/proc/self/environ", FetchPolicy(local_roots=("/",))).detail
+    assert opened == []
+    assert fetch_bytes(str(root / "alias.mp4"), policy) == BODY
+    assert opened == [str(root / "inside.mp4")]  # the resolved path, not the link
+
+
+def test_local_roots_validated() -> None:
+    for bad in (["relative/dir"], "/data", [""], [3]):
+        with pytest.raises(ValueError, match="local_roots"):
+            FetchPolicy(local_roots=bad)  # type: ignore[arg-type]
+    policy = FetchPolicy(local_roots=["/data"]).with_roots(["/media", "/data"])  # type: ignore[arg-type]
+    assert policy.local_roots == ("/data", "/media") and hash(policy)
 
 
 # -------------------------------------------------------------------------------------- pure helpers

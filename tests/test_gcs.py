@@ -1,11 +1,20 @@
-"""gs:// through gcsfs against gcp-storage-emulator on 127.0.0.1: fetch_bytes and fsspec listing."""
+"""gs:// through gcsfs against gcp-storage-emulator on 127.0.0.1: fetch_bytes, ranged tar reads, the
+deadline on gcsfs's own retries, and fsspec listing."""
 
 from __future__ import annotations
+
+import io
+import socket
+import tarfile
+import threading
+from collections.abc import Iterator
 
 import fsspec
 import pytest
 
 from pipelines.fetch import FetchError, FetchPolicy, fetch_bytes, storage_options_for
+from pipelines.sources import read_sources
+from pipelines.wds_source import read_tar_member
 from tests.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401  (pytest's pythonpath has the repo root)
 
 BUCKET = "phenaki-test"
@@ -93,3 +102,69 @@ def test_subprocess_reaches_emulator_through_env_only(bucket: str, gcs_emulator:
         [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.fixture
+def silent_endpoint(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:  # noqa: F811
+    """STORAGE_EMULATOR_HOST pointed at a loopback TCP server that accepts connections and never answers:
+    what a hung GCS frontend looks like to gcsfs (the emulator fixture supplies the rest of the env)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # keep it open and say nothing
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    yield endpoint
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_gs_deadline_covers_gcsfs_retries(silent_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcsfs retries a silent endpoint 6 times with sleeps of its own (~50 s with retries=0 before): each gs://
+    call now runs under a deadline of timeout_s, so it fails as a timeout once, on our terms."""
+    import fsspec.asyn
+
+    deadlines: list[float | None] = []
+    real_sync = fsspec.asyn.sync
+
+    def spy(loop, func, *args, timeout=None, **kwargs):  # fsspec.asyn.sync, recording the deadline
+        deadlines.append(timeout)
+        return real_sync(loop, func, *args, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(fsspec.asyn, "sync", spy)
+    with pytest.raises(FetchError) as e:
+        fetch_bytes("gs://hung-bucket/x.mp4", FetchPolicy(timeout_s=0.5, retries=0))
+    assert e.value.reason == "timeout"
+    assert "timeout_s=0.5" in e.value.detail and "after 1 attempts" in e.value.detail
+    assert deadlines == [0.5]  # one call, under the configured deadline
+
+
+def test_gs_webdataset_tar_read_by_range(bucket: str) -> None:
+    """A tar on gs:// is listed from its headers and its members read by range, through the guarded fetch."""
+    fs = fsspec.filesystem("gs", token="anon", use_listings_cache=False)
+    buf = io.BytesIO()
+    members = {"000.mp4": b"\0video" * 1000, "000.txt": b"a clip", "001.jpg": b"jpg", "001.txt": b"b"}
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    fs.pipe(f"{bucket}/wds/00000.tar", buf.getvalue())
+    fs.pipe(f"{bucket}/wds/00000_stats.json", b"{}")
+    recs = read_sources([f"gs://{bucket}/wds/*.tar::name=gcs"])
+    assert recs[0].url == f"tar+gs://{bucket}/wds/00000.tar#000.mp4" and recs[0].key == "gcs-00000-000"
+    assert [(r.caption, r.kind) for r in recs] == [("a clip", "video"), ("b", "image")]
+    assert [read_tar_member(r.url, FetchPolicy()) for r in recs] == [members["000.mp4"], members["001.jpg"]]

@@ -70,8 +70,8 @@ def http_root(tmp_path):
     server.server_close()
 
 
-def loopback_cfg(**kw) -> PrepareConfig:
-    fetch = {"allow_loopback": True, "timeout_s": 0.5, "retries": 0}
+def loopback_cfg(fetch: dict | None = None, **kw) -> PrepareConfig:
+    fetch = {"allow_loopback": True, "timeout_s": 0.5, "retries": 0, **(fetch or {})}
     return PrepareConfig(
         **{"size": 32, "num_frames": 9, "samples_per_shard": 4, "num_workers": 2, "fetch": fetch, **kw}
     )
@@ -242,3 +242,39 @@ def test_gcs_listing_media_and_output(gcs_emulator: GcsEmulator, ray_local):  # 
     keys = [s["__key__"] for uri in list_shards(f"gs://{bucket}/clips") for s in read_shard(uri)]
     assert len(keys) == 3
     assert prepare([f"gs://{bucket}/webvid.csv"], f"gs://{bucket}/clips", cfg) == m  # idempotent rerun
+
+
+def test_local_paths_outside_the_listing_folder_are_counted_blocked(tmp_path, ray_local):
+    """A listing naming files outside its own folder gets them refused and counted (reason 'blocked'),
+    unless the user names their folder in `fetch.local_roots`."""
+    lists, elsewhere = tmp_path / "lists", tmp_path / "elsewhere"
+    lists.mkdir()
+    elsewhere.mkdir()
+    (lists / "good.mp4").write_bytes(good_mp4(60))
+    (elsewhere / "extra.mp4").write_bytes(good_mp4(61))
+    (elsewhere / "target.mp4").write_bytes(good_mp4(62))
+    (lists / "link.mp4").symlink_to(elsewhere / "target.mp4")
+    rows = [
+        ("1", "good.mp4", "beside the listing"),
+        ("2", "file:///etc/passwd", "an absolute file URL"),
+        ("3", "../../../../../../../../etc/passwd", "climbing out"),
+        ("4", "/proc/self/environ", "the worker's environment"),
+        ("5", "link.mp4", "a symlink out of the folder"),
+        ("6", str(elsewhere / "extra.mp4"), "another folder"),
+    ]
+    csv = lists / "webvid.csv"
+    pd.DataFrame([(i, u, "2", "d", c) for i, u, c in rows], columns=WEBVID_COLUMNS).to_csv(csv, index=False)
+
+    m = prepare([str(csv)], str(tmp_path / "out"), loopback_cfg())
+    assert m["counts"] == {"video": 1, "image": 0} and m["skips"] == {"blocked": 5}
+    details = {e["url"]: e["detail"] for e in m["skipped_examples"]}
+    assert "outside the allowed folders" in details["file:///etc/passwd"]
+    assert "pseudo-file" in details["/proc/self/environ"]
+    assert "through a symlink" in details[str(lists / "link.mp4")]
+    assert m["config"]["fetch"]["local_roots"] == [str(lists)]  # the listing's own folder, recorded
+
+    m = prepare([str(csv)], str(tmp_path / "out2"), loopback_cfg(fetch={"local_roots": [str(elsewhere)]}))
+    assert m["counts"] == {"video": 3, "image": 0} and m["skips"] == {"blocked": 3}
+    assert m["config"]["fetch"]["local_roots"] == [str(elsewhere), str(lists)]
+    with pytest.raises(ValueError, match="local_roots"):
+        PrepareConfig(fetch={"local_roots": ["relative/media"]})

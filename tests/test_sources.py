@@ -8,12 +8,12 @@ import json
 import re
 import tarfile
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from pipelines.fetch import FetchError, FetchPolicy
 from pipelines.media import encode_mp4
 from pipelines.sources import (
     SourceRecord,
@@ -25,6 +25,7 @@ from pipelines.sources import (
     read_sources_with_stats,
     resolve_specs,
     resolve_url,
+    source_root,
     split_format_prefix,
 )
 from pipelines.wds_source import read_tar_member
@@ -188,39 +189,38 @@ def test_img2dataset_output_by_dir_glob_and_braces(tmp_path) -> None:
     assert read_sources([f"{out}/*.tar"]) == recs
     assert read_sources([f"{out}/{{00000..00001}}.tar"]) == recs
     assert read_sources([f"webdataset:file://{out}"])[0].url == f"tar+file://{out}/00000.tar#000000000.jpg"
+    policy = FetchPolicy(local_roots=(str(out),))
     for r in recs:
-        assert read_tar_member(r.url) == media[r.url.rsplit("#", 1)[1]]
+        assert read_tar_member(r.url, policy) == media[r.url.rsplit("#", 1)[1]]
     # prepare ships records to workers as asdict() JSON
     assert SourceRecord(**json.loads(json.dumps(dataclasses.asdict(r0)))) == r0
 
 
-def test_read_tar_member_errors_and_remote_style_uris(tmp_path) -> None:
+def test_read_tar_member_errors(tmp_path) -> None:
     out = tmp_path / "o"
     media = _img2dataset_out(out)
     url = f"tar+file://{out}/00000.tar#000000001.jpg"
-    assert read_tar_member(url, max_bytes=len(media["000000001.jpg"])) == media["000000001.jpg"]
-    with pytest.raises(ValueError, match=re.escape(url)):
-        read_tar_member(url, max_bytes=len(media["000000001.jpg"]) - 1)
+    size = len(media["000000001.jpg"])
+    assert (
+        read_tar_member(url, FetchPolicy(max_bytes=size, local_roots=(str(out),))) == media["000000001.jpg"]
+    )
+    with pytest.raises(FetchError, match=re.escape(url)) as e:
+        read_tar_member(url, FetchPolicy(max_bytes=size - 1, local_roots=(str(out),)))
+    assert e.value.reason == "too_large"
+    policy = FetchPolicy(local_roots=(str(out),))
     with pytest.raises(FileNotFoundError, match="000000009.jpg"):
-        read_tar_member(f"tar+{out}/00000.tar#000000009.jpg")
-    with pytest.raises(FileNotFoundError):
-        read_tar_member(f"tar+{out}/00042.tar#000000000.jpg")
+        read_tar_member(f"tar+{out}/00000.tar#000000009.jpg", policy)
+    with pytest.raises(FetchError) as e:
+        read_tar_member(f"tar+{out}/00042.tar#000000000.jpg", policy)
+    assert e.value.reason == "missing"
     with pytest.raises(ValueError, match="not a tar member URL"):
-        read_tar_member(f"{out}/00000.tar")
+        read_tar_member(f"{out}/00000.tar", policy)
     with pytest.raises(ValueError, match="uncompressed tar"):
-        read_tar_member(f"tar+{out}/00000_stats.json#x.jpg")
-    # an object-store-like filesystem: globbed paths get their scheme back, members read by range
-    fs = fsspec.filesystem("memory")
-    base = f"/wds-{tmp_path.name}"
-    try:
-        for name in ("00000.tar", "00001.tar", "00000_stats.json"):
-            fs.pipe(f"{base}/{name}", (out / name).read_bytes())
-        recs = read_sources([f"memory://{base}/*.tar::name=mem"])
-        assert recs[0].url == f"tar+memory://{base}/00000.tar#000000000.jpg"
-        assert recs[0].key == "mem-00000-000000000"
-        assert [read_tar_member(r.url) for r in recs] == [media[r.url.rsplit("#", 1)[1]] for r in recs]
-    finally:
-        fs.rm(base, recursive=True)
+        read_tar_member(f"tar+{out}/00000_stats.json#x.jpg", policy)
+    # a tar outside the allowed folders is refused before it is opened
+    with pytest.raises(FetchError) as e:
+        read_tar_member(url, FetchPolicy(local_roots=(str(tmp_path / "elsewhere"),)))
+    assert e.value.reason == "blocked" and "local_roots" in e.value.detail
 
 
 def test_truncated_tar_keeps_complete_samples(tmp_path) -> None:
@@ -232,7 +232,7 @@ def test_truncated_tar_keeps_complete_samples(tmp_path) -> None:
     recs, (st,) = read_sources_with_stats([str(out)])
     assert [r.source_key for r in recs] == ["00000/000000000", "00000/000000001", "00001/000010000"]
     assert st["truncated_members"] == 1 and st["dropped_no_media"] == 1
-    assert read_tar_member(recs[1].url)[:2] == b"\xff\xd8"
+    assert read_tar_member(recs[1].url, FetchPolicy(local_roots=(str(out),)))[:2] == b"\xff\xd8"
 
 
 def test_video2dataset_output(tmp_path) -> None:
@@ -252,7 +252,7 @@ def test_video2dataset_output(tmp_path) -> None:
         ("v2d-00000-000000001", "video", "clip 1"),
     ]
     assert recs[0].meta["duration"] == 0.5 and recs[1].source_weight == 2.5
-    assert [read_tar_member(r.url) for r in recs] == mp4s
+    assert [read_tar_member(r.url, FetchPolicy(local_roots=(str(out),))) for r in recs] == mp4s
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -284,6 +284,37 @@ def test_folder_source_with_sidecars(tmp_path) -> None:
         ("b.mp4", "caption b — ünïcode"),
         ("c.PNG", ""),
     ]
+
+
+def test_folder_sidecar_symlinked_out_is_refused(tmp_path) -> None:
+    """A caption sidecar that is a symlink out of the source's folder would copy that file into the dataset's
+    captions: it is refused (before it is opened), naming the file and the setting that would allow it."""
+    d, secret = tmp_path / "media", tmp_path / "secret.txt"
+    d.mkdir()
+    secret.write_text("api-key=hunter2")
+    (d / "a.jpg").write_bytes(_jpg((1, 2, 3)))
+    (d / "a.txt").symlink_to(secret)
+    with pytest.raises(FetchError, match="local_roots") as e:
+        read_sources([str(d)])
+    assert e.value.reason == "blocked" and str(secret) in e.value.detail
+    # naming the folder as a root makes it readable again
+    (rec,) = read_sources([str(d)], policy=FetchPolicy(local_roots=(str(tmp_path),)))
+    assert rec.caption == "api-key=hunter2"
+
+
+def test_source_root(tmp_path) -> None:
+    (tmp_path / "wds").mkdir()
+    table = {
+        f"{tmp_path}/lists/webvid.csv": f"{tmp_path}/lists",
+        f"file://{tmp_path}/lists/webvid.csv": f"{tmp_path}/lists",
+        str(tmp_path / "wds"): str(tmp_path / "wds"),  # a directory source is its own folder
+        f"{tmp_path}/wds/{{00000..00009}}.tar": f"{tmp_path}/wds",
+        f"{tmp_path}/*/part-*.parquet": str(tmp_path),
+        "gs://b/webvid.csv": None,
+        "https://h/list.csv": None,
+    }
+    for uri, root in table.items():
+        assert source_root(uri) == root, uri
 
 
 def test_folder_metadata_table(tmp_path) -> None:
