@@ -22,7 +22,7 @@ from pipelines.loaders import (
     token_cache_info,
 )
 from pipelines.media import encode_jpeg, encode_mp4
-from pipelines.shards import shard_name, write_manifest, write_shard
+from pipelines.shards import shard_name, write_manifest, write_shard_sha256
 
 # --------------------------------------------------------------------------------------------- builders
 
@@ -42,10 +42,8 @@ def render_clip(index: int, num_frames: int, size: int) -> np.ndarray:
     return frames
 
 
-def make_clip_shards(
-    root: Path, *, videos: int, images: int, num_frames: int = 5, size: int = 32, per_shard: int = 8
-) -> str:
-    """A clip-shard directory in the prepare job's layout (mp4/jpg + txt + json, manifest last)."""
+def clip_samples(*, videos: int, images: int = 0, num_frames: int = 5, size: int = 32) -> list[dict]:
+    """Clip-shard samples as prepare writes them (mp4/jpg + txt + json): videos `v0000...`, stills `i0000...`."""
     samples = []
     for i in range(videos):
         frames = render_clip(i, num_frames, size)
@@ -83,10 +81,24 @@ def make_clip_shards(
                 },
             }
         )
+    return samples
+
+
+def make_clip_shards(
+    root: Path, *, videos: int, images: int, num_frames: int = 5, size: int = 32, per_shard: int = 8
+) -> str:
+    """A clip-shard directory in the prepare job's layout (shards, then a manifest with their sha256)."""
+    samples = clip_samples(videos=videos, images=images, num_frames=num_frames, size=size)
     root.mkdir(parents=True, exist_ok=True)
-    for s in range(0, len(samples), per_shard):
-        write_shard(str(root / shard_name(s // per_shard)), samples[s : s + per_shard])
-    write_manifest(str(root), {"kind": "clips", "counts": {"video": videos, "image": images}})
+    sums = {
+        shard_name(s // per_shard): write_shard_sha256(
+            str(root / shard_name(s // per_shard)), samples[s : s + per_shard]
+        )[1]
+        for s in range(0, len(samples), per_shard)
+    }
+    write_manifest(
+        str(root), {"kind": "clips", "counts": {"video": videos, "image": images}, "shard_sha256": sums}
+    )
     return str(root)
 
 
@@ -136,10 +148,15 @@ def make_token_cache(
             }
         )
     root.mkdir(parents=True, exist_ok=True)
-    write_shard(str(root / shard_name(0)), samples)
+    sha = write_shard_sha256(str(root / shard_name(0)), samples)[1]
     write_manifest(
         str(root),
-        {"kind": "tokens", "tokenizer_digest": digest, "counts": {"video": videos, "image": images}},
+        {
+            "kind": "tokens",
+            "tokenizer_digest": digest,
+            "counts": {"video": videos, "image": images},
+            "shard_sha256": {shard_name(0): sha},
+        },
     )
     return str(root)
 

@@ -71,6 +71,7 @@ class TrainConfig:
         None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
     )
     fail_at_step: int | None = None  # fault drill: one worker exits after step N, first attempt only
+    strict_data: bool = False  # a damaged shard (or undecodable clip) raises instead of a counted skip
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
