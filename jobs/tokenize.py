@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--commit", action="store_true", help="MAGVIT: also store COMMIT's condition tokens")
+    parser.add_argument(
+        "--strict", action="store_true", help="a damaged clip shard fails the job instead of a counted skip"
+    )
     add_ray_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tokenize.batch_size=16")
 
@@ -54,6 +57,8 @@ def main(args: argparse.Namespace) -> int:
         cfg.batch_size = args.batch_size
     if args.commit:
         cfg.commit = True
+    if args.strict:
+        cfg.strict = True
     init_ray(args.address)
     manifest = tokenize(args.tokenizer, args.data, args.out, cfg)
     log.info("token cache: %s (%s)", args.out, manifest.get("counts"))

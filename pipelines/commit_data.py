@@ -105,6 +105,7 @@ class CommitLoaderConfig:
     batch_size: int = 8
     seed: int = 0
     class_keywords: tuple[str, ...] | None = None
+    strict: bool = False  # a damaged token shard raises (naming it and the fix) instead of a `bad_shard` skip
 
 
 class CommitBatches:
@@ -112,6 +113,7 @@ class CommitBatches:
 
     Batches: `tokens (B, N) long` z, `cond_tokens (B, 9, N) long` z~ (`COND_TASKS` rows), `class_ids (B,) long`
     (-1 = none), `text (B, L, D) float32` (zero padded), `text_mask (B, L) bool`. Image samples are ignored.
+    `skipped` / `repaired` / `skip_records`: the caches' damaged shards, as `TokenBatches` has them.
     """
 
     def __init__(
@@ -121,7 +123,8 @@ class CommitBatches:
             raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.cache_dirs = split_cache_dirs(cache_dir)
-        samples, _, manifests, _ = load_caches(self.cache_dirs)
+        samples, _, manifests, _, faults = load_caches(self.cache_dirs, strict=cfg.strict)
+        self.skipped, self.repaired, self.skip_records = faults.skips, faults.repaired, faults.skipped
         records = {d: m.get("commit") for d, m in manifests.items()}
         missing = sorted(d for d, r in records.items() if not r)
         if missing:

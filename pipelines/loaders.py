@@ -17,6 +17,7 @@ The token-cache reader (`TokenBatches`, `TokenLoaderConfig`, `token_cache_info`,
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 
 from modeling.pixels import frames_to_video
-from pipelines.shards import list_shards, read_shard
+from pipelines.shard_scan import ShardScan, scan_dataset
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -68,13 +71,21 @@ class EpochStream:
         return out
 
 
-def read_samples(data_dir: str) -> list[dict]:
-    shards = list_shards(data_dir)
-    if not shards:
-        raise FileNotFoundError(f"no shard-*.tar files in {data_dir}")
-    samples = [s for uri in shards for s in read_shard(uri)]
+def read_samples(data_dir: str, *, strict: bool = False) -> ShardScan:
+    """Every sample of a shard directory, sorted by key, each shard verified against the manifest's sha256;
+    damaged shards are counted skips (`pipelines.shard_scan`), or with `strict` an error naming the shard."""
+    scan = scan_dataset(data_dir, strict=strict)
     # sorted by key so the split does not depend on how samples fell into shards
-    return sorted(samples, key=lambda s: s["__key__"])
+    scan.samples.sort(key=lambda s: s["__key__"])
+    if scan.skipped:
+        log.warning(
+            "%s: skips %s, repaired %s (e.g. %s)",
+            data_dir,
+            dict(scan.skips),
+            dict(scan.repaired),
+            scan.skipped[0],
+        )
+    return scan
 
 
 def _sample_kind(sample: dict) -> str | None:
@@ -94,6 +105,7 @@ class ClipLoaderConfig:
     seed: int = 0
     holdout: int = 0  # videos kept out of training for evaluation (the same on every rank)
     hue_rotation: float = 0.0  # share of clips (and stills) whose hues are rotated (`pipelines.augment`)
+    strict: bool = False  # a damaged shard or undecodable clip raises instead of being a counted skip
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.hue_rotation <= 1.0:
@@ -137,19 +149,22 @@ class ClipBatches:
     """Video and image batches from a clip-shard directory, decoded into memory once per worker.
 
     `step_batches(step)` returns `[{"video": (Bv,3,T,H,W)}, {"video": (Bi,3,1,H,W)}]` (the image batch
-    only when `has_images`); iterating yields these lists from `start` on.
+    only when `has_images`); iterating yields these lists from `start` on. `skipped` counts what was left out
+    by reason (damaged shards, undecodable or short clips), `repaired` what was kept after a fix, and
+    `skip_records` holds the shard faults' records (`pipelines.shard_scan`).
     """
 
     def __init__(self, data_dir: str, cfg: ClipLoaderConfig, *, rank: int = 0, world_size: int = 1):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
-        samples = read_samples(data_dir)
+        scan = read_samples(data_dir, strict=cfg.strict)
+        samples, self.repaired, self.skip_records = scan.samples, scan.repaired, scan.skipped
         by_kind: dict[str, list[dict]] = {k: [] for k in SAMPLE_KINDS}
         for s in samples:
             kind = _sample_kind(s)
             if kind is not None:
                 by_kind[kind].append(s)
-        self.skipped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter(scan.skips)
 
         videos = by_kind["video"]
         self._holdout_samples: list[dict] = []
@@ -181,10 +196,21 @@ class ClipBatches:
         }
 
     def _decode_split(self, samples: list[dict], kind: str, data_dir: str) -> np.ndarray:
+        from pipelines.media_probe import MediaError  # PyAV only where clips are decoded
+
         mine = rank_split(len(samples), seed=self.cfg.seed, rank=self.rank, world_size=self.world_size)
         frames = []
         for i in mine:
-            clip = _decode_clip(samples[i], kind, self.cfg.num_frames if kind == "video" else None)
+            try:
+                clip = _decode_clip(samples[i], kind, self.cfg.num_frames if kind == "video" else None)
+            except MediaError as e:
+                if self.cfg.strict:
+                    raise MediaError(
+                        f"sample {samples[i]['__key__']} in {data_dir} is undecodable ({e}); re-make its shard "
+                        "or train without strict to skip it"
+                    ) from e
+                self.skipped["undecodable"] += 1
+                continue
             if clip is None:
                 self.skipped[f"{kind}_too_short"] += 1
                 continue

@@ -43,7 +43,7 @@ from pipelines.shards import (
     sanitize_key,
     shard_name,
     write_json,
-    write_shard,
+    write_shard_sha256,
 )
 from pipelines.sources import (
     SourceRecord,
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: samples carry source_name/source_weight; clips start where clip_starts() says
 SKIP_DUPLICATE = "duplicate"
 SKIP_NO_MEDIA = "no_media"  # a WebDataset sample without a media member (counted when listing)
-_MAX_SKIP_EXAMPLES = 20
 
 
 @dataclass
@@ -181,12 +180,12 @@ def process_shard(
             continue
         samples.extend(new)
         counts[r.kind] += len(new)
-    if samples:
-        write_shard(join_uri(out_dir, shard_name(index)), samples)
+    sha256 = write_shard_sha256(join_uri(out_dir, shard_name(index)), samples)[1] if samples else None
     state = {
         "index": index,
         "name": shard_name(index),
         "digest": digest,
+        "sha256": sha256,
         "num_samples": len(samples),
         "counts": dict(counts),
         "skips": dict(skips),
@@ -250,9 +249,6 @@ def build_manifest(
     no_media = sum(int(s.get("dropped_no_media", 0)) for s in sources)
     if no_media:
         skips[SKIP_NO_MEDIA] += no_media
-    examples: list[dict] = []
-    for s in states:
-        examples.extend(s["skipped"][: _MAX_SKIP_EXAMPLES - len(examples)])
     totals = shard_totals(states, skips)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -265,9 +261,10 @@ def build_manifest(
         "num_samples": totals["num_samples"],
         "counts": totals["counts"],
         "skips": totals["skips"],
-        "skipped_examples": examples,
+        "skipped_examples": totals["skipped_examples"],
         "shards": totals["shards"],
         "shard_counts": totals["shard_counts"],
+        "shard_sha256": totals["shard_sha256"],
     }
 
 

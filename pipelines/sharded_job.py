@@ -94,21 +94,33 @@ def run_sharded_job(
     return manifest
 
 
+MAX_SKIP_EXAMPLES = 20  # skip records a manifest keeps (the counts by reason cover every skip)
+
+
 def shard_totals(states: list[dict[str, Any]], skips: Counter[str] | None = None) -> dict[str, Any]:
     """The manifest fields both jobs derive from the shards' records: sample and skip counts (added to
-    `skips`, the job's own skips before any shard), and the non-empty shards with their counts."""
+    `skips`, the job's own skips before any shard), samples kept after a repair (`repaired`), the first
+    `MAX_SKIP_EXAMPLES` skip records, and the non-empty shards with their counts and sha256 (what readers
+    verify a shard's bytes against; records written before checksums have none)."""
     counts: Counter[str] = Counter()
+    repaired: Counter[str] = Counter()
     skips = Counter(skips or {})
+    examples: list[dict] = []
     for st in states:
         counts.update(st["counts"])
         skips.update(st["skips"])
+        repaired.update(st.get("repaired") or {})
+        examples.extend((st.get("skipped") or [])[: MAX_SKIP_EXAMPLES - len(examples)])
     made = [st for st in states if st["num_samples"] > 0]
     return {
         "num_samples": sum(counts.values()),
         "counts": {"video": counts.get("video", 0), "image": counts.get("image", 0)},
         "skips": dict(sorted(skips.items())),
+        "repaired": dict(sorted(repaired.items())),
+        "skipped_examples": examples,
         "shards": [st["name"] for st in made],
         "shard_counts": {st["name"]: {"num_samples": st["num_samples"], **st["counts"]} for st in made},
+        "shard_sha256": {st["name"]: st["sha256"] for st in made if st.get("sha256")},
     }
 
 

@@ -164,25 +164,47 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def sample_members(sample: dict) -> list[tuple[str, bytes]]:
+    """One sample's tar members `(<key>.<ext>, bytes)`, extensions sorted (reproducible tar bytes)."""
+    key = sample.get("__key__")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"sample without a string '__key__': fields {sorted(sample)}")
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} contains '.' or '/'; pass it through sanitize_key")
+    return [
+        (f"{key}.{ext}", encode_value(ext, sample[ext]))
+        for ext in sorted(k for k in sample if not k.startswith("__"))
+    ]
+
+
+def members_tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """A tar of these members, in this order, with fixed metadata."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            _add_member(tar, name, data)
+    return buf.getvalue()
+
+
 def tar_bytes(samples: Iterable[dict]) -> tuple[bytes, int]:
     """Build the tar in memory. Returns (tar bytes, number of samples). Shards are tens of MB at most."""
-    buf = io.BytesIO()
-    count = 0
+    members: list[tuple[str, bytes]] = []
     seen: set[str] = set()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in samples:
-            key = sample.get("__key__")
-            if not isinstance(key, str) or not key:
-                raise ValueError(f"sample without a string '__key__': fields {sorted(sample)}")
-            if "." in key or "/" in key:
-                raise ValueError(f"sample key {key!r} contains '.' or '/'; pass it through sanitize_key")
-            if key in seen:
-                raise ValueError(f"duplicate sample key {key!r} in one shard")
-            seen.add(key)
-            for ext in sorted(k for k in sample if not k.startswith("__")):
-                _add_member(tar, f"{key}.{ext}", encode_value(ext, sample[ext]))
-            count += 1
-    return buf.getvalue(), count
+    for sample in samples:
+        new = sample_members(sample)
+        if sample["__key__"] in seen:
+            raise ValueError(f"duplicate sample key {sample['__key__']!r} in one shard")
+        seen.add(sample["__key__"])
+        members.extend(new)
+    return members_tar_bytes(members), len(seen)
+
+
+def write_shard_sha256(uri: str, samples: Iterable[dict]) -> tuple[int, str]:
+    """Write samples as one WebDataset tar at `uri`, atomically. Returns (number of samples, sha256 of the
+    tar's bytes), the checksum readers verify the shard against (the manifest's `shard_sha256`)."""
+    data, count = tar_bytes(samples)
+    _atomic_write_bytes(uri, data)
+    return count, hashlib.sha256(data).hexdigest()
 
 
 def write_shard(uri: str, samples: Iterable[dict]) -> int:
@@ -190,36 +212,22 @@ def write_shard(uri: str, samples: Iterable[dict]) -> int:
 
     Each sample has `__key__: str` plus fields `ext -> bytes | str | dict | ndarray (under *.npy)`.
     """
-    data, count = tar_bytes(samples)
-    _atomic_write_bytes(uri, data)
-    return count
+    return write_shard_sha256(uri, samples)[0]
 
 
 def iter_tar_samples(data: bytes) -> Iterator[dict]:
-    """Group consecutive `<key>.<ext>` members into `{"__key__": key, ext: bytes, ...}`."""
-    current: dict | None = None
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            base = member.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, ext = base.split(".", 1)
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            f = tar.extractfile(member)
-            current[ext] = f.read() if f is not None else b""
-    if current is not None:
-        yield current
+    """The samples of a tar held in memory; any fault (see `scan_tar`) raises BadShardError."""
+    from pipelines.shard_scan import scan_tar  # it builds on this module's I/O
+
+    yield from scan_tar(data, "<tar bytes>", strict=True).samples
 
 
 def read_shard(uri: str) -> Iterator[dict]:
-    """Yield the samples of one shard: `__key__` plus raw bytes per extension."""
-    yield from iter_tar_samples(read_bytes(uri))
+    """Yield the samples of one shard: `__key__` plus raw bytes per extension. Any fault raises
+    BadShardError (`scan_shard` is the tolerant reader: it counts faults instead)."""
+    from pipelines.shard_scan import scan_shard  # it builds on this module's I/O
+
+    yield from scan_shard(uri, strict=True).samples
 
 
 def list_files(dir_uri: str) -> list[str]:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from pipelines.loaders import KIND_ID, SAMPLE_KINDS, EpochStream, rank_split, read_samples
-from pipelines.shards import join_uri, list_shards, load_npy, read_bytes, read_manifest, read_shard
+from pipelines.shard_scan import ShardScan, scan_shard, shard_checksums
+from pipelines.shards import join_uri, list_shards, load_npy, read_bytes, read_manifest
 
 MIX_MODES = ("kind", "source")
 _SOURCE_SALT = 0x51C  # seeds the per-step source counts and the per-source streams
@@ -42,6 +43,7 @@ class TokenLoaderConfig:
     seed: int = 0
     mix: str = "kind"  # "kind": videos vs images at video_fraction; "source": by source weight
     weights: dict[str, float] | None = None  # mix="source": source name -> weight, over the recorded ones
+    strict: bool = False  # a damaged token shard raises (naming it and the fix) instead of a `bad_shard` skip
 
     def __post_init__(self) -> None:
         if self.mix not in MIX_MODES:
@@ -141,12 +143,14 @@ def _text_encoder_name(manifest: dict, sample_json: dict) -> str | None:
     return None
 
 
-def _one_cache_info(cache_dir: str) -> TokenCacheInfo:
+def _one_cache_info(cache_dir: str, strict: bool) -> TokenCacheInfo:
     manifest = read_manifest(cache_dir)
+    sums = shard_checksums(cache_dir)
     first_json: dict | None = None
     image: TokenCacheInfo | None = None
     for uri in list_shards(cache_dir):
-        for s in read_shard(uri):
+        # a damaged shard is passed over here (the loader counts it): the info comes from the sound ones
+        for s in scan_shard(uri, sha256=sums.get(uri.rsplit("/", 1)[-1]), strict=strict).samples:
             meta = json.loads(s["json"]) if "json" in s else {}
             first_json = first_json if first_json is not None else meta
             if "text.npy" not in s:
@@ -171,14 +175,14 @@ def _one_cache_info(cache_dir: str) -> TokenCacheInfo:
     return image  # an image-only cache: one latent frame
 
 
-def token_cache_info(cache_dir: str | Sequence[str]) -> TokenCacheInfo:
+def token_cache_info(cache_dir: str | Sequence[str], *, strict: bool = False) -> TokenCacheInfo:
     """Scan shards only until a video sample is found (the first shard, in practice).
 
     Several caches (a list or comma-separated) must agree on tokenizer digest, text encoder, token grid,
     video length and text width; the info of the first one holding videos is returned.
     """
     dirs = split_cache_dirs(cache_dir)
-    infos = {d: _one_cache_info(d) for d in dirs}
+    infos = {d: _one_cache_info(d, strict) for d in dirs}
     _agree({d: i.tokenizer_digest for d, i in infos.items()}, "tokenizer digest")
     _agree({d: i.text_encoder for d, i in infos.items() if i.text_encoder}, "text encoder")
     _agree({d: i.token_grid[1:] for d, i in infos.items()}, "token grid (h_z, w_z)")
@@ -189,16 +193,22 @@ def token_cache_info(cache_dir: str | Sequence[str]) -> TokenCacheInfo:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_caches(dirs: list[str]) -> tuple[list[dict], list[str], dict[str, dict], dict[str, dict | None]]:
-    """The union of the caches' samples sorted by key, each sample's cache, and per cache its manifest and
-    first sample json. Keys must be unique across the caches."""
+def load_caches(
+    dirs: list[str], *, strict: bool = False
+) -> tuple[list[dict], list[str], dict[str, dict], dict[str, dict | None], ShardScan]:
+    """The union of the caches' samples sorted by key, each sample's cache, per cache its manifest and first
+    sample json, and the shards' faults (`ShardScan` without samples; `strict`: faults raise). Keys must be
+    unique across the caches."""
+    faults = ShardScan()
     samples: list[dict] = []
     owner: dict[str, str] = {}
     manifests: dict[str, dict] = {}
     first_json: dict[str, dict | None] = {}
     for d in dirs:
         manifests[d] = read_manifest(d)
-        mine = read_samples(d)
+        scan = read_samples(d, strict=strict)
+        mine, scan.samples = scan.samples, []
+        faults.extend(scan)
         first_json[d] = json.loads(mine[0]["json"]) if mine and "json" in mine[0] else None
         clashes = [s["__key__"] for s in mine if s["__key__"] in owner]
         if clashes:
@@ -213,7 +223,8 @@ def load_caches(dirs: list[str]) -> tuple[list[dict], list[str], dict[str, dict]
     if not samples:
         raise FileNotFoundError(f"no samples in token cache(s) {_describe(dirs)}")
     order = sorted(range(len(samples)), key=lambda i: samples[i]["__key__"])  # independent of cache order
-    return [samples[i] for i in order], [owner[samples[i]["__key__"]] for i in order], manifests, first_json
+    ordered = [samples[i] for i in order]
+    return ordered, [owner[s["__key__"]] for s in ordered], manifests, first_json, faults
 
 
 def _source_id(name: str) -> int:
@@ -227,7 +238,8 @@ class TokenBatches:
     Batches are dicts: `tokens (B,N) long` (images padded with -1 past their h_z*w_z tokens),
     `num_scored (B,) long`, `text (B,L,D) float32` (zero padded), `text_mask (B,L) bool`, `is_image (B,) bool`.
     `position` counts batches drawn; `skip(n)` / `state()` / `load_state()` resume a run. `last_keys` holds
-    the sample keys (`__key__`) of the last `next_batch()`, row by row (for sample accounting).
+    the sample keys (`__key__`) of the last `next_batch()`, row by row (for sample accounting). `skipped`,
+    `repaired` and `skip_records`: the caches' damaged shards and repaired samples (`pipelines.shard_scan`).
     """
 
     def __init__(
@@ -244,7 +256,8 @@ class TokenBatches:
         self.rank, self.world_size = rank, world_size
         self.cache_dirs = split_cache_dirs(cache_dir)
         where = _describe(self.cache_dirs)
-        samples, origin, self.manifests, first_json = load_caches(self.cache_dirs)
+        samples, origin, self.manifests, first_json, faults = load_caches(self.cache_dirs, strict=cfg.strict)
+        self.skipped, self.repaired, self.skip_records = faults.skips, faults.repaired, faults.skipped
         self.manifest = self.manifests[self.cache_dirs[0]]
         digests = {d: tokenizer_digest_of_cache(self.manifests[d], first_json[d]) for d in self.cache_dirs}
         _agree(digests, "tokenizer digest")

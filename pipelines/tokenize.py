@@ -16,6 +16,10 @@ its temporal compression (4: a 9-frame clip becomes 8 frames; fewer than 4 frame
 videos only (no image batches, `jobs.train_tokenizer`), MAGVIT has no image frame, and COMMIT trains on
 videos; a still copied into a static 4-frame clip would be a kind of clip the tokenizer never saw.
 
+Damaged clip shards (`pipelines.shard_scan`): a shard whose bytes differ from the clip manifest's sha256, or
+whose tar is truncated or corrupt, is one `bad_shard` skip (its readable samples are still tokenized when the
+manifest records no checksum); `strict` raises instead. Token shards carry their own sha256 in this manifest.
+
 Resuming works as in `pipelines.prepare`: a `_progress/shard-NNNNNN.json` record (with a digest of the
 clip dataset, tokenizer, text encoder and config) marks a finished shard; `manifest.json` comes last.
 """
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.shard_scan import SHA256_FIELD, scan_shard
 from pipelines.sharded_job import ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
     PlanMismatchError,
@@ -41,11 +46,10 @@ from pipelines.shards import (
     local_path,
     progress_uri,
     read_manifest,
-    read_shard,
     shard_index,
     shard_name,
     write_json,
-    write_shard,
+    write_shard_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -68,10 +72,11 @@ class TokenizeConfig:
     commit: bool = False  # MAGVIT: also store COMMIT's condition tokens z~ per task (cond_tokens.npy)
     commit_fp_cond_frames: int = 1  # fp/cfp leading frames given (1 BAIR, 5 Kinetics-600)
     commit_fi_cond_frames: int = 1  # fi frames given at each end
+    strict: bool = False  # a damaged clip shard raises (naming it and the fix) instead of a `bad_shard` skip
 
     def output_fields(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("num_workers", "device", "batch_size"):
+        for k in ("num_workers", "device", "batch_size", "strict"):  # not what the cache holds
             d.pop(k)
         return d
 
@@ -170,7 +175,7 @@ class TokenizeWorker:
         self.dtype = token_dtype(self.model_cfg.codebook_size)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        state = self.process(row["clip_shard"], int(row["index"]), row["digest"])
+        state = self.process(row["clip_shard"], int(row["index"]), row["digest"], row["sha256"] or None)
         return {"index": state["index"], "state": json.dumps(state)}
 
     def encode_tokens(self, clips: list[Clip]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
@@ -218,9 +223,11 @@ class TokenizeWorker:
                 out.append((e[:n].astype(np.float16), m[:n].astype(bool)))
         return out
 
-    def process(self, clip_shard: str, index: int, digest: str) -> dict:
+    def process(self, clip_shard: str, index: int, digest: str, sha256: str | None = None) -> dict:
+        """Tokenize one clip shard (verified against `sha256`, the clip manifest's checksum, when given)."""
         clips: list[Clip] = []
-        skips: Counter[str] = Counter()
+        scan = scan_shard(clip_shard, sha256=sha256, strict=self.cfg.strict)
+        skips: Counter[str] = Counter(scan.skips)
         tok_cfg, size = self.identity["tokenizer_config"], self.model_cfg.image_size
         t_p = int(tok_cfg.get("temporal_patch_size", 1))
         from modeling.tokenizers import tokenizer_family
@@ -228,7 +235,7 @@ class TokenizeWorker:
         family = tokenizer_family(self.kind)
         usable = lambda n: family.usable_frames(tok_cfg, n)  # noqa: E731
         images = family.takes_stills
-        for sample in read_shard(clip_shard):
+        for sample in scan.samples:
             try:
                 clips.append(
                     decode_clip(sample, size, t_p, self.cfg.num_frames, usable=usable, images=images)
@@ -267,15 +274,17 @@ class TokenizeWorker:
             samples.append(sample)
             counts[c.kind] += 1
         name = shard_name(index)
-        if samples:
-            write_shard(join_uri(self.out_dir, name), samples)
+        sha = write_shard_sha256(join_uri(self.out_dir, name), samples)[1] if samples else None
         state = {
             "index": index,
             "name": name,
             "digest": digest,
+            "sha256": sha,
             "num_samples": len(samples),
             "counts": dict(counts),
             "skips": dict(skips),
+            "repaired": dict(scan.repaired),
+            "skipped": scan.skipped,
         }
         write_json(progress_uri(self.out_dir, index), state)
         return state
@@ -367,9 +376,15 @@ def tokenize(tokenizer_ckpt: str, data_dir: str, out_dir: str, cfg: TokenizeConf
         identity["text_encoder"],
     )
     by_index = {shard_index(s): s for s in clip_shards}
+    sums = clip_manifest.get(SHA256_FIELD) or {}  # clip datasets made before checksums have none
     return run_sharded_job(
         plan,
-        lambda i, digest: {"index": i, "clip_shard": by_index[i], "digest": digest},
+        lambda i, digest: {
+            "index": i,
+            "clip_shard": by_index[i],
+            "digest": digest,
+            "sha256": sums.get(shard_name(i), ""),
+        },
         lambda rows: map_shards(
             rows, TokenizeWorker, _worker_options(tokenizer_ckpt, out_dir, cfg, identity, len(rows))
         ),

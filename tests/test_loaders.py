@@ -22,7 +22,7 @@ from pipelines.loaders import (
     token_cache_info,
 )
 from pipelines.media import encode_jpeg, encode_mp4
-from pipelines.shards import shard_name, write_manifest, write_shard
+from pipelines.shards import shard_name, write_manifest, write_shard_sha256
 
 # --------------------------------------------------------------------------------------------- builders
 
@@ -42,10 +42,8 @@ def render_clip(index: int, num_frames: int, size: int) -> np.ndarray:
     return frames
 
 
-def make_clip_shards(
-    root: Path, *, videos: int, images: int, num_frames: int = 5, size: int = 32, per_shard: int = 8
-) -> str:
-    """A clip-shard directory in the prepare job's layout (mp4/jpg + txt + json, manifest last)."""
+def clip_samples(*, videos: int, images: int = 0, num_frames: int = 5, size: int = 32) -> list[dict]:
+    """Clip-shard samples as prepare writes them (mp4/jpg + txt + json): videos `v0000...`, stills `i0000...`."""
     samples = []
     for i in range(videos):
         frames = render_clip(i, num_frames, size)
@@ -83,11 +81,17 @@ def make_clip_shards(
                 },
             }
         )
-    root.mkdir(parents=True, exist_ok=True)
-    for s in range(0, len(samples), per_shard):
-        write_shard(str(root / shard_name(s // per_shard)), samples[s : s + per_shard])
-    write_manifest(str(root), {"kind": "clips", "counts": {"video": videos, "image": images}})
-    return str(root)
+    return samples
+
+
+def make_clip_shards(
+    root: Path, *, videos: int, images: int, num_frames: int = 5, size: int = 32, per_shard: int = 8
+) -> str:
+    """A clip-shard directory in the prepare job's layout (shards, then a manifest with their sha256)."""
+    samples = clip_samples(videos=videos, images=images, num_frames=num_frames, size=size)
+    return write_shard_dir(
+        root, samples, per_shard, {"kind": "clips", "counts": {"video": videos, "image": images}}
+    )
 
 
 def make_token_cache(
@@ -102,8 +106,10 @@ def make_token_cache(
     seed: int = 0,
     sources: dict[str, float] | None = None,
     key_prefix: str = "",
+    per_shard: int | None = None,
 ) -> str:
-    """A token cache: random codes and random per-token text embeddings of varying length.
+    """A token cache: random codes and random per-token text embeddings of varying length (in one shard, or
+    shards of `per_shard`), its manifest recording the shards' sha256.
 
     With `sources` (name -> weight), sample i belongs to source i % len(sources) (so a source holds videos
     and images) and its first token code is that source's index, which tells a batch row's source.
@@ -135,12 +141,20 @@ def make_token_cache(
                 "json": meta,
             }
         )
+    manifest = {"kind": "tokens", "tokenizer_digest": digest, "counts": {"video": videos, "image": images}}
+    return write_shard_dir(root, samples, per_shard or len(samples), manifest)
+
+
+def write_shard_dir(root: Path, samples: list[dict], per_shard: int, manifest: dict) -> str:
+    """Shards of `per_shard` samples, then the manifest (with their sha256, as the jobs write it)."""
     root.mkdir(parents=True, exist_ok=True)
-    write_shard(str(root / shard_name(0)), samples)
-    write_manifest(
-        str(root),
-        {"kind": "tokens", "tokenizer_digest": digest, "counts": {"video": videos, "image": images}},
-    )
+    sums = {
+        shard_name(s // per_shard): write_shard_sha256(
+            str(root / shard_name(s // per_shard)), samples[s : s + per_shard]
+        )[1]
+        for s in range(0, len(samples), per_shard)
+    }
+    write_manifest(str(root), {**manifest, "shard_sha256": sums})
     return str(root)
 
 

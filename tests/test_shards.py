@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,15 +221,164 @@ def test_shard_totals_adds_the_jobs_own_skips_and_leaves_out_empty_shards() -> N
 
     from pipelines.sharded_job import shard_totals
 
+    bad = {"shard": "b", "reason": "bad_shard", "detail": "truncated"}
     states = [
-        {"name": "a", "num_samples": 2, "counts": {"video": 1, "image": 1}, "skips": {"undecodable": 1}},
-        {"name": "b", "num_samples": 0, "counts": {}, "skips": {"undecodable": 4}},
-    ]
+        {"name": "a", "num_samples": 2, "counts": {"video": 1, "image": 1}, "skips": {"undecodable": 1},
+         "sha256": "aa", "repaired": {"split_sample": 1}},
+        {"name": "b", "num_samples": 0, "counts": {}, "skips": {"undecodable": 4}, "skipped": [bad]},
+        {"name": "c", "num_samples": 1, "counts": {"video": 1}, "skips": {}},  # a record from before checksums
+    ]  # fmt: skip
     totals = shard_totals(states, Counter({"duplicate": 2}))
     assert totals == {
-        "num_samples": 2,
-        "counts": {"video": 1, "image": 1},
+        "num_samples": 3,
+        "counts": {"video": 2, "image": 1},
         "skips": {"duplicate": 2, "undecodable": 5},
-        "shards": ["a"],
-        "shard_counts": {"a": {"num_samples": 2, "video": 1, "image": 1}},
+        "repaired": {"split_sample": 1},
+        "skipped_examples": [bad],
+        "shards": ["a", "c"],
+        "shard_counts": {
+            "a": {"num_samples": 2, "video": 1, "image": 1},
+            "c": {"num_samples": 1, "video": 1},
+        },
+        "shard_sha256": {"a": "aa"},
     }
+
+
+# --------------------------------------------------------------------------------------------- damaged shards
+def _truncate_in(uri: str, key: str) -> None:
+    """Cut the tar file off halfway through the data of `key`'s first member (a killed copy leaves this)."""
+    data = Path(uri).read_bytes()
+    with tarfile.open(uri) as tar:
+        member = next(m for m in tar.getmembers() if m.name.startswith(key + "."))
+    Path(uri).write_bytes(data[: member.offset_data + member.size // 2])
+
+
+def test_truncated_shard_gives_its_readable_samples_and_one_bad_shard_skip(tmp_path) -> None:
+    from pipelines.shard_scan import BadShardError, scan_shard
+
+    uri = str(tmp_path / shard_name(4))
+    write_shard(uri, _samples(5))
+    _truncate_in(uri, "s003")
+    scan = scan_shard(uri)
+    assert [s["__key__"] for s in scan.samples] == ["s000", "s001", "s002"]  # s003 was being read: dropped
+    assert scan.samples[2]["txt"].decode("utf-8") == "caption 2 ✓"
+    assert dict(scan.skips) == {"bad_shard": 1} and not scan.repaired
+    [record] = scan.skipped
+    assert record["shard"] == shard_name(4) and record["reason"] == "bad_shard"
+    assert "unexpected end of data" in record["detail"] and "'s003'" in record["detail"]
+
+    # the plain reader (and scan_shard with strict) refuses it, naming the shard and the fix
+    for read in (lambda: list(read_shard(uri)), lambda: scan_shard(uri, strict=True)):
+        with pytest.raises(BadShardError, match=rf"{shard_name(4)}.*Delete that shard and rerun"):
+            read()
+
+
+def test_truncation_at_a_header_is_noticed(tmp_path) -> None:
+    """tarfile itself ends quietly at a missing or invalid header past the first; the scan does not."""
+    from pipelines.shard_scan import scan_shard
+
+    uri = str(tmp_path / shard_name(0))
+    write_shard(uri, _samples(3))
+    data = Path(uri).read_bytes()
+    with tarfile.open(uri) as tar:
+        s002 = next(m for m in tar.getmembers() if m.name.startswith("s002."))
+    Path(uri).write_bytes(data[: s002.offset])  # ends exactly where a header would start
+    with tarfile.open(uri) as tar:
+        assert len(tar.getmembers()) == 8  # tarfile sees a whole, shorter tar
+    scan = scan_shard(uri)
+    assert dict(scan.skips) == {"bad_shard": 1} and "truncated" in scan.skipped[0]["detail"]
+    assert [s["__key__"] for s in scan.samples] == ["s000"]  # s001 might have had more members
+
+    bad = bytearray(data)
+    bad[s002.offset + 10] ^= 0xFF  # a corrupt header
+    Path(uri).write_bytes(bytes(bad))
+    scan = scan_shard(uri)
+    assert dict(scan.skips) == {"bad_shard": 1} and "invalid header" in scan.skipped[0]["detail"]
+
+
+def test_checksum_mismatch_refuses_the_shard_before_reading_a_sample(tmp_path) -> None:
+    from pipelines.shard_scan import BadShardError, scan_shard
+    from pipelines.shards import file_sha256, write_shard_sha256
+
+    uri = str(tmp_path / shard_name(1))
+    count, sha = write_shard_sha256(uri, _samples(3))
+    assert count == 3 and sha == file_sha256(uri)
+    assert len(scan_shard(uri, sha256=sha).samples) == 3
+    data = bytearray(Path(uri).read_bytes())
+    with tarfile.open(uri) as tar:
+        mp4 = next(m for m in tar.getmembers() if m.name == "s001.mp4")
+    data[mp4.offset_data] ^= 0x01  # one bit of one sample's payload: the tar still parses
+    Path(uri).write_bytes(bytes(data))
+    assert len(scan_shard(uri).samples) == 3  # unverified, the damage passes
+    scan = scan_shard(uri, sha256=sha)
+    assert scan.samples == [] and dict(scan.skips) == {"bad_shard": 1}
+    assert "sha256" in scan.skipped[0]["detail"] and scan.skipped[0]["shard"] == shard_name(1)
+    with pytest.raises(BadShardError, match=rf"{shard_name(1)}: sha256"):
+        scan_shard(uri, sha256=sha, strict=True)
+
+
+def test_non_contiguous_keys_are_merged_and_counted(tmp_path) -> None:
+    """a.mp4, b.mp4, a.txt: a WebDataset grouping of consecutive members would give `a` without its caption."""
+    from pipelines.shard_scan import BadShardError, scan_shard
+    from pipelines.shards import members_tar_bytes
+
+    uri = tmp_path / shard_name(0)
+    uri.write_bytes(
+        members_tar_bytes(
+            [("a.mp4", b"A"), ("b.mp4", b"B"), ("a.txt", b"cap a"), ("b.txt", b"cap b"), ("c.mp4", b"C")]
+        )
+    )
+    scan = scan_shard(str(uri))
+    assert scan.samples == [
+        {"__key__": "a", "mp4": b"A", "txt": b"cap a"},
+        {"__key__": "b", "mp4": b"B", "txt": b"cap b"},
+        {"__key__": "c", "mp4": b"C"},
+    ]
+    assert dict(scan.repaired) == {"split_sample": 2} and not scan.skips  # kept, and counted
+    assert {r["reason"] for r in scan.skipped} == {"split_sample"}
+    with pytest.raises(BadShardError, match="split_sample"):
+        list(read_shard(str(uri)))
+
+    uri.write_bytes(members_tar_bytes([("a.mp4", b"A"), ("a.mp4", b"A2"), ("b.mp4", b"B")]))
+    scan = scan_shard(str(uri))  # which `a.mp4` is meant cannot be told: `a` is dropped
+    assert [s["__key__"] for s in scan.samples] == ["b"] and dict(scan.skips) == {"duplicate_member": 1}
+
+
+def _fake_videos(n: int) -> list[dict]:
+    return [
+        {"__key__": f"v{i:04d}", "mp4": bytes([i % 251]) * (600 + i), "txt": f"clip {i}"} for i in range(n)
+    ]
+
+
+def test_fault_corpus_builder_injects_what_it_reports(tmp_path) -> None:
+    from pipelines.fault_corpus import build_fault_corpus, fault_table, write_fault_corpus
+    from pipelines.loaders import read_samples
+
+    corpus = build_fault_corpus(_fake_videos(200), per_shard=20)
+    assert corpus == build_fault_corpus(_fake_videos(200), per_shard=20)  # seeded
+    assert corpus.num_records == 200 and corpus.num_bad / corpus.num_records >= 0.10
+    assert {k: len(v) for k, v in corpus.faults.items()} == {
+        "truncated": 20, "flipped": 20, "split": 5, "undecodable": 8
+    }  # fmt: skip
+    touched = [k for keys in corpus.faults.values() for k in keys]
+    assert len(touched) == len(set(touched))  # no sample damaged twice
+    assert corpus.expected_skips == {"bad_shard": 2, "undecodable": 8}
+    assert corpus.expected_repaired == {"split_sample": 5}
+    assert len(corpus.good_keys) == 200 - 40 - 8
+
+    # read back from disk with the manifest's checksums: the loaders' path (undecodable media is kept here:
+    # only a decoder can tell)
+    scan = read_samples(write_fault_corpus(corpus, tmp_path / "clips"))
+    assert dict(scan.skips) == {"bad_shard": 2} and dict(scan.repaired) == {"split_sample": 5}
+    assert sorted(s["__key__"] for s in scan.samples) == sorted(
+        corpus.good_keys + corpus.faults["undecodable"]
+    )
+    by_key = {s["__key__"]: s for s in scan.samples}
+    assert all(by_key[k]["txt"] == f"clip {int(k[1:])}".encode() for k in corpus.faults["split"])
+    # without checksums, a truncated shard still gives the samples before the cut
+    for name, keys in corpus.salvageable.items():
+        from pipelines.shard_scan import scan_tar
+
+        assert [s["__key__"] for s in scan_tar(corpus.shards[name], name).samples] == keys and len(keys) == 10
+    table = fault_table(corpus, {"skips": dict(scan.skips), "repaired": dict(scan.repaired)})
+    assert "bad_shard" in table and "26.5%" in table

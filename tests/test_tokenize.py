@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,15 @@ from modeling.cvivit import CViViT, cvivit_debug, usable_frames
 from modeling.pixels import frames_to_video
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import PrepareConfig, prepare
-from pipelines.shards import PlanMismatchError, list_shards, load_npy, read_manifest, read_shard
+from pipelines.shards import (
+    PlanMismatchError,
+    file_sha256,
+    list_shards,
+    load_npy,
+    read_manifest,
+    read_shard,
+    write_manifest,
+)
 from pipelines.tokenize import TokenizeConfig, token_dtype, tokenize
 
 pytestmark = pytest.mark.ray
@@ -138,3 +147,66 @@ def test_token_dtype_and_frames() -> None:
 def test_missing_clip_manifest(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         tokenize(str(tmp_path / "tok"), str(tmp_path), str(tmp_path / "out"))
+
+
+def _cut_inside(uri: str) -> str:
+    """Truncate a shard halfway through the first member of its second sample; returns that sample's key."""
+    data = Path(uri).read_bytes()
+    with tarfile.open(uri) as tar:
+        members = tar.getmembers()
+    second = next(m for m in members if m.name.split(".")[0] != members[0].name.split(".")[0])
+    Path(uri).write_bytes(data[: second.offset_data + second.size // 2])
+    return second.name.split(".")[0]
+
+
+def test_a_truncated_clip_shard_is_one_skip_not_a_failed_job(tmp_path, ray_local) -> None:
+    clips = _clips(tmp_path)
+    _tokenizer(tmp_path / "tok", seed=0)
+    first = list_shards(clips)[0]
+    keys = [s["__key__"] for s in read_shard(first)]
+    lost = _cut_inside(first)
+    assert lost == keys[1]
+    # strict: the job fails, naming the shard and the fix (before the manifest is written)
+    with pytest.raises(Exception, match=r"bad_shard in shard shard-000000.tar.*Delete that shard"):
+        tokenize(
+            str(tmp_path / "tok"), clips, str(tmp_path / "strict"), TokenizeConfig(strict=True, num_workers=1)
+        )
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+
+    # a clip dataset made before checksums: the truncated shard's first sample is still tokenized
+    manifest = read_manifest(clips)
+    del manifest["shard_sha256"]
+    write_manifest(clips, manifest)
+    out = tmp_path / "tokens"
+    m = tokenize(str(tmp_path / "tok"), clips, str(out), TokenizeConfig(batch_size=2, num_workers=1))
+    assert m["skips"] == {"bad_shard": 1} and m["num_samples"] == 4
+    [record] = m["skipped_examples"]
+    assert record["shard"] == "shard-000000.tar" and "unexpected end of data" in record["detail"]
+    tokens = sorted(s["__key__"] for uri in list_shards(str(out)) for s in read_shard(uri))
+    assert keys[0] in tokens and lost not in tokens and len(tokens) == 4
+    # the token cache carries its own checksums
+    assert m["shard_sha256"] == {Path(u).name: file_sha256(u) for u in list_shards(str(out))}
+
+
+def test_mixed_fault_corpus_skips_exactly_what_was_injected(tmp_path, ray_local) -> None:
+    """200 clips, 26.5% damaged (truncated and bit-flipped shards, split samples, undecodable videos): the
+    manifest counts each fault by reason, and every good clip is tokenized with its caption."""
+    from test_loaders import clip_samples
+
+    from pipelines.fault_corpus import build_fault_corpus, fault_table, write_fault_corpus
+
+    samples = clip_samples(videos=200)
+    corpus = build_fault_corpus(samples, per_shard=20)
+    clips = write_fault_corpus(corpus, tmp_path / "clips", {"plan_digest": "fault-corpus"})
+    _tokenizer(tmp_path / "tok", seed=0)
+    out = tmp_path / "tokens"
+    m = tokenize(str(tmp_path / "tok"), clips, str(out), TokenizeConfig(batch_size=16, num_workers=1))
+    print(fault_table(corpus, m))
+    assert corpus.num_records == 200 and corpus.num_bad >= 20
+    assert m["skips"] == corpus.expected_skips == {"bad_shard": 2, "undecodable": 8}
+    assert m["repaired"] == corpus.expected_repaired == {"split_sample": 5}
+    assert m["num_samples"] == len(corpus.good_keys) == 152
+    tokens = {s["__key__"]: s for uri in list_shards(str(out)) for s in read_shard(uri)}
+    assert sorted(tokens) == sorted(corpus.good_keys)
+    captions = {s["__key__"]: s["txt"] for s in samples}
+    assert all(tokens[k]["txt"].decode() == captions[k] for k in corpus.faults["split"])

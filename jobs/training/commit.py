@@ -74,7 +74,7 @@ class CommitTrainConfig(TrainConfig):
         from pipelines.commit_data import CommitLoaderConfig
 
         keywords = tuple(self.class_keywords) if self.class_keywords else None
-        return CommitLoaderConfig(self.batch_size, self.seed, keywords)
+        return CommitLoaderConfig(self.batch_size, self.seed, keywords, strict=self.strict_data)
 
 
 def task_probs(weights: dict[str, float] | None) -> torch.Tensor:
@@ -254,7 +254,8 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
     meta = read_checkpoint_meta(tokenizer)
     check_tokenizer_for("commit", meta.get("kind"), tokenizer)
     tok = build_dataclass(MagvitVQConfig, meta["config"])
-    info = token_cache_info(data)
+    train = build_dataclass(CommitTrainConfig, config.get("transformer_train"))
+    info = token_cache_info(data, strict=train.strict_data)
     check_tokenizer_digest(data, info.tokenizer_digest, tokenizer)
     records = {d: read_manifest(d).get("commit") for d in dirs}
     if not all(records.values()):
@@ -268,7 +269,6 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Comm
             f"token cache {data} has a {h}x{w} grid, tokenizer {tokenizer} {tok.grid}x{tok.grid}"
         )
     model = commit_model_config(config.get("transformer"), tok.codebook_size, (t, h, w), info.text_dim)
-    train = build_dataclass(CommitTrainConfig, config.get("transformer_train"))
     if train.class_keywords and len(train.class_keywords) > model.num_classes:
         raise ValueError(
             f"{len(train.class_keywords)} class_keywords but transformer.num_classes={model.num_classes}"

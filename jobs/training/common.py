@@ -69,6 +69,7 @@ class TrainConfig:
     peak_tflops: float | None = (
         None  # per-worker peak for MFU (default: GPU datasheet, or a CPU matmul probe)
     )
+    strict_data: bool = False  # a damaged shard (or undecodable clip) raises instead of a counted skip
     # Fault drills (jobs.training.faults): one worker exits at step N ("step": after it, "save": inside its
     # checkpoint save) on the first `fail_times` attempts; `nan_at_step` makes step N's loss NaN.
     fail_at_step: int | None = None

@@ -103,6 +103,7 @@ class TokenizerJob:
                 seed=cfg.seed,
                 holdout=cfg.eval_clips,
                 hue_rotation=cfg.hue_rotation,
+                strict=cfg.strict_data,
             ),
             rank=worker.rank,
             world_size=worker.world_size,

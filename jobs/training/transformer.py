@@ -65,7 +65,7 @@ class TransformerTrainConfig(TrainConfig):
 
         return TokenLoaderConfig(
             batch_size=self.batch_size, video_fraction=self.video_fraction, seed=self.seed, mix=self.mix,
-            weights=self.source_weights,
+            weights=self.source_weights, strict=self.strict_data,
         )  # fmt: skip
 
 
@@ -194,7 +194,8 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
     check_tokenizer_for("maskgit", meta.get("kind"), tokenizer)
     tok = meta["config"]
     grid = tok["image_size"] // tok["patch_size"]
-    info = token_cache_info(data)
+    train = build_dataclass(TransformerTrainConfig, config.get("transformer_train"))
+    info = token_cache_info(data, strict=train.strict_data)
     check_tokenizer_digest(data, info.tokenizer_digest, tokenizer)  # fail on the driver, before any worker
     if info.frame_tokens != grid * grid:
         raise ValueError(
@@ -223,6 +224,6 @@ def job_from_config(config: dict, data: str | list[str], tokenizer: str) -> Tran
         data,
         tokenizer,
         model,
-        build_dataclass(TransformerTrainConfig, config.get("transformer_train")),
+        train,
         record,
     )
