@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from jobs.training.common import load_engines
+from jobs.training.checkpointing import load_engines
 from jobs.training.verified_checkpoint import (
     CheckpointVerificationError,
     manifest_name,
@@ -188,7 +188,8 @@ def _rank_main(rank: int, world: int, port: int, root: str, job: str) -> None:
 
 def _save(root: Path, stage: int, rank: int, world: int) -> dict:
     """Train, save, record what was saved, train on (the uninterrupted run's next losses)."""
-    from jobs.training.common import Worker, save_engines
+    from jobs.training.checkpointing import save_engines
+    from jobs.training.common import Worker
     from jobs.training.export import gathered_state_dict
 
     engine, cfg = _engine(stage, world, seed=0)
@@ -208,7 +209,7 @@ def _save(root: Path, stage: int, rank: int, world: int) -> dict:
 
 def _load(root: Path, stage: int, rank: int, world: int) -> dict:
     """Fresh engines (other initial weights) load the two-rank checkpoint: how close they come, then train on."""
-    from jobs.training.common import load_engines
+    from jobs.training.checkpointing import load_engines
     from jobs.training.export import gathered_state_dict
 
     engine, cfg = _engine(stage, world, seed=1)
@@ -230,7 +231,7 @@ def _load(root: Path, stage: int, rank: int, world: int) -> dict:
 def _single(root: Path, stage: int, rank: int, world: int) -> dict:
     """One rank: its own checkpoint with each rank file swapped for a payload that the manifest vouches for,
     through DeepSpeed's load path; then the two-rank checkpoint resumed on this one rank."""
-    from jobs.training.common import load_engines
+    from jobs.training.checkpointing import load_engines
 
     _save(root, stage, rank, world)
     ckpt = root / f"single-zero{stage}"

@@ -30,7 +30,8 @@ from test_loaders import make_token_cache
 from test_train_jobs import CODEBOOK, TEXT_DIM, TOKENIZER, read_metrics
 
 from jobs.config import load_config
-from jobs.training.common import TrainConfig, Worker, rng_state, set_rng_state
+from jobs.training.checkpointing import rng_state, set_rng_state
+from jobs.training.common import TrainConfig, Worker
 from jobs.training.faults import FAULT_MARKER, maybe_inject_fault
 from jobs.training.metrics import StepRecords, read_step_records
 from modeling.checkpoint import save_checkpoint
@@ -126,6 +127,45 @@ def test_fault_hook_kills_rank_1_once(tmp_path) -> None:
     maybe_inject_fault(cfg, 2, str(tmp_path), Worker(1, 2, torch.device("cpu")))  # the marker: no second exit
     with pytest.raises(ValueError, match="fail_at_step"):
         TrainConfig(fail_at_step=0)
+
+
+def test_fault_hook_fails_fail_times_attempts_then_lets_the_run_go_on(tmp_path) -> None:
+    code = (
+        "import sys, torch; from jobs.training.common import TrainConfig, Worker; "
+        "from jobs.training.faults import maybe_inject_fault; cfg = TrainConfig(fail_at_step=4, fail_in='save', "
+        "fail_times=2, checkpoint_every=2); maybe_inject_fault(cfg, 4, sys.argv[1], Worker(1, 2, "
+        "torch.device('cpu')), 'step'); maybe_inject_fault(cfg, 4, sys.argv[1], Worker(1, 2, torch.device('cpu')), "
+        "'save')"
+    )
+    codes = [
+        subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO).returncode for _ in range(3)
+    ]
+    assert codes == [1, 1, 0]  # the "step" call never fires: the drill is set for the save
+    assert json.loads((tmp_path / FAULT_MARKER).read_text())["failures"] == 2
+    with pytest.raises(ValueError, match="checkpoint step"):
+        TrainConfig(fail_at_step=3, fail_in="save", checkpoint_every=2, steps=10)
+    with pytest.raises(ValueError, match="fail_in"):
+        TrainConfig(fail_in="load")
+
+
+def test_step_guard_counts_skips_and_halts_only_on_an_applied_nonfinite_update() -> None:
+    from types import SimpleNamespace
+
+    from jobs.training.faults import StepGuard
+
+    engine = SimpleNamespace(skipped_steps=0, module=torch.nn.Linear(2, 2))
+    guard = StepGuard({"model": engine})
+    assert guard.check_step(1, {"loss": 0.5}) == {"skipped_steps": 0.0, "nonfinite": 0.0}
+    engine.skipped_steps = 1  # DeepSpeed skipped the NaN step
+    assert guard.check_step(2, {"loss": float("nan")}) == {"skipped_steps": 1.0, "nonfinite": 1.0}
+    assert guard.halted is None
+    assert guard.check_step(3, {"loss": float("inf")})["nonfinite"] == 1.0  # not skipped: applied
+    assert guard.halted.startswith("step 3: loss not finite")
+    guard = StepGuard({"model": engine})
+    assert guard.check_before_save(4, torch.device("cpu"))
+    with torch.no_grad():
+        engine.module.weight[0, 0] = float("nan")
+    assert not guard.check_before_save(5, torch.device("cpu")) and "not saved" in guard.halted
 
 
 # --------------------------------------------------------------------------------------------- Ray runs
@@ -319,3 +359,97 @@ def test_time_budget_stop_then_rerun_continues_the_same_run(tmp_path, twin, data
     assert last["step"] == STEPS
     assert [r["step"] for r in read_metrics(out)] == list(range(1, STEPS + 1))  # step 1 not trained twice
     assert_matches_twin(out, twin, range(1, STEPS + 1))
+
+
+# --------------------------------------------------------------------------------------------- faults
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_kill_inside_a_checkpoint_save_resumes_from_the_previous_whole_checkpoint(
+    tmp_path, twin, data
+) -> None:
+    """Rank 1 dies after writing its step-8 files, before Ray registers them (rank 0 may have uploaded its
+    part): the restarted group loads the step-4 checkpoint, which verifies, and ends where the twin ended."""
+    from jobs.train_transformer import run
+    from jobs.training.verified_checkpoint import verify_checkpoint_dir
+
+    out = tmp_path / "killed-in-save"
+    drill = ["transformer_train.fail_at_step=8", "transformer_train.fail_in=save"]
+    last = run(config(*drill), data[0], data[1], str(out))
+    assert last["step"] == STEPS
+    assert json.loads((out / FAULT_MARKER).read_text())["where"] == "save"
+    again = [r for r in read_step_records(out, 1) if r["attempt"] == 1]
+    assert {r["restored_from"] for r in again} == {EVERY}  # the step-4 checkpoint, not the torn step-8 one
+    assert [r["step"] for r in again] == list(range(EVERY + 1, STEPS + 1))
+    assert_matches_twin(out, twin, range(1, STEPS + 1))
+    for name in checkpoints(out):  # every checkpoint left behind is whole
+        verify_checkpoint_dir(out / "ray" / "transformer" / name)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_more_failures_than_the_budget_fail_the_run_with_a_nonzero_exit(tmp_path, data) -> None:
+    """Two injected failures against max_failures=1: the command exits non-zero once the budget is spent
+    (not after a retry that cannot come)."""
+    out = tmp_path / "budget"
+    cache, tokenizer = data
+    cmd = [sys.executable, "-m", "jobs.train_transformer", "--config", "debug", "--data", cache]
+    cmd += ["--tokenizer", tokenizer, "--out", str(out), *OVERRIDES]
+    cmd += [
+        "transformer_train.fail_at_step=2",
+        "transformer_train.fail_times=2",
+        "transformer_train.max_failures=1",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray cluster
+    started = time.monotonic()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - started
+    assert done.returncode != 0, done.stdout[-2000:]
+    marker = json.loads((out / FAULT_MARKER).read_text())
+    assert marker["failures"] == 2  # the first attempt and its one restart both died
+    assert "FAILED" in done.stderr and "max_failures=1" in done.stderr, done.stderr[-3000:]
+    print(f"seconds to FAILED (2 failures, max_failures=1, incl. Ray start): {seconds:.1f}")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_nan_loss_step_is_skipped_and_counted(tmp_path, data) -> None:
+    """ZeRO-2 fp32 with clipping: DeepSpeed skips the NaN step (the weights stay), the run goes on, every
+    later metric is finite and the export holds finite weights."""
+    from safetensors.torch import load_file
+
+    from jobs.train_transformer import run
+
+    out = tmp_path / "nan-skip"
+    run(config("transformer_train.nan_at_step=3", "transformer_train.steps=5"), data[0], data[1], str(out))
+    rows = {r["step"]: r for r in read_metrics(out)}
+    assert sorted(rows) == [1, 2, 3, 4, 5]
+    assert rows[3]["nonfinite"] == 1.0 and rows[3]["skipped_steps"] == 1.0
+    assert all(rows[s]["nonfinite"] == 0.0 and np.isfinite(rows[s]["loss"]) for s in (1, 2, 4, 5))
+    assert rows[2]["skipped_steps"] == 0.0 and rows[5]["skipped_steps"] == 1.0
+    weights = load_file(str(out / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_nan_step_nothing_skips_halts_the_run_before_anything_is_saved(tmp_path, data) -> None:
+    """ZeRO-0 applies the NaN update: the run halts at that step, saves and exports nothing after its last
+    finite checkpoint, and the driver raises naming the step and the fix; a rerun resumes from step 2."""
+    from jobs.train_transformer import run
+    from jobs.training.faults import HALT_FILE, NonFiniteTrainingError
+
+    out = tmp_path / "nan-halt"
+    drill = [
+        "transformer_train.zero_stage=0",
+        "transformer_train.checkpoint_every=2",
+        "transformer_train.steps=4",
+    ]
+    with pytest.raises(NonFiniteTrainingError, match="step 3.*Lower peak_lr"):
+        run(config(*drill, "transformer_train.nan_at_step=3"), data[0], data[1], str(out))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]  # stopped within the step
+    assert checkpoints(out) == ["checkpoint-00000002"]
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / HALT_FILE).read_text())["last_checkpoint_step"] == 2
+    last = run(config(*drill), data[0], data[1], str(out))  # the fix applied: no more NaN
+    assert last["step"] == 4 and not (out / HALT_FILE).exists()
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 3, 4]  # step 3 again, from checkpoint 2

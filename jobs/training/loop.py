@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import yaml
 
+from jobs.runtime import log
+from jobs.training.checkpointing import restore, save_and_report
 from jobs.training.common import (
     TrainConfig,
     Worker,
     launch,
     reduce_metrics,
-    restore,
-    save_and_report,
     schedule_lr,
     set_lr,
     setup_worker,
@@ -199,9 +199,18 @@ def train(task: TrainTask, out_dir: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(yaml.safe_dump(task.run_config(), sort_keys=False))
     clear_halt(out)  # a rerun after a halt resumes from the last finite checkpoint
-    result = launch(loop, {"task": task}, task.train, str(out), task.run_name)
-    if result.error is not None:
-        raise result.error
+    try:
+        result = launch(loop, {"task": task}, task.train, str(out), task.run_name)
+        if result.error is not None:
+            raise result.error
+    except Exception as error:  # Ray Train V2 raises from fit() once the failure budget is spent
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        log.error(
+            "[%s] FAILED: the worker group failed more often than max_failures=%d allows; the last checkpoint "
+            "stays in %s and a rerun with the same --out resumes from it. Last error: %s",
+            task.run_name, task.train.max_failures, out, first_line,
+        )  # fmt: skip
+        raise
     raise_if_halted(out)
     return task.result(out)
 
