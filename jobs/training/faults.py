@@ -12,7 +12,7 @@ the last checkpoint holds finite weights, and a rerun with the same --out resume
 
 Drills (`TrainConfig`): `fail_at_step` kills one worker process after that step (`fail_in="step"`) or inside
 that step's checkpoint save, after its files are written and before Ray registers them (`fail_in="save"`),
-for the first `fail_times` attempts; `nan_at_step` makes that step's loss NaN.
+for the first `fail_times` attempts; `nan_at_step` makes the loss that step back-propagates NaN.
 """
 
 from __future__ import annotations
@@ -116,19 +116,22 @@ class StepGuard:
         self.halted: str | None = None
 
     def check_step(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
-        """The step's counters to log; sets `halted` when a non-finite step changed the weights.
+        """The step's counters to log (`nonfinite`: this step's loss, a metric or the gradients were not
+        finite; `skipped_steps`: DeepSpeed's running count); sets `halted` when a non-finite step changed the
+        weights.
 
         `metrics` are already averaged over ranks, so every rank sees the same non-finite values and
         decides alike without another collective."""
         skipped = skipped_steps(self.engines)
         nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if nonfinite and skipped == self.skipped_before:
+        was_skipped = skipped > self.skipped_before  # DeepSpeed skips only for non-finite gradients
+        if nonfinite and not was_skipped:
             self.halted = (
                 f"step {step}: {', '.join(nonfinite)} not finite and the optimizer applied the update (ZeRO-0, or "
                 "fp32 with grad_clip=0, does not skip such steps)"
             )
         self.skipped_before = skipped
-        return {"skipped_steps": float(skipped), "nonfinite": float(bool(nonfinite))}
+        return {"skipped_steps": float(skipped), "nonfinite": float(bool(nonfinite) or was_skipped)}
 
     def check_before_save(self, step: int, device: torch.device) -> bool:
         """Whether the weights may be saved (a collective): False, and `halted` set, if any is non-finite."""
