@@ -1,7 +1,7 @@
 """Serving checkpoints: `model.safetensors` + `config.yaml` + `digest.txt` in one directory.
 
-Loading never unpickles: weights come from safetensors, the config from YAML (safe_load) and is rebuilt
-into the model's typed dataclass. The digest (sha256 of the weights file) identifies a tokenizer so a token
+Loading never unpickles: weights come from safetensors (checked against the recorded digest first), the
+config from YAML (safe_load) and is rebuilt into the model's typed dataclass. The digest (sha256 of the weights file) identifies a tokenizer so a token
 cache made by another tokenizer is refused.
 """
 
@@ -233,6 +233,12 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     model_cls, config_cls = checkpoint_kinds()[meta["kind"]]
     config = build_dataclass(config_cls, meta["config"])
     model = model_cls(config)
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+    weights = directory / "model.safetensors"
+    if meta.get("digest") and file_digest(weights) != meta["digest"]:
+        raise ValueError(
+            f"{weights} does not match the digest in {directory}/config.yaml (changed or truncated since it was "
+            "saved): export the checkpoint again, or copy it whole"
+        )
+    model.load_state_dict(load_file(str(weights), device=str(device)))
     model.to(device).eval()
     return Loaded(model, config, meta["kind"], meta.get("extra") or {}, meta.get("digest", ""), directory)

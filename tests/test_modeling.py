@@ -434,6 +434,12 @@ def test_checkpoint_round_trip(tmp_path, cvivit, maskgit, kind):
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert not list(tmp_path.glob(".ckpt.tmp-*"))
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the last weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors does not match the digest"):
+        load_checkpoint(tmp_path / "ckpt")
 
 
 def test_presets_overrides_and_typo_errors(tmp_path):
