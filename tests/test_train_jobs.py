@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_loaders import make_clip_shards, make_token_cache, render_clip
 
-from jobs.training.common import TrainConfig, deepspeed_config
+from jobs.training.common import TrainConfig, deepspeed_config, worker_range
 from modeling.checkpoint import load_checkpoint
 from modeling.generation import VideoGenerator
 from tests.gcs_emulator import gcs_emulator  # noqa: F401  (a fixture, requested by name)
@@ -58,6 +58,15 @@ def test_deepspeed_config_sizes_and_optimizer() -> None:
     assert deepspeed_config(cfg, 2, zero_stage=1)["zero_optimization"]["stage"] == 1
     with pytest.raises(ValueError, match="fp16"):
         TrainConfig(precision="fp16")
+    assert ds["bf16"]["check_grad_overflow"]  # a non-finite bf16 step is skipped, not applied
+
+
+def test_min_workers_makes_an_elastic_worker_range() -> None:
+    assert worker_range(TrainConfig(num_workers=4)) == 4
+    assert worker_range(TrainConfig(num_workers=4, min_workers=1)) == (1, 4)  # Ray Train V2 ScalingConfig
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="min_workers must be in 1..num_workers=4"):
+            TrainConfig(num_workers=4, min_workers=bad)
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
