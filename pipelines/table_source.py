@@ -10,7 +10,7 @@ import io
 
 import pandas as pd
 
-from pipelines.fetch import FetchPolicy, fetch_bytes
+from pipelines.fetch import FetchError, FetchPolicy, fetch_bytes
 from pipelines.shards import sanitize_key
 from pipelines.sources import (
     SourceRecord,
@@ -45,7 +45,13 @@ def read_table(uri: str, fmt: str, policy: FetchPolicy) -> pd.DataFrame:
     The bytes come through the guarded fetch (a listing that redirects to a private address is refused)."""
     path = path_part(uri).lower()
     is_csv = path.endswith((".csv", ".tsv")) or (fmt == "webvid" and not path.endswith((".parquet", ".pq")))
-    f = io.BytesIO(fetch_bytes(uri, policy))
+    try:
+        f = io.BytesIO(fetch_bytes(uri, policy))
+    except FetchError as e:
+        if e.reason != "too_large":
+            raise
+        # a bad input, not a crash: one line naming the listing and the fix (listings are read whole)
+        raise ValueError(f"listing {uri} is too large to read: {e.detail}, or split the listing") from e
     if is_csv:
         # dtype=str keeps ids like "000123" intact. Bytes that are not UTF-8 become U+FFFD instead of failing
         # the whole listing: prepare then skips just those rows (caption_not_utf8) and counts them.

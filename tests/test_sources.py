@@ -424,3 +424,14 @@ def test_globs_matching_nothing_and_empty_sources(tmp_path) -> None:
         read_sources([f"webdataset:{tmp_path}/a"])
     with pytest.raises(ValueError, match="no usable rows"):
         read_sources([str(tmp_path / "a")])  # an empty folder
+
+
+def test_a_listing_over_max_bytes_is_a_clear_error(tmp_path) -> None:
+    from pipelines.fetch import FetchPolicy
+    from pipelines.table_source import read_table
+
+    listing = tmp_path / "list.csv"
+    listing.write_text("videoid,contentUrl,name\n" + "1,a.mp4,a cat\n" * 100)
+    with pytest.raises(ValueError, match=r"list.csv is too large to read: .*raise prepare.fetch.max_bytes"):
+        read_table(str(listing), "webvid", FetchPolicy(max_bytes=100, local_roots=(str(tmp_path),)))
+    assert len(read_table(str(listing), "webvid", FetchPolicy(local_roots=(str(tmp_path),)))) == 100
