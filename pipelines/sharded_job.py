@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.ray_utils import iter_rows_released, progress_note
+from pipelines.shard_scan import BadShardError
 from pipelines.shards import (
     check_no_foreign_shards,
     completed_shard,
@@ -42,6 +43,13 @@ class ShardPlan:
     out_dir: str
     digests: dict[int, str]
     plan_digest: str
+
+
+# A worker's expected refusal (strict mode's damaged shard) comes back as a progress record with this key
+# rather than as a Ray Data task error: the driver then ends the stream normally, which shuts the actor pool
+# down at once, and raises the refusal itself. A task error instead aborts the stream with the executor
+# still referenced from the error's traceback, so the pool (and its CPUs) outlives the failed job.
+FAILURE_KEY = "failure"
 
 
 def run_sharded_job(
@@ -77,14 +85,20 @@ def run_sharded_job(
     if pending:
         removed = remove_temp_files(plan.out_dir)
         log.info("%s: removed %d temp file(s) left by an interrupted run", plan.name, removed)
+    failure = None
     with contextlib.closing(make_shards(pending)) as finished:
         started = time.monotonic()
         for n, st in enumerate(finished, start=1):
+            if FAILURE_KEY in st:
+                failure = st[FAILURE_KEY]
+                break
             states[st["index"]] = st
             log.info(
                 "%s: shard %s done (%d samples, skips %s) %s", plan.name, st["name"], st["num_samples"],
                 st["skips"], progress_note(n, len(pending), time.monotonic() - started),
             )  # fmt: skip
+    if failure is not None:  # the stream is closed: its workers are gone
+        raise BadShardError(failure)
     manifest = build_manifest([states[i] for i in sorted(states)])
     write_manifest(plan.out_dir, manifest)
     log.info(

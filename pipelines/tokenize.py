@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.shard_scan import SHA256_FIELD, scan_shard
-from pipelines.sharded_job import ShardPlan, map_shards, run_sharded_job, shard_totals
+from pipelines.shard_scan import SHA256_FIELD, BadShardError, scan_shard
+from pipelines.sharded_job import FAILURE_KEY, ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
     PlanMismatchError,
     absolute_uri,
@@ -175,7 +175,10 @@ class TokenizeWorker:
         self.dtype = token_dtype(self.model_cfg.codebook_size)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        state = self.process(row["clip_shard"], int(row["index"]), row["digest"], row["sha256"] or None)
+        try:
+            state = self.process(row["clip_shard"], int(row["index"]), row["digest"], row["sha256"] or None)
+        except BadShardError as error:  # strict: the driver raises it (`run_sharded_job`), see FAILURE_KEY
+            state = {"index": int(row["index"]), FAILURE_KEY: str(error)}
         return {"index": state["index"], "state": json.dumps(state)}
 
     def encode_tokens(self, clips: list[Clip]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:

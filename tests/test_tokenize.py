@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from modeling.cvivit import CViViT, cvivit_debug, usable_frames
 from modeling.pixels import frames_to_video
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.prepare import PrepareConfig, prepare
+from pipelines.shard_scan import BadShardError
 from pipelines.shards import (
     PlanMismatchError,
     file_sha256,
@@ -167,11 +169,20 @@ def test_a_truncated_clip_shard_is_one_skip_not_a_failed_job(tmp_path, ray_local
     lost = _cut_inside(first)
     assert lost == keys[1]
     # strict: the job fails, naming the shard and the fix (before the manifest is written)
-    with pytest.raises(Exception, match=r"bad_shard in shard shard-000000.tar.*Delete that shard"):
+    free_cpus = ray_local.available_resources().get("CPU", 0)
+    with pytest.raises(
+        BadShardError, match=r"bad_shard in shard shard-000000.tar.*Delete that shard"
+    ) as failed:
         tokenize(
             str(tmp_path / "tok"), clips, str(tmp_path / "strict"), TokenizeConfig(strict=True, num_workers=1)
         )
     assert not (tmp_path / "strict" / "manifest.json").exists()
+    # ... and its actor pool is gone although the error is still held (`failed`): a Ray Train job started next
+    # would otherwise wait forever for the CPU it kept
+    deadline = time.monotonic() + 60
+    while ray_local.available_resources().get("CPU", 0) < free_cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_local.available_resources().get("CPU", 0) >= free_cpus and failed.value is not None
 
     # a clip dataset made before checksums: the truncated shard's first sample is still tokenized
     manifest = read_manifest(clips)
