@@ -53,12 +53,18 @@ def kind_of(model: nn.Module) -> str:
     raise TypeError(f"no checkpoint kind registered for {type(model).__name__}")
 
 
-def file_digest(path: str | Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file, hex, read in 4 MiB chunks (checkpoint files can be tens of GB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """A checkpoint's identity: the first 16 hex digits of its weights' sha256."""
+    return sha256_file(path)[:16]
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, config: Any, extra: dict | None = None) -> str:

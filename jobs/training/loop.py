@@ -13,6 +13,7 @@ budget runs out.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,7 @@ class StepTail:
         """Checkpoint step `step` unless a weight is non-finite (then nothing is saved; returns False)."""
         if not self.guard.check_before_save(step, self.worker.device):
             return False
-        drill = lambda: maybe_inject_fault(self.cfg, step, self.out_dir, self.worker, where="save")  # noqa: E731
+        drill = functools.partial(maybe_inject_fault, self.cfg, step, self.out_dir, self.worker, where="save")
         save_and_report(self.engines, state, metrics, self.worker, fault_drill=drill)
         self.last_saved = step
         return True
@@ -199,11 +200,13 @@ def train(task: TrainTask, out_dir: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(yaml.safe_dump(task.run_config(), sort_keys=False))
     clear_halt(out)  # a rerun after a halt resumes from the last finite checkpoint
+    from ray.train import TrainingFailedError
+
     try:
         result = launch(loop, {"task": task}, task.train, str(out), task.run_name)
         if result.error is not None:
             raise result.error
-    except Exception as error:  # Ray Train V2 raises from fit() once the failure budget is spent
+    except TrainingFailedError as error:  # Ray Train V2 raises from fit() once the failure budget is spent
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         log.error(
             "[%s] FAILED: the worker group failed more often than max_failures=%d allows; the last checkpoint "

@@ -24,7 +24,6 @@ can still change the weights (not run code). Keep the storage writable only by t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from modeling.checkpoint import sha256_file
 
 MANIFEST_PREFIX = "sha256.rank"
 MANIFEST_SUFFIX = ".json"
@@ -50,14 +51,6 @@ FIX = "delete this checkpoint directory to resume from the previous one, or star
 
 class CheckpointVerificationError(RuntimeError):
     """A checkpoint directory that does not match its manifests: nothing in it was loaded."""
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_name(rank: int) -> str:
