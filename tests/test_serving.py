@@ -105,6 +105,8 @@ def test_a_job_goes_queued_running_succeeded_with_timings():
     assert store.start([job["id"], "nope"], batch_size=1) == [job["id"]]
     assert store.step([job["id"]], 0.5) == []
     assert store.get(job["id"])["progress"] == 0.5
+    store.step([job["id"]], 1.0)  # every sampling step done; the decode and encode still run
+    assert store.get(job["id"])["progress"] == 0.99 and store.get(job["id"])["status"] == "running"
     clock.now += 3
     store.finish(job["id"], b"video", "video/mp4", "x.mp4", {"frames": 9, "fps": 8.0})
     view = store.get(job["id"])

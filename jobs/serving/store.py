@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from jobs.serving.api import FINISHED, Limits
 
 
+RUNNING_PROGRESS_CAP = 0.99  # the most progress a job shows before its video is stored
+
+
 class Overloaded(RuntimeError):
     """Too many jobs waiting; `retry_after_s` is a fair guess of when to try again."""
 
@@ -111,7 +114,11 @@ class JobStore:
                 if rec is None or rec.view["status"] != "running" or self._timed_out(rec, now):
                     stopped.append(job_id)
                 else:
-                    rec.view["progress"] = max(rec.view["progress"], min(1.0, float(progress)))
+                    # 1.0 is kept for "the video is ready": the last sampling step still leaves the decode and
+                    # the encode to run, and a client that sees 1.0 while it waits would think it stalled.
+                    rec.view["progress"] = max(
+                        rec.view["progress"], min(RUNNING_PROGRESS_CAP, float(progress))
+                    )
                     rec.view["run_seconds"] = now - rec.view["started_at"]  # so far
             return stopped
 
