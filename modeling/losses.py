@@ -18,6 +18,7 @@ from torch import nn
 
 from modeling.cvivit import CViViTOutput
 from modeling.i3d import InceptionI3d
+from modeling.metrics import psnr_db
 
 
 @dataclass
@@ -39,9 +40,8 @@ class TokenizerLossConfig:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB for tensors in [-1, 1], averaged over the batch."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean()
+    """PSNR in dB for tensors in [-1, 1] (clamped to it), averaged over the batch (`modeling.metrics.psnr_db`)."""
+    return psnr_db(a.clamp(-1, 1), b.clamp(-1, 1), data_range=2.0).mean().to(a.dtype)
 
 
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]

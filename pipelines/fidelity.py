@@ -75,9 +75,11 @@ def score_reconstructions(
         report[key] = float(np.mean([r[key] for r in rows]))
     report["all"] = float(np.mean([r["colour"] and r["shape"] and r["motion"] for r in rows]))
     if originals is not None:
-        err = (recon.astype(np.float64) - originals.astype(np.float64)) ** 2
-        mse = err.reshape(len(recon), -1).mean(axis=1)
-        report["psnr_db"] = float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+        import torch
+
+        from modeling.metrics import psnr_db
+
+        report["psnr_db"] = float(psnr_db(torch.as_tensor(recon), torch.as_tensor(originals), 255.0).mean())
     report["per_clip"] = rows
     return report
 
