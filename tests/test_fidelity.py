@@ -39,7 +39,7 @@ def test_a_perfect_reconstruction_scores_every_clip(clips) -> None:
     report = score_reconstructions(clips.frames, clips.truths, clips.frames)
     assert report["clean"] == report["colour"] == report["motion"] == 1.0
     assert report["shape"] >= 70 / 72  # 7-px triangles at 32x32: the detector's own limit (71/72 measured)
-    assert report["psnr_db"] > 100  # identical frames: only the 1e-10 floor on the error
+    assert report["psnr_db"] == pytest.approx(100.0)  # identical frames: the MSE floor (1e-10 x 255^2)
     assert summary_line(report).startswith("one clean object 72/72, colour 72/72")
 
 
