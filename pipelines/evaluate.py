@@ -102,6 +102,18 @@ def summarise(segments: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def load_records(results_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a demo/generation results.json (a list, or a dict with `records`), files made absolute
+    (they are written relative to the JSON's directory)."""
+    import json
+    from pathlib import Path
+
+    path = Path(results_path)
+    data = json.loads(path.read_text())
+    records = data["records"] if isinstance(data, dict) else data
+    return [{**r, "file": str((path.parent / r["file"]).resolve())} for r in records]
+
+
 def evaluate_videos(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Score generated videos against their prompts; see the module docstring for the record format.
 
@@ -131,6 +143,7 @@ def generated_adherence(
 ) -> dict[str, dict[str, Any]]:
     """Generate every `prompt_suite` composition with `seeds` seeds (a `modeling.generation.VideoGenerator`
     and its `SamplingConfig`), write each as H.264 like the demo does, and summarise per kind."""
+    import json
     import logging
     import time
     from pathlib import Path
@@ -147,7 +160,7 @@ def generated_adherence(
     log.info(
         "generating %d videos (%d compositions x %d seeds) into %s", total, total // seeds, seeds, videos
     )
-    summary = {}
+    summary, every_record = {}, []
     for kind, triples in suite.items():
         records = []
         for c, s, m in triples:
@@ -161,4 +174,9 @@ def generated_adherence(
                 if done % max(total // 10, 1) == 0 or done == total:  # about ten lines, however many videos
                     log.info("generated %s", progress_note(done, total, time.monotonic() - started, "videos"))
         summary[kind] = {k: v for k, v in evaluate_videos(records).items() if k != "segments"}
+        every_record += records
+    # the videos with their prompts, so `phenaki eval --results` (and the FVD / CLIP metrics) can read them again
+    (videos / "results.json").write_text(
+        json.dumps({"records": [{**r, "file": Path(r["file"]).name} for r in every_record]}, indent=2)
+    )
     return summary

