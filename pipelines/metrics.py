@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from modeling.metrics import RunningStats
+
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
@@ -236,30 +238,41 @@ class FeatureWorker:
 
 
 class SetFeatures:
-    """The driver's streamed view of one set: I3D and Inception statistics, IS probabilities, CLIP scores."""
+    """The driver's streamed view of one set: I3D and Inception statistics (their sizes taken from the first
+    features: 400 and 2048 with the published networks), IS probabilities, CLIP scores."""
 
     def __init__(self) -> None:
-        from modeling.metrics import RunningStats
-
         self.videos, self.frames, self.short_for_fvd = 0, 0, 0
-        self.i3d, self.pool = RunningStats(400), RunningStats(2048)
+        self.stats: dict[str, RunningStats] = {}  # "i3d", "pool"
         self.probs: list[
             np.ndarray
         ] = []  # IS splits the whole set, so these are kept (float32, 4 KB a frame)
         self.clip: list[np.ndarray] = []
 
-    def add(self, row: dict[str, Any]) -> None:
+    def _update(self, key: str, features: np.ndarray) -> None:
+        if key not in self.stats:
+            self.stats[key] = RunningStats(features.shape[1])
+        self.stats[key].update(features)
+
+    def count(self, key: str) -> int:
+        return self.stats[key].count if key in self.stats else 0
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        """One `FeatureWorker` output row."""
         from pipelines.shards import load_npy
 
+        self.add(int(row["frames"]), {k: load_npy(row[k]) for k in FEATURE_KEYS if len(row[k])})
+
+    def add(self, frames: int, feats: dict[str, np.ndarray]) -> None:
+        """One video's `clip_features`."""
         self.videos += 1
-        self.frames += int(row["frames"])
-        feats = {k: load_npy(row[k]) for k in FEATURE_KEYS if len(row[k])}
+        self.frames += frames
         if "i3d" in feats:
-            self.i3d.update(feats["i3d"][None])
+            self._update("i3d", feats["i3d"][None])
         else:
             self.short_for_fvd += 1
         if "pool" in feats:
-            self.pool.update(feats["pool"])
+            self._update("pool", feats["pool"])
             self.probs.append(feats["probs"].astype(np.float32))
         if "clip" in feats:
             self.clip.append(feats["clip"])
@@ -282,7 +295,7 @@ def extract(
 
     def add(row: dict[str, Any]) -> None:
         for name in members[row["ref"]]:
-            feats[name].add(row)
+            feats[name].add_row(row)
 
     if workers == 0:
         worker = FeatureWorker(asdict(weights))
@@ -326,16 +339,14 @@ def set_report(generated: SetFeatures, real: SetFeatures | None) -> dict[str, An
     report: dict[str, Any] = {"videos": generated.videos, "frames": generated.frames, "notes": []}
     if real is not None:
         report["real_videos"], report["real_frames"] = real.videos, real.frames
-        for name, a, b, short in (
-            ("fvd", generated.i3d, real.i3d, True),
-            ("fid", generated.pool, real.pool, False),
-        ):
-            if a.count >= 2 and b.count >= 2:
-                report[name] = _finite_or_none(frechet_distance_of(a, b))
-            elif a.count or b.count or (short and (generated.short_for_fvd or real.short_for_fvd)):
+        for name, key in (("fvd", "i3d"), ("fid", "pool")):
+            a, b = generated.count(key), real.count(key)
+            if a >= 2 and b >= 2:
+                report[name] = _finite_or_none(frechet_distance_of(generated.stats[key], real.stats[key]))
+            elif a or b or (key == "i3d" and (generated.short_for_fvd or real.short_for_fvd)):
                 report["notes"].append(
-                    f"{name.upper()} needs >= 2 feature vectors per set, got {a.count} generated and {b.count} real"
-                    + (" (FVD takes clips of >= 16 frames)" if short else "")
+                    f"{name.upper()} needs >= 2 feature vectors per set, got {a} generated and {b} real"
+                    + (" (FVD takes clips of >= 16 frames)" if key == "i3d" else "")
                 )
     for prefix, feats in (("", generated), ("real_", real)):
         if feats is None:
@@ -358,7 +369,7 @@ def paired_metrics(
     >= 16 frames), and with "inception" their FID over frames."""
     import torch
 
-    from modeling.metrics import FVD_FRAMES, RunningStats, frechet_distance_of, video_pair_metrics
+    from modeling.metrics import video_pair_metrics
     from modeling.pixels import frames_to_video
 
     nets = nets or {}
@@ -376,25 +387,15 @@ def paired_metrics(
             )
         report["lpips"] = float(dist.double().mean())
     feature_nets = {k: v for k, v in nets.items() if k in ("i3d", "inception")}
-    if feature_nets:
-        stats = {k: (RunningStats(d), RunningStats(d)) for k, d in (("i3d", 400), ("pool", 2048))}
-        for clip_a, clip_b in zip(originals, outputs, strict=True):
-            for feats, side in (
-                (clip_features(feature_nets, clip_a, None), 0),
-                (clip_features(feature_nets, clip_b, None), 1),
-            ):
-                for k in ("i3d", "pool"):
-                    if k in feats:
-                        stats[k][side].update(np.atleast_2d(feats[k]))
-        if "i3d" in nets:
-            if originals.shape[1] < FVD_FRAMES or len(originals) < 2:
-                report["fvd_note"] = (
-                    f"FVD needs >= 2 clips of >= {FVD_FRAMES} frames; these are {originals.shape[:2]}"
-                )
-            else:
-                report["fvd"] = _finite_or_none(frechet_distance_of(*stats["i3d"]))
-        if "inception" in nets:
-            report["fid"] = _finite_or_none(frechet_distance_of(*stats["pool"]))
+    if feature_nets:  # the outputs as a set against their clips as a set
+        real, made = SetFeatures(), SetFeatures()
+        for clip, output in zip(originals, outputs, strict=True):
+            real.add(len(clip), clip_features(feature_nets, clip, None))
+            made.add(len(output), clip_features(feature_nets, output, None))
+        sets = set_report(made, real)
+        report |= {k: sets[k] for k in ("fvd", "fid") if k in sets}
+        if sets["notes"]:
+            report["notes"] = sets["notes"]
     return report
 
 
