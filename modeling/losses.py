@@ -19,6 +19,7 @@ from torch import nn
 from modeling.cvivit import CViViTOutput
 from modeling.i3d import InceptionI3d
 from modeling.metrics import psnr_db
+from modeling.weights import load_into, load_state_file
 
 
 @dataclass
@@ -44,6 +45,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return psnr_db(a.clamp(-1, 1), b.clamp(-1, 1), data_range=2.0).mean().to(a.dtype)
 
 
+VGG16_SOURCE = "Use torchvision's ImageNet VGG16 (vgg16-397923af.pth, from torchvision's model zoo) saved to a local file."
 VGG16_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 
@@ -68,16 +70,10 @@ class VGGFeatures(nn.Module):
 
     @classmethod
     def from_file(cls, path: str) -> VGGFeatures:
-        from safetensors.torch import load_file
-
-        net = cls()
-        if path.endswith(".safetensors"):
-            state = load_file(path)
-        else:  # weights_only refuses arbitrary pickled objects
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if k.startswith("features.")}
-        net.load_state_dict(state, strict=True)
-        return net.eval().requires_grad_(False)
+        """torchvision's VGG16 file (`features.N.*`; the classifier is ignored), eval mode."""
+        state = load_state_file(path, "VGG16 weights (torchvision layout)", VGG16_SOURCE)
+        features = {k: v for k, v in state.items() if k.startswith("features.")}
+        return load_into(cls(), features, path, "VGG16")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = ((images + 1) / 2 - self.mean) / self.std

@@ -1,0 +1,166 @@
+"""The metrics' feature networks load the published weight layouts from local files, refuse anything else with
+an error naming the file and where such weights come from, and compute what their papers define.
+
+No pretrained weights exist on CI machines: each network is built with random weights, saved in the published
+file's layout, and loaded back through the same `from_file` path a user's file takes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from modeling.clip_score import CLIPScorer, clip_pixels
+from modeling.inception import FIDInceptionV3
+from modeling.lpips import LPIPS
+from modeling.text_encoder import _minilm_path
+from modeling.weights import WeightsFileError, WeightsFileMissing
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(FIDInceptionV3().state_dict(), path)
+    return path
+
+
+def test_fid_inception_loads_its_layout_and_gives_pool3_and_logits(inception_file):
+    net = FIDInceptionV3.from_file(inception_file)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    # every tensor of the file is used, with the names pytorch-fid's file has (torchvision's Inception-v3 names)
+    state = torch.load(inception_file, weights_only=True)
+    assert set(state) == set(net.state_dict())
+    assert {"Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch3x3dbl_3b.bn.running_var", "fc.weight"} <= set(state)
+    assert (
+        sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
+        == 23_850_960
+    )
+    pool3, logits = net(torch.rand(2, 3, 40, 56))  # any size: resized to 299 inside
+    assert pool3.shape == (2, 2048) and logits.shape == (2, 1008)
+    assert (pool3 >= 0).all()  # a mean of ReLU outputs
+
+
+def test_weight_files_that_are_not_the_network_are_refused(inception_file, tmp_path):
+    with pytest.raises(WeightsFileMissing, match=r"nope\.pth.*pytorch-fid"):
+        FIDInceptionV3.from_file(tmp_path / "nope.pth")
+    state = torch.load(inception_file, weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "wrapped.pth")
+    with pytest.raises(WeightsFileError, match=r"wrapped\.pth.*missing keys"):
+        FIDInceptionV3.from_file(tmp_path / "wrapped.pth")
+    (tmp_path / "payload.pth").write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(WeightsFileError, match=r"payload\.pth is not a readable"):
+        FIDInceptionV3.from_file(tmp_path / "payload.pth")
+
+
+def _lpips_files(tmp_path, seed=0):
+    torch.manual_seed(seed)
+    net = LPIPS()
+    for lin in net.lins:  # the published heads are non-negative
+        lin.model[1].weight.data.abs_()
+    vgg = {k: v for k, v in net.net.state_dict().items()}
+    vgg["classifier.0.weight"] = torch.zeros(4, 4)  # torchvision's file also holds the classifier
+    torch.save(vgg, tmp_path / "vgg16-397923af.pth")
+    torch.save(
+        {f"lin{i}.model.1.weight": lin.model[1].weight for i, lin in enumerate(net.lins)},
+        tmp_path / "vgg.pth",
+    )
+    return net
+
+
+def test_lpips_is_a_distance_in_the_published_layout(tmp_path):
+    reference = _lpips_files(tmp_path)
+    net = LPIPS.from_files(tmp_path / "vgg16-397923af.pth", tmp_path / "vgg.pth")
+    a, b = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    d = net(a, b)
+    assert d.shape == (3,) and (d > 0).all()
+    assert torch.allclose(net(a, a), torch.zeros(3)) and torch.allclose(net(b, a), d)
+    assert torch.allclose(reference.eval()(a, b), d)  # the file round trip keeps every weight
+    # one layer by hand: sum_c w_c * mean_hw (f_a/|f_a| - f_b/|f_b|)^2 summed over the five layers
+    expected = torch.zeros(3)
+    for lin, fa, fb in zip(net.lins, net.net(a), net.net(b), strict=True):
+        ua, ub = fa / (fa.norm(dim=1, keepdim=True) + 1e-10), fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
+        expected += ((ua - ub) ** 2 * lin.model[1].weight.view(1, -1, 1, 1)).sum(1).mean((1, 2))
+    assert torch.allclose(d, expected, rtol=1e-5)
+    with pytest.raises(WeightsFileMissing, match=r"lpips.*vgg\.pth"):
+        LPIPS.from_files(tmp_path / "vgg16-397923af.pth", tmp_path / "missing" / "vgg.pth")
+
+
+def tiny_clip_dir(path):
+    """A random 2-layer CLIP saved as transformers saves one, with the MiniLM WordPiece tokenizer (the only
+    tokenizer on the machine; [SEP] = 102 ends the text, as CLIP's end token does)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 32, "eos_token_id": 102},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).save_pretrained(str(path))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(_minilm_path() / name, path / name)
+    return path
+
+
+def test_clip_score_from_a_local_directory(tmp_path):
+    scorer = CLIPScorer.from_dir(tiny_clip_dir(tmp_path / "clip"))
+    images = torch.rand(3, 3, 48, 64)
+    texts = ["a red circle", "a blue square moving left", "a red circle"]
+    scores = scorer.score(images, texts)
+    assert scores.shape == (3,) and ((scores >= 0) & (scores <= 100)).all()
+    # by definition: 100 * max(cos, 0) of the projected embeddings
+    tokens = scorer.tokenizer(texts, padding=True, return_tensors="pt")
+    image = scorer.model.get_image_features(pixel_values=clip_pixels(images, 32))
+    text = scorer.model.get_text_features(**tokens)
+    image = image if isinstance(image, torch.Tensor) else image.pooler_output
+    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    expected = (100 * torch.nn.functional.cosine_similarity(image, text)).clamp(min=0)
+    assert torch.allclose(scores, expected, atol=1e-4)
+    with pytest.raises(WeightsFileMissing, match="CLIP model directory"):
+        CLIPScorer.from_dir(tmp_path / "none")
+
+
+def test_clip_pixels_crops_the_centre_of_the_shorter_side():
+    images = torch.zeros(1, 3, 20, 40)
+    images[..., 10:30] = 1.0  # a bright centre band the crop keeps whole
+    x = clip_pixels(images, 16, mean=(0, 0, 0), std=(1, 1, 1))
+    assert x.shape == (1, 3, 16, 16) and x.mean() > 0.9
+
+
+def test_torchvision_next_to_the_cpu_torch_imports_and_matches_our_layouts():
+    """The bench extra installs PyPI's torchvision, a CUDA build: importing our package first keeps it (and
+    transformers, which imports it) importable, and its Inception-v3 / VGG16 have our key names and shapes."""
+    code = (
+        "import modeling, torchvision, json\n"
+        "from transformers import CLIPModel, T5EncoderModel\n"
+        "from modeling.inception import FIDInceptionV3\n"
+        "from modeling.losses import VGGFeatures\n"
+        "tv = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)\n"
+        "ours = FIDInceptionV3().state_dict()\n"
+        "vgg = torchvision.models.vgg16(weights=None).state_dict()\n"
+        "print(json.dumps([{k: list(v.shape) for k, v in tv.state_dict().items()} == "
+        "{k: list(v.shape) for k, v in ours.items()}, "
+        "all(list(vgg[k].shape) == list(v.shape) for k, v in VGGFeatures().state_dict().items())]))\n"
+    )
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip(
+            "torchvision is not installed (it comes with the bench extra, which scripts/install.sh installs)"
+        )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
