@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from jobs.runtime import run_command
-from pipelines.metrics import MetricWeights, load_networks, paired_metrics
+from pipelines.metrics import MetricWeights, SetOptions, load_networks, paired_metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,12 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Ray Data actors extracting features of --results / --videos / --real (0: in this process)",
     )
+    metrics.add_argument(
+        "--image-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="FID / IS / CLIP score of video sets read N evenly spaced frames per video (default: every frame)",
+    )
 
 
-def metric_weights(args: argparse.Namespace) -> MetricWeights:
+def metric_settings(args: argparse.Namespace) -> tuple[MetricWeights, SetOptions]:
     """The feature networks' weight files and the metric options, checked before anything runs."""
-    if args.metric_workers < 0:
-        raise ValueError(f"--metric-workers must be >= 0, got {args.metric_workers}")
+    options = SetOptions(workers=args.metric_workers, image_frames=args.image_frames).validate()
     if args.real and not Path(args.real).exists():
         raise FileNotFoundError(f"--real {args.real}: no such clip-shard directory or folder of videos")
     weights = MetricWeights(args.i3d, args.inception, args.clip, args.lpips_vgg, args.lpips_lin).validate()
@@ -90,7 +96,7 @@ def metric_weights(args: argparse.Namespace) -> MetricWeights:
         raise ValueError(
             "--real is compared through FVD (--i3d), FID (--inception) or LPIPS (--lpips-*): give one"
         )
-    return weights
+    return weights, options
 
 
 def tokenizer_fidelity_report(
@@ -211,14 +217,14 @@ def main(args: argparse.Namespace) -> int:
     from pipelines.fidelity import summary_line
     from pipelines.metrics import metrics_line, records_refs, set_metrics_report, set_refs
 
-    weights = metric_weights(args)  # every flag checked before a model loads or Ray starts
+    weights, options = metric_settings(args)  # every flag checked before a model loads or Ray starts
     if args.checkpoint:
         report = checkpoint_adherence_report(args.checkpoint, args.seeds, args.sampling, weights)
         for task, numbers in report.get("tasks", {}).items():  # COMMIT: one line per task
             print(f"{task:>4}: {summary_line(numbers)}; {metrics_line(numbers['metrics'])}")
         if "tasks" not in report and weights.any:  # Phenaki: the videos it generated, as a set
             videos = set_refs(str(Path(args.checkpoint) / "eval-videos" / "results.json"))
-            report["metrics"] = set_metrics_report(videos, args.real, weights, args.metric_workers)
+            report["metrics"] = set_metrics_report(videos, args.real, weights, options)
             print(f"metrics: {metrics_line(report['metrics'])}")
         return _emit(report, args.out)
     if args.tokenizer:
@@ -238,9 +244,7 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(
                 "phenaki eval: --videos is measured with --i3d, --inception, --clip or --lpips-*"
             )
-        report = {
-            "metrics": set_metrics_report(set_refs(args.videos), args.real, weights, args.metric_workers)
-        }
+        report = {"metrics": set_metrics_report(set_refs(args.videos), args.real, weights, options)}
         print(f"metrics: {metrics_line(report['metrics'])}")
         return _emit(report, args.out)
     records = load_records(args.results) if args.results else [{"prompts": args.prompt, "file": args.video}]
@@ -250,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
     report = evaluate_videos(records)
     if weights.any:  # the detector's figures (the weight-free metric) are printed first, then these
         print(json.dumps({k: v for k, v in report.items() if k != "segments"}, indent=2))
-        report["metrics"] = set_metrics_report(records_refs(records), args.real, weights, args.metric_workers)
+        report["metrics"] = set_metrics_report(records_refs(records), args.real, weights, options)
         print(f"metrics: {metrics_line(report['metrics'])}")
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))

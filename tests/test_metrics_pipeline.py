@@ -12,8 +12,10 @@ from pipelines.media import encode_mp4_file
 from pipelines.metrics import (
     MetricWeights,
     SetFeatures,
+    SetOptions,
     extract,
     frame_prompts,
+    image_frame_indices,
     metrics_line,
     paired_metrics,
     pairs_by_name,
@@ -66,6 +68,14 @@ def test_sets_are_read_from_results_json_folders_and_clip_shards(tmp_path):
     assert set_refs(str(shards)) == [{"shard": str(shards / "shard-000000.tar")}]
     with pytest.raises(ValueError, match="not a results.json, a clip-shard directory"):
         set_refs(str(tmp_path / "clips" / "shard-000000.tar"))
+
+
+def test_image_metrics_read_evenly_spaced_frames():
+    assert image_frame_indices(16, 2).tolist() == [0, 15]
+    assert image_frame_indices(9, 3).tolist() == [0, 4, 8]
+    assert image_frame_indices(3, None).tolist() == image_frame_indices(3, 5).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="--image-frames must be >= 1"):
+        SetOptions(image_frames=0).validate()
 
 
 def test_videos_pair_by_file_name_only_when_every_one_has_a_partner():
@@ -140,7 +150,7 @@ def _npy(a: np.ndarray) -> bytes:
 def test_features_in_process_give_fvd_zero_for_a_set_against_itself(tmp_path, i3d_file):
     files = _videos(tmp_path / "v", 2)
     refs = [{"file": str(f)} for f in files]
-    feats = extract({"generated": refs, "real": refs}, MetricWeights(i3d=i3d_file), workers=0)
+    feats = extract({"generated": refs, "real": refs}, MetricWeights(i3d=i3d_file), SetOptions(workers=0))
     report = set_report(feats["generated"], feats["real"])
     assert feats["generated"].count("i3d") == 2 and report["fvd"] == pytest.approx(0.0, abs=1e-6)
 
@@ -153,3 +163,46 @@ def test_paired_metrics_of_outputs_against_their_clips():
     noisy = np.clip(clips.astype(int) + rng.integers(-20, 20, clips.shape), 0, 255).astype(np.uint8)
     worse = paired_metrics(clips, noisy)
     assert 20 < worse["psnr_db"] < 40 and 0 < worse["ssim"] < 1
+
+
+@pytest.mark.ray
+def test_eval_cli_computes_every_metric_on_ray_data_with_small_random_networks(
+    tmp_path, i3d_file, ray_local, capsys
+):
+    """`phenaki eval` end to end on a Ray Data actor pool: random-init I3D, FID Inception, LPIPS and a tiny
+    CLIP, each read from a file as a user's weights would be; a set against itself has FVD and FID ~ 0."""
+    from jobs.cli import main
+    from modeling.inception import FIDInceptionV3
+    from tests.test_feature_networks import _lpips_files, tiny_clip_dir
+
+    torch.manual_seed(0)
+    inception = tmp_path / "pt_inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), inception)
+    _lpips_files(tmp_path)
+    clip = tiny_clip_dir(tmp_path / "clip")
+    files = _videos(tmp_path / "videos", 2, frames=16, size=32)
+    results = tmp_path / "videos" / "results.json"
+    results.write_text(json.dumps([{"prompts": ["a red square moving left"], "file": f.name} for f in files]))
+    argv = ["eval", "--results", str(results), "--real", str(tmp_path / "videos"), "--i3d", i3d_file,
+            "--inception", str(inception), "--clip", str(clip), "--lpips-vgg", str(tmp_path / "vgg16-397923af.pth"),
+            "--lpips-lin", str(tmp_path / "vgg.pth"), "--metric-workers", "1", "--image-frames", "2", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index('"clean"') < out.index("metrics: FVD")  # the detector's figures come first
+    report = json.loads((tmp_path / "eval.json").read_text())
+    metrics = report["metrics"]
+    assert report["num_videos"] == 2 and metrics["videos"] == metrics["real_videos"] == 2
+    assert metrics["fvd"] == pytest.approx(0.0, abs=1e-4) and metrics["fid"] == pytest.approx(0.0, abs=1e-4)
+    for value in (
+        metrics["inception_score"]["mean"],
+        metrics["real_inception_score"]["mean"],
+        metrics["clip_score"],
+    ):
+        assert np.isfinite(value) and value >= 0
+    paired = metrics["paired"]
+    assert (
+        paired["pairs"] == 2
+        and paired["psnr_db"] == pytest.approx(100.0)
+        and paired["ssim"] == pytest.approx(1.0)
+    )
+    assert paired["lpips"] == pytest.approx(0.0, abs=1e-6)
