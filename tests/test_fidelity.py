@@ -99,6 +99,9 @@ def test_eval_cli_reports_a_checkpoints_fidelity(tmp_path, capsys) -> None:
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["tokenizer"].endswith("tokenizer") and report["frames"] == FRAMES and report["clips"] == 72
     assert len(report["per_clip"]) == 72 and 0.0 <= report["clean"] <= 1.0
+    reconstruction = report["reconstruction"]  # the papers' pixel metrics, which need no weights
+    assert 0 < reconstruction["psnr_db"] < 100 and -1 <= reconstruction["ssim"] <= 1
+    assert f"reconstructions: PSNR {reconstruction['psnr_db']:.2f} dB" in out
 
 
 def test_eval_cli_generates_and_reads_the_prompt_suite(tmp_path, capsys) -> None:

@@ -155,6 +155,21 @@ def test_features_in_process_give_fvd_zero_for_a_set_against_itself(tmp_path, i3
     assert feats["generated"].count("i3d") == 2 and report["fvd"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_paired_lpips_from_weight_files_is_zero_only_for_identical_clips(tmp_path):
+    from pipelines.metrics import load_networks
+    from tests.test_feature_networks import _lpips_files
+
+    _lpips_files(tmp_path)
+    weights = MetricWeights(
+        lpips_vgg=str(tmp_path / "vgg16-397923af.pth"), lpips_lin=str(tmp_path / "vgg.pth")
+    )
+    nets = load_networks(weights.validate())
+    rng = np.random.default_rng(2)
+    clips = rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)
+    assert paired_metrics(clips, clips, nets)["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert paired_metrics(clips, 255 - clips, nets)["lpips"] > 0
+
+
 def test_paired_metrics_of_outputs_against_their_clips():
     rng = np.random.default_rng(1)
     clips = rng.integers(0, 256, (3, 2, 16, 16, 3), dtype=np.uint8)
