@@ -221,3 +221,25 @@ def test_eval_cli_computes_every_metric_on_ray_data_with_small_random_networks(
         and paired["ssim"] == pytest.approx(1.0)
     )
     assert paired["lpips"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_eval_checkpoint_scores_its_generated_videos_with_clip(tmp_path, capsys):
+    """`phenaki eval --checkpoint` writes eval-videos/results.json (videos with their prompts), and with --clip
+    reports the CLIP score of that set after the detector's figures."""
+    from jobs.cli import main
+    from modeling.generation import write_debug_checkpoint
+    from tests.test_feature_networks import tiny_clip_dir
+
+    ckpt = write_debug_checkpoint(tmp_path / "transformer", num_frames=9, sampling={"steps": 2})
+    clip = tiny_clip_dir(tmp_path / "clip")
+    argv = ["eval", "--checkpoint", str(ckpt), "--seeds", "1", "--clip", str(clip), "--metric-workers", "0",
+            "--image-frames", "1", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    records = json.loads((ckpt / "eval-videos" / "results.json").read_text())["records"]
+    videos = report["held-out"]["num_videos"] + report["purple"]["num_videos"]
+    assert len(records) == videos and all((ckpt / "eval-videos" / r["file"]).is_file() for r in records)
+    metrics = report["metrics"]
+    assert metrics["videos"] == videos and metrics["frames"] == 9 * videos
+    assert 0 <= metrics["clip_score"] <= 100 and "fvd" not in metrics
+    assert "metrics: CLIP score" in capsys.readouterr().out
