@@ -109,7 +109,7 @@ def load_networks(weights: MetricWeights) -> dict[str, Any]:
     if weights.inception:
         from modeling.inception import FIDInceptionV3
 
-        nets["inception"] = FIDInceptionV3.from_file(weights.inception).eval()
+        nets["inception"] = FIDInceptionV3.from_file(weights.inception)
     if weights.clip:
         from modeling.clip_score import CLIPScorer
 
@@ -117,7 +117,7 @@ def load_networks(weights: MetricWeights) -> dict[str, Any]:
     if weights.lpips:
         from modeling.lpips import LPIPS
 
-        nets["lpips"] = LPIPS.from_files(weights.lpips_vgg, weights.lpips_lin).eval()
+        nets["lpips"] = LPIPS.from_files(weights.lpips_vgg, weights.lpips_lin)
     return nets
 
 
@@ -135,7 +135,7 @@ def clip_features(
     nets: dict[str, Any], frames: np.ndarray, prompts: list[str] | None, image_frames: int | None = None
 ) -> dict[str, np.ndarray]:
     """Every feature the networks give for one clip (T, H, W, 3) uint8 with one prompt per frame (or None):
-    `i3d` (400,) FVD logits (clips of >= 16 frames), and for the T' frames `image_frame_indices` picks,
+    `i3d` (400,) FVD logits (empty (0,) for clips under 16 frames), and for the T' frames `image_frame_indices` picks,
     `pool` (T', 2048) and `probs` (T', 1008) of Inception, `clip` (T',) CLIP scores."""
     import torch
 
@@ -143,8 +143,10 @@ def clip_features(
 
     out: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        if "i3d" in nets and len(frames) >= FVD_FRAMES:
-            out["i3d"] = nets["i3d"].classify(fvd_preprocess(frames[None]))[0].double().numpy()
+        if "i3d" in nets:  # an empty array: the clip is too short for FVD
+            too_short = len(frames) < FVD_FRAMES
+            logits = None if too_short else nets["i3d"].classify(fvd_preprocess(frames[None]))[0]
+            out["i3d"] = np.zeros(0) if logits is None else logits.double().numpy()
         keep = image_frame_indices(len(frames), image_frames)
         frames = frames[keep]
         prompts = [prompts[i] for i in keep] if prompts is not None else None
@@ -240,16 +242,24 @@ class FeatureWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import json
 
+        from pipelines.media import MediaError
         from pipelines.shards import npy_bytes
 
-        rows: dict[str, list] = {k: [] for k in ("ref", "frames", *FEATURE_KEYS)}
+        rows: dict[str, list] = {k: [] for k in ("ref", "frames", "error", *FEATURE_KEYS)}
+
+        def emit(ref: str, frames: int, feats: dict[str, np.ndarray], error: str = "") -> None:
+            rows["ref"].append(ref)
+            rows["frames"].append(frames)
+            rows["error"].append(error)
+            for k in FEATURE_KEYS:
+                rows[k].append(npy_bytes(feats[k]) if k in feats else b"")
+
         for ref in batch["ref"]:
-            for frames, prompts in decode_ref(json.loads(ref)):
-                feats = clip_features(self.nets, frames, prompts, self.image_frames)
-                rows["ref"].append(ref)
-                rows["frames"].append(len(frames))
-                for k in FEATURE_KEYS:
-                    rows[k].append(npy_bytes(feats[k]) if k in feats else b"")
+            try:
+                for frames, prompts in decode_ref(json.loads(ref)):
+                    emit(ref, len(frames), clip_features(self.nets, frames, prompts, self.image_frames))
+            except (MediaError, FileNotFoundError) as err:  # counted and named in the report, not fatal
+                emit(ref, 0, {}, f"{ref}: {err}")
         return rows
 
 
@@ -259,10 +269,10 @@ class SetFeatures:
 
     def __init__(self) -> None:
         self.videos, self.frames, self.short_for_fvd = 0, 0, 0
+        self.undecodable: list[str] = []  # "ref: why", for the report's notes
         self.stats: dict[str, RunningStats] = {}  # "i3d", "pool"
-        self.probs: list[
-            np.ndarray
-        ] = []  # IS splits the whole set, so these are kept (float32, 4 KB a frame)
+        # IS splits the whole set, so the probabilities are kept (float32, 4 KB a frame)
+        self.probs: list[np.ndarray] = []
         self.clip: list[np.ndarray] = []
 
     def _update(self, key: str, features: np.ndarray) -> None:
@@ -277,15 +287,18 @@ class SetFeatures:
         """One `FeatureWorker` output row."""
         from pipelines.shards import load_npy
 
+        if row["error"]:
+            self.undecodable.append(row["error"])
+            return
         self.add(int(row["frames"]), {k: load_npy(row[k]) for k in FEATURE_KEYS if len(row[k])})
 
     def add(self, frames: int, feats: dict[str, np.ndarray]) -> None:
         """One video's `clip_features`."""
         self.videos += 1
         self.frames += frames
-        if "i3d" in feats:
+        if "i3d" in feats and feats["i3d"].size:
             self._update("i3d", feats["i3d"][None])
-        else:
+        elif "i3d" in feats:
             self.short_for_fvd += 1
         if "pool" in feats:
             self._update("pool", feats["pool"])
@@ -354,6 +367,12 @@ def set_report(generated: SetFeatures, real: SetFeatures | None) -> dict[str, An
     from modeling.metrics import frechet_distance_of, inception_score
 
     report: dict[str, Any] = {"videos": generated.videos, "frames": generated.frames, "notes": []}
+    for name, feats in (("generated", generated), ("real", real)):
+        if feats is not None and feats.undecodable:
+            report["notes"].append(
+                f"{len(feats.undecodable)} {name} video(s) could not be decoded and are left out, e.g. "
+                f"{feats.undecodable[0]}"
+            )
     if real is not None:
         report["real_videos"], report["real_frames"] = real.videos, real.frames
         for name, key in (("fvd", "i3d"), ("fid", "pool")):

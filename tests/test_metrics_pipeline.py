@@ -116,6 +116,18 @@ def test_eval_cli_names_the_flag_the_file_and_the_source_of_a_missing_weight_fil
     )
 
 
+def test_an_undecodable_video_is_left_out_and_named(tmp_path):
+    good = _videos(tmp_path / "v", 1, frames=2)[0]
+    bad = tmp_path / "v" / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    feats = extract(
+        {"generated": [{"file": str(bad)}, {"file": str(good)}]}, MetricWeights(), SetOptions(workers=0)
+    )
+    generated = feats["generated"]
+    assert generated.videos == 1 and generated.frames == 2 and len(generated.undecodable) == 1
+    assert "bad.mp4" in set_report(generated, None)["notes"][0]
+
+
 def test_set_report_from_streamed_features():
     """FID of two Gaussian feature sets, IS of one-hot probabilities, CLIP score means, no weights needed."""
     rng = np.random.default_rng(0)
@@ -126,7 +138,8 @@ def test_set_report_from_streamed_features():
             probs = np.eye(1008)[rng.integers(0, 10, size=5)]
             row = {
                 "frames": 5,
-                "i3d": b"",
+                "error": "",
+                "i3d": _npy(np.zeros(0)),  # an empty I3D feature: the clip is too short for FVD
                 "pool": _npy(pool),
                 "probs": _npy(probs),
                 "clip": _npy(np.full(5, 30.0)),
