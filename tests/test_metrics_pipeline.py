@@ -78,6 +78,21 @@ def test_image_metrics_read_evenly_spaced_frames():
         SetOptions(image_frames=0).validate()
 
 
+def test_clip_shards_give_their_videos_with_captions_and_skip_stills(tmp_path):
+    from pipelines.media import encode_jpeg, encode_mp4
+    from pipelines.metrics import decode_ref
+    from pipelines.shards import write_shard
+
+    video = np.random.default_rng(3).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    still = np.zeros((16, 16, 3), np.uint8)
+    uri = str(tmp_path / "shard-000000.tar")
+    write_shard(uri, [{"__key__": "v", "mp4": encode_mp4(video, 8), "txt": "a red square"},
+                      {"__key__": "s", "jpg": encode_jpeg(still), "txt": "a still"}])  # fmt: skip
+    (out,) = list(decode_ref({"shard": uri}))
+    frames, prompts = out
+    assert frames.shape == (3, 16, 16, 3) and prompts == ["a red square"] * 3
+
+
 def test_videos_pair_by_file_name_only_when_every_one_has_a_partner():
     gen = [{"file": "/g/a.mp4"}, {"file": "/g/b.mp4"}]
     assert pairs_by_name(gen, [{"file": "/r/b.mp4"}, {"file": "/r/a.mp4"}]) == [
