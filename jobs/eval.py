@@ -7,6 +7,11 @@ and the detector reads them; a COMMIT checkpoint runs every task on 72 fresh cli
 CKPT` (a tokenizer checkpoint, or a transformer checkpoint with its tokenizer inside): the detector on the
 tokenizer's reconstructions of fresh clips of every colour x shape x motion (`pipelines.fidelity`). Every
 figure leads with "one clean object": colour, shape and motion count only on a video that shows one.
+
+The papers' metrics come after, when their networks' weight files are given (docs/metrics.md): FVD / FID /
+IS / CLIP score of a set of videos (--results, --videos, or a Phenaki checkpoint's generated videos) against
+--real clips, PSNR / SSIM / LPIPS of paired videos, of a tokenizer's reconstructions and of each COMMIT
+task's outputs (`pipelines.metrics`).
 """
 
 from __future__ import annotations
