@@ -140,7 +140,9 @@ def phenaki_adherence_report(
     checkpoint: str, seeds: int, sampling: list[str], weights: MetricWeights | None = None
 ) -> dict:
     """The held-out and purple compositions a Phenaki checkpoint generates, `seeds` samples each, read by the
-    detector (`pipelines.evaluate.generated_adherence`); `sampling`: key=value changes to its defaults."""
+    detector (`pipelines.evaluate.generated_adherence`); `sampling`: key=value changes to its defaults. The
+    videos and their prompts stay in <checkpoint>/eval-videos (with a results.json), where `main` measures them
+    as a set with `weights`; here they are only made and read."""
     import dataclasses
 
     from jobs.runtime import key_value_pairs
