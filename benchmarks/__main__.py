@@ -1,7 +1,7 @@
 """`python -m benchmarks`: run the benchmark suite, then render benchmarks/RESULTS.md and its plots.
 
     python -m benchmarks                        # every benchmark, full mode (long: the plan is printed first)
-    python -m benchmarks --skip demo_stages,image_ablation,magvit_quality   # leave out the slow ones
+    python -m benchmarks --skip slow            # leave out the slow ones (demo_stages, image_ablation, magvit_quality)
     python -m benchmarks --quick                # smoke pass -> results/quick/, RESULTS-quick.md (minutes)
     python -m benchmarks --only sampling_speed,tokenizer_throughput
     python -m benchmarks --render               # no runs: re-render from the JSONs on disk
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="every benchmark in its quick mode (separate files)"
     )
     parser.add_argument("--only", default=None, help=f"comma-separated: {','.join(suite.BY_NAME)}")
-    parser.add_argument("--skip", default=None, help="comma-separated names to leave out")
+    parser.add_argument(
+        "--skip", default=None, help="comma-separated names to leave out ('slow': the slow ones)"
+    )
     parser.add_argument("--render", action="store_true", help="run nothing; render from the JSONs on disk")
     parser.add_argument("--results", type=Path, default=None, help="results directory (default by mode)")
     parser.add_argument(

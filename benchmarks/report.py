@@ -180,6 +180,12 @@ def markdown(
         "times. Dates marked † are the git commit date of a JSON written before benchmarks recorded their "
         "date; ‡ a file's modification time.",
         "",
+        "Where to look when choosing a configuration: what more MaskGIT steps cost, and MaskGIT against "
+        "autoregressive decoding, in *Sampling*; each tokenizer preset's cost per clip in *Tokenizer*; how close "
+        "data preparation runs to pure decoding in *Prepare*; what a second worker buys in *Training*; what "
+        "request batching buys under load in *Serving*; what the demo preset reaches in *Demo quality*, judged by "
+        "a detector whose own accuracy is in *The adherence detector itself*.",
+        "",
         "## Summary",
         "",
         table(ROW_HEADER, [row_cells(r) for s in sections for r in s.rows]),
@@ -194,7 +200,7 @@ def markdown(
             parts += [f"![{caption}]({rel})", ""]
     parts += ["## Regenerating", "", "```", plan_text(list(BENCHMARKS), quick=quick), "```", ""]
     parts += [
-        "`python -m benchmarks --skip demo_stages,image_ablation,magvit_quality` leaves out the slow ones; "
+        "`python -m benchmarks --skip slow` leaves out the slow ones (demo_stages, image_ablation, magvit_quality); "
         "`--only NAME,...` runs a few; `--render` re-renders this file from the JSONs without running anything. "
         "Each benchmark runs as its own process (its output in `results/logs/<name>.log`), so one failing "
         "does not lose the others.",

@@ -52,7 +52,7 @@ def grouped_bars(
 ) -> Path:
     """Bars per group, one colour per `bars` key (a None value leaves a gap); values written on the bars;
     `reference`: a labelled dashed horizontal line (a goal)."""
-    fig = _figure(max(6.4, 1.1 * len(groups) * max(1, len(bars)) * 0.6 + 2), 3.8)
+    fig = _figure(min(11.0, max(6.4, 0.45 * len(groups) * max(1, len(bars)) + 2)), 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(bars))
     for i, (label, values) in enumerate(bars.items()):
@@ -76,7 +76,7 @@ def grouped_bars(
 
 def stacked_bar(path: Path, title: str, xlabel: str, parts: dict[str, float]) -> Path:
     """One horizontal bar split into labelled parts (e.g. wall time by stage), each with its value."""
-    fig = _figure(7.5, 2.6)
+    fig = _figure(7.5, 3.0)
     ax = fig.add_subplot()
     left = 0.0
     total = sum(parts.values()) or 1.0
@@ -87,7 +87,7 @@ def stacked_bar(path: Path, title: str, xlabel: str, parts: dict[str, float]) ->
         left += value
     ax.set_yticks([])
     ax.set(title=title, xlabel=xlabel)
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.legend(fontsize=7, ncol=4, loc="outside lower center")
     fig.savefig(path)
     return path
 

@@ -72,14 +72,22 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
 
+SLOW = "slow"  # in --only / --skip: every benchmark marked slow
+
+
 def parse_names(text: str | None) -> list[str]:
-    """'a,b' -> ['a', 'b'], every name checked against the suite (a ValueError names the unknown ones)."""
+    """'a,b' -> ['a', 'b'], every name checked against the suite (a ValueError names the unknown ones);
+    'slow' stands for the benchmarks marked slow."""
     if not text:
         return []
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        names += [b.name for b in BENCHMARKS if b.slow] if name == SLOW else [name]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BY_NAME)}")
+        raise ValueError(
+            f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BY_NAME)} or {SLOW}"
+        )
     return names
 
 
@@ -98,7 +106,7 @@ def plan_text(chosen: list[Benchmark], *, quick: bool) -> str:
     for b in chosen:
         minutes = b.quick_minutes if quick else b.full_minutes
         total += minutes
-        slow = "  [slow: --skip " + b.name + " to leave it out]" if b.slow and not quick else ""
+        slow = "  [slow: --skip slow leaves it out]" if b.slow and not quick else ""
         lines.append(f"{b.name:22s} {minutes:7.1f} m  {b.what}{slow}")
     lines.append(f"{'total':22s} {total:7.1f} m  (2 idle CPU cores; a shared machine takes longer)")
     return "\n".join(lines)

@@ -150,7 +150,9 @@ def test_only_and_skip_select_in_suite_order() -> None:
     with pytest.raises(SystemExit):
         main(["--render", "--only", "nope"])
     plan = suite.plan_text(suite.select([], []), quick=False)
-    assert "demo_stages" in plan and "[slow: --skip demo_stages" in plan and "total" in plan
+    assert "demo_stages" in plan and "[slow: --skip slow" in plan and "total" in plan
+    fast = suite.select([], suite.parse_names("slow"))
+    assert fast and not any(b.slow for b in fast) and "sampling_speed" in {b.name for b in fast}
 
 
 def test_quick_run_through_the_suite_and_a_failure_is_recorded(tmp_path) -> None:
