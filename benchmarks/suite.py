@@ -130,6 +130,10 @@ def run_one(bench: Benchmark, results_dir: Path, *, quick: bool, timeout_s: floa
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{bench.name}.log"
     command = bench.command(results_dir / f"{bench.name}.json", quick=quick)
+    if not (BENCHMARKS_DIR / f"{bench.name}.py").exists():  # e.g. a benchmark another branch adds
+        reason = f"benchmarks/{bench.name}.py is not in this checkout: nothing to run"
+        log.write_text(reason + "\n")
+        return Outcome(bench.name, False, 0.0, None, reason, command, str(log), measured_on())
     start = time.perf_counter()
     returncode: int | None
     try:

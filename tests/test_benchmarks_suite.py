@@ -171,6 +171,10 @@ def test_quick_run_through_the_suite_and_a_failure_is_recorded(tmp_path) -> None
     bad = suite.Benchmark("serve_batching", "bad flag", (), ("--no-such-flag",), 0.1, 0.1)
     failed = suite.run_one(bad, results, quick=True)
     assert not failed.ok and failed.returncode == 2 and "unrecognized arguments" in failed.reason
+    absent = suite.run_one(
+        suite.Benchmark("no_such_benchmark", "absent", (), (), 0.1, 0.1), results, quick=True
+    )
+    assert not absent.ok and "not in this checkout" in absent.reason
     suite.record_outcomes(results, [ok, failed])
     assert {k: v["ok"] for k, v in suite.read_outcomes(results).items()} == {
         "tokenizer_throughput": True, "serve_batching": False}  # fmt: skip
