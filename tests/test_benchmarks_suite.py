@@ -116,7 +116,8 @@ def test_peer_rows_show_the_speed_up_and_the_goal(tmp_path) -> None:
     sections = report.render(results, tmp_path / "R.md")
     rows = next(s for s in sections if s.key == "peer").rows
     assert [r.figure.split(",")[0] for r in rows] == ["sample", "encode"]
-    assert "3.50x (goal >= 3x: met)" in rows[0].ratio and "1.50x (goal >= 2x: not met)" in rows[1].ratio
+    assert "3.50x the peer's speed (goal >= 3x: met)" in rows[0].ratio
+    assert "1.50x the peer's speed (goal >= 2x: not met)" in rows[1].ratio
     assert rows[0].date == "2026-12-08" and "0.4.2" in rows[0].baseline
 
 
