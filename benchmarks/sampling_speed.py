@@ -51,7 +51,7 @@ from benchmarks.flop_accounting import (
     counting_forwards,
     full_preset_step_flops,
 )
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from jobs.config import load_config
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.maskgit import MaskGIT, MaskGITConfig
@@ -397,6 +397,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "benchmark": "sampling_speed",
         "command": "python -m benchmarks.sampling_speed "
         + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": measured_on(),
         "machine": describe_machine(),
         "torch": torch.__version__,
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
