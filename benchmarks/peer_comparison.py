@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -38,14 +39,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.flop_accounting import achieved, add_fractions, count_flops
 from benchmarks.machine import describe_machine
 from benchmarks.peer import build_peer, peer_version
 from benchmarks.sampling_speed import (
+    CLOCKS,
     GUIDANCE,
     NARROWED,
     TEXT_DIM,
     TEXT_TOKENS,
     maskgit_for,
+    matmul_peak,
     num_params,
     summary,
 )
@@ -78,17 +82,19 @@ def configuration(quick: bool) -> tuple[str, CViViTConfig, int, dict]:
     return "paper_shaped_128", tok, preset["prepare"]["num_frames"], NARROWED
 
 
-def interleaved(fns: dict[str, Callable[[int], object]], runs: int, log: Callable[[str], None]) -> dict:
-    """One untimed warm-up call of each, then `runs` rounds calling each in turn (A B A B ...). fn(run) gets
-    the run index (a seed). -> {name: summary of seconds}."""
+def interleaved(
+    fns: dict[str, Callable[[int], object]], runs: int, clock: Callable[[], float], log: Callable[[str], None]
+) -> dict:
+    """One untimed warm-up call of each (fn(-1)), then `runs` rounds calling each in turn (A B A B ...), fn(run)
+    with the run index (a seed), timed on `clock`. -> {name: summary of seconds}."""
     for fn in fns.values():
         fn(-1)
     seconds: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(runs):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn(r)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(clock() - start)
         log("  run " + str(r) + ": " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items()))
     return {name: summary(s) for name, s in seconds.items()}
 
@@ -109,6 +115,41 @@ def ratio_row(times: dict, per_call: int, goal: float | None) -> dict:
     return row
 
 
+def flop_accounting(
+    ours_mg: MaskGIT, peer: torch.nn.Module, text: torch.Tensor, text_mask: torch.Tensor,
+    grid: tuple[int, int, int],
+    encoders: tuple[Callable[[int], object], Callable[[int], object]], rows: dict,
+) -> dict:  # fmt: skip
+    """Matmul FLOPs (torch's FLOP counter, CPU attention added) of one guided MaskGIT step of each model and of
+    each encode call, and the encode rows' achieved GFLOP/s: whether a side is slow because it does more work
+    or because it does the same work less efficiently."""
+    n = math.prod(grid)
+    tokens = torch.randint(0, ours_mg.cfg.codebook_size, (1, n), generator=torch.Generator().manual_seed(1))
+    drop = torch.tensor([False, True])
+    context = ours_mg.encode_text(text.repeat(2, 1, 1), text_mask.repeat(2, 1), drop)
+    step = {
+        "ours": count_flops(lambda: ours_mg.forward_with_context(tokens.repeat(2, 1), context))[0],
+        "peer": count_flops(
+            lambda: peer.maskgit.forward_with_cond_scale(
+                tokens, video_patch_shape=grid, context=text * text_mask[..., None], text_mask=text_mask,
+                cond_scale=1 + GUIDANCE,
+            )
+        )[0],
+    }  # fmt: skip
+    encode = {}
+    for side, fn in zip(("ours", "peer"), encoders, strict=True):
+        flops = count_flops(lambda fn=fn: fn(0))[0]
+        encode[side] = {"flops": flops, **achieved(flops, rows["encode"][side]["seconds_median"])}
+    return {
+        "guided_maskgit_step_flops": step,
+        "guided_step_flops_peer_over_ours": round(step["peer"] / step["ours"], 3),
+        "encode": encode,
+        "encode_flops_peer_over_ours": round(encode["peer"]["flops"] / encode["ours"]["flops"], 3),
+        "note": "matmul FLOPs only (2 per multiply-add; benchmarks/flop_accounting.py); achieved GFLOP/s from "
+        "the encode row's medians; fraction_of_peak against the fp32 matmul peak measured in this run",
+    }
+
+
 def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     begin = time.perf_counter()
 
@@ -116,6 +157,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         print(f"[{time.perf_counter() - begin:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
     runs = 1 if args.quick else args.runs
+    clock = CLOCKS[args.clock]
     steps = QUICK_STEPS if args.quick else STEPS
     batch = 2 if args.quick else ENCODE_BATCH
     name, tok, frames, shape = configuration(args.quick)
@@ -136,15 +178,19 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     log(f"{name}: {mg.seq_len} tokens {grid}; params {params}")
     outputs: dict[str, tuple[int, ...]] = {}
 
-    def ours_sample(seed: int) -> None:
+    def sampling_steps(run: int) -> int:
+        return 1 if run < 0 else steps  # the warm-up call (run -1) takes one step: same code, less time
+
+    def ours_sample(run: int) -> None:
         tokens = maskgit_sample(
-            ours_mg, text, text_mask, mg.seq_len, steps=steps, guidance_scale=GUIDANCE,
-            generator=torch.Generator().manual_seed(seed + 1),
+            ours_mg, text, text_mask, mg.seq_len, steps=sampling_steps(run), guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(run + 1),
         )  # fmt: skip
         outputs["ours_video"] = tuple(ours_tok.decode(tokens.view(1, *grid)).shape)
 
-    def peer_sample(seed: int) -> None:
-        torch.manual_seed(seed + 1)
+    def peer_sample(run: int) -> None:
+        torch.manual_seed(run + 1)
+        peer.steps = sampling_steps(run)  # the peer reads its step count from this attribute
         outputs["peer_video"] = tuple(
             peer.sample(texts=["a prompt"], num_frames=frames, cond_scale=1 + GUIDANCE).shape
         )
@@ -169,16 +215,20 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     with torch.inference_mode():
         log("encode")
         rows["encode"] = ratio_row(
-            interleaved({"ours": ours_encode, "peer": peer_encode}, runs, log), batch, GOALS["encode"]
+            interleaved({"ours": ours_encode, "peer": peer_encode}, runs, clock, log), batch, GOALS["encode"]
         )
         log("decode")
         rows["decode"] = ratio_row(
-            interleaved({"ours": ours_decode, "peer": peer_decode}, runs, log), batch, None
+            interleaved({"ours": ours_decode, "peer": peer_decode}, runs, clock, log), batch, None
         )
         log(f"sample ({steps} steps + decode)")
         rows["sample"] = ratio_row(
-            interleaved({"ours": ours_sample, "peer": peer_sample}, runs, log), 1, GOALS["sample"]
+            interleaved({"ours": ours_sample, "peer": peer_sample}, runs, clock, log), 1, GOALS["sample"]
         )
+        log("FLOPs and the matmul peak (where the time goes)")
+        work = flop_accounting(ours_mg, peer, text, text_mask, grid, (ours_encode, peer_encode), rows)
+        work["matmul_peak"] = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 5, clock)
+        add_fractions(work, work["matmul_peak"]["gflops"])
     outputs["ours_codes"] = tuple(codes["ours"].shape)
     outputs["peer_codes"] = tuple(codes["peer"].shape)
 
@@ -213,10 +263,16 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
             "order": "one untimed warm-up each, then ours and peer interleaved per run; medians",
             "quick": args.quick,
             "runs": runs,
+            "clock": args.clock,
+            "clock_note": "wall: time.perf_counter"
+            if args.clock == "wall"
+            else "process: time.process_time (CPU seconds of this process, --threads 1: other jobs' time "
+            "slices on a shared machine do not count)",
         },
         "parameters": params,
         "outputs": {k: list(v) for k, v in outputs.items()},
         "rows": rows,
+        "work": work,
         "wall_seconds": round(time.perf_counter() - begin, 1),
     }
 
@@ -252,8 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall (default) or process (CPU seconds; needs --threads 1; for a shared machine)",
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
+    if args.clock == "process" and args.threads != 1:
+        parser.error("--clock process sums the CPU time of all threads: use it with --threads 1")
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -57,6 +57,11 @@ def test_peer_comparison_quick_runs_offline_and_both_make_videos_of_one_shape(tm
         assert row["ours_faster_by"] == pytest.approx(
             row["peer"]["seconds_median"] / row["ours"]["seconds_median"], rel=1e-2
         )
+    work = report["work"]
+    for side in ("ours", "peer"):
+        assert work["guided_maskgit_step_flops"][side] > 0
+        assert work["encode"][side]["flops"] > 0 and work["encode"][side]["fraction_of_peak"] > 0
+    assert work["matmul_peak"]["gflops"] > 0
     assert report["rows"]["sample"]["goal_faster_by"] == 3.0
     assert report["rows"]["encode"]["goal_faster_by"] == 2.0
 
