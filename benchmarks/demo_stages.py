@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "demo_stages.json"
 # "clean" (one clean object) is the headline; the attributes count only on clean videos.
@@ -104,6 +104,7 @@ def main() -> int:
             flush=True,
         )
     report = {
+        "date": measured_on(),
         "machine": describe_machine(),
         "runs": args.runs,
         "demo_arguments": args.extra,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from pipelines.detector import detect
 from pipelines.media import decode_image, decode_video, encode_jpeg, encode_mp4
 from pipelines.synth import MOTIONS, PALETTE, SHAPES, render_image, sample_image_params, sample_video
@@ -67,7 +67,12 @@ def run(seeds: int, clip_frames: int = 9, num_frames: int = 24, size: int = 64, 
         d = detect(still)
         results["still"].append({"truth": (colour, shape, None), "got": (d.colour, d.shape, d.motion)})
 
-    report: dict[str, object] = {"machine": machine(), "seeds": seeds, "num_videos": len(results["full"])}
+    report: dict[str, object] = {
+        "date": measured_on(),
+        "machine": machine(),
+        "seeds": seeds,
+        "num_videos": len(results["full"]),
+    }
     # Per triple: render, encode/decode twice, three detections. Wall time depends on machine load.
     report["seconds_per_video"] = video_seconds / max(len(results["full"]), 1)
     report["cpu_seconds_per_video"] = video_cpu / max(len(results["full"]), 1)

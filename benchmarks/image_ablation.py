@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "image_ablation.json"
 ARMS = {"with-images": 0.8, "videos-only": 1.0}
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "image_ablation",
         "question": "does training on stills teach a concept (purple) that no video shows?",
+        "date": measured_on(),
         "machine": describe_machine(),
         "config": args.config,
         "tokens": tokens,

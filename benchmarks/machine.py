@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
+
+
+def measured_on() -> str:
+    """The UTC date a result is measured on (YYYY-MM-DD): every result JSON has it as `date`, beside `machine`,
+    so the report (`benchmarks.report`) can say when each figure was taken."""
+    return time.strftime("%Y-%m-%d", time.gmtime())
 
 
 def cpu_model() -> str:

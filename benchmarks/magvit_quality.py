@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from benchmarks.magvit_metrics import (
     agreement,
     clip_psnr,
@@ -412,6 +412,7 @@ def run(budget: Budget, quick: bool, log: Callable[[str], None] = print) -> dict
     return {
         "benchmark": "magvit_quality",
         "quick": quick,
+        "date": measured_on(),
         "machine": describe_machine(("torch", "numpy")),
         "threads": torch.get_num_threads(),
         "setup": {

@@ -45,7 +45,7 @@ from pathlib import Path
 
 # Kept light on purpose: the decode-only processes import benchmarks.prepare_measure; Ray, torch and the
 # pipelines that pull them in are imported inside the functions that need them.
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from benchmarks.prepare_corpora import (  # noqa: F401  (re-exported: callers use prepare_throughput.<name>)
     listed_paths,
     make_synthetic,
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs = work / "out"
     shutil.rmtree(outputs, ignore_errors=True)
     report: dict = {
+        "date": measured_on(),
         "machine": describe_machine(),
         "setup": {
             "quick": args.quick,

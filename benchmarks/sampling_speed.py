@@ -51,7 +51,7 @@ from benchmarks.flop_accounting import (
     counting_forwards,
     full_preset_step_flops,
 )
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from jobs.config import load_config
 from modeling.cvivit import CViViT, CViViTConfig
 from modeling.maskgit import MaskGIT, MaskGITConfig
@@ -101,13 +101,14 @@ def now() -> float:
     return _clock()
 
 
-def timed(fn: Callable[[], object], runs: int) -> list[float]:
-    """Seconds (on the chosen clock, wall by default) of `runs` calls; the caller warms up."""
+def timed(fn: Callable[[], object], runs: int, clock: Callable[[], float] | None = None) -> list[float]:
+    """Seconds (on `clock`, else the chosen clock, wall by default) of `runs` calls; the caller warms up."""
+    clock = clock or now
     out = []
     for _ in range(runs):
-        start = now()
+        start = clock()
         fn()
-        out.append(now() - start)
+        out.append(clock() - start)
     return out
 
 
@@ -115,10 +116,10 @@ def summary(seconds: list[float]) -> dict:
     return {"seconds": [round(s, 6) for s in seconds], "seconds_median": round(statistics.median(seconds), 6)}
 
 
-def matmul_peak(n: int, runs: int) -> dict:
+def matmul_peak(n: int, runs: int, clock: Callable[[], float] | None = None) -> dict:
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    seconds = timed(lambda: torch.mm(a, b), runs)
+    seconds = timed(lambda: torch.mm(a, b), runs, clock)
     return {"n": n, **summary(seconds), "gflops": round(2 * n**3 / statistics.median(seconds) / 1e9, 2)}
 
 
@@ -397,6 +398,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         "benchmark": "sampling_speed",
         "command": "python -m benchmarks.sampling_speed "
         + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": measured_on(),
         "machine": describe_machine(),
         "torch": torch.__version__,
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import os
 
-    from benchmarks.machine import describe_machine
+    from benchmarks.machine import describe_machine, measured_on
     from jobs.runtime import init_ray
     from jobs.serving.app import stop
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(None)
     result: dict = {
         "benchmark": "serve_batching",
-        "date": time.strftime("%Y-%m-%d"),
+        "date": measured_on(),
         "machine": describe_machine(),
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from pipelines.detector import detect, gaussian_blur_matrix
 from pipelines.fidelity import fidelity_clips
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     report = {
+        "date": measured_on(),
         "machine": describe_machine(("numpy", "av")),
         "blurred_ground_truth_shapes_of_72": blurred_ground_truth(),
         "person": person_agreement(load_labels()),

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, measured_on
 from benchmarks.training_memory import (  # noqa: F401  (re-exported: tests and callers use training.<name>)
     ESTIMATE_PRESET,
     ESTIMATE_SETUPS,
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         mark[0] = now
         print(f"[{now - began:6.1f} s] {name} done ({phases[name]} s)", flush=True)
 
-    report: dict = {"machine": describe_machine()}
+    report: dict = {"date": measured_on(), "machine": describe_machine()}
     report["estimates"] = estimates()
     phase("estimates")
 

@@ -302,11 +302,25 @@ def throughput_entry(runs: list[dict], *, warmup: int, workers: int, samples_per
         "step_s_median_per_run": [round(p["step_s_median"], 4) for p in per_run],
         "samples_per_s": round(samples_per_step / step, 2),
         "tokens_per_s": round(tokens_per_step / step, 1),
+        # The job's own per-step MFU (jobs.training.metrics): 3 x forward FLOPs of modeling.flops per worker
+        # over the matmul peak each CPU worker measures when it starts, i.e. in this same run.
+        "mfu_median": _median_metric(runs, "mfu", warmup),
+        "achieved_tflops_per_worker_median": _median_metric(runs, "achieved_tflops", warmup),
         "job_seconds_median": round(statistics.median(r["job_seconds"] for r in runs), 1),
         "loss_last": runs[-1]["rows"][-1]["loss"],
         "peak_rss_mib_max": max((r["peak_rss_mib_max"] or 0.0) for r in runs) or None,
         "peak_rss_mib_per_worker_last_run": runs[-1]["peak_rss_mib_per_worker"],
     }
+
+
+def _median_metric(runs: list[dict], key: str, warmup: int) -> float | None:
+    """Median over runs of each run's median `key` after warm-up (None when the rows do not have it)."""
+    per_run = []
+    for r in runs:
+        values = [float(row[key]) for row in r["rows"][warmup:] if isinstance(row.get(key), int | float)]
+        if values:
+            per_run.append(statistics.median(values))
+    return round(statistics.median(per_run), 4) if per_run else None
 
 
 # --------------------------------------------------------------------------------------------- gpu

@@ -24,17 +24,22 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 stamp=.venv/.phenaki-installed
-want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/install.sh scripts/constraints.txt | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# Torch first, so later resolution keeps it: on machines without CUDA the CPU build
-# (a local wheel on our machines) avoids pulling several GB of CUDA packages.
+# Torch first, then everything else under a constraints file that holds it: on machines without CUDA the CPU
+# build (a local wheel on our machines) avoids several GB of CUDA packages, and without the constraint the
+# bench extra's torchvision would make pip swap torch for a CUDA build.
 if command -v nvidia-smi >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch>=2.6"  # pyproject.toml's floor
+  constraints=$(mktemp)
+  trap 'rm -f "$constraints"' EXIT
+  .venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$constraints"
 else
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  constraints=scripts/constraints.txt
+  .venv/bin/python -m pip install -q -c "$constraints" torch
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -c "$constraints" -e ".[dev,bench]"
 echo "$want" > "$stamp"

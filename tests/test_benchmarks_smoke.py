@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import sampling_speed
+import pytest
+
+from benchmarks import sampling_speed, tokenizer_throughput
 
 
 def test_sampling_speed_quick(tmp_path):
@@ -48,3 +50,24 @@ def test_sampling_speed_quick(tmp_path):
         assert any("attention" in op for op in flops["maskgit_step"]["flops_by_op"]), name
     assert report["models"]["paper_shaped_128"]["seq_len"] == 1536
     assert report["full_preset_estimate"]["guided_step_flops"] > 0
+
+
+def test_tokenizer_throughput_quick(tmp_path):
+    out = tmp_path / "t.json"
+    # The two cheap models (the paper-shaped C-ViViT takes seconds per clip even in quick mode).
+    argv = ["--quick", "--threads", "1", "--only", "cvivit_demo", "magvit_b", "--out", str(out)]
+    assert tokenizer_throughput.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["quick"] is True and report["threads"] == 1 and report["date"]
+    assert set(report["models"]) == {"cvivit_demo", "magvit_b"}
+    assert report["models"]["magvit_b"]["preset"] == "magvit-debug"  # quick mode swaps B for the debug preset
+    for model in report["models"].values():
+        c, t, h, w = model["clip_shape"]
+        assert (
+            model["tokens_per_clip"]
+            == model["token_grid"][0] * model["token_grid"][1] * model["token_grid"][2]
+        )
+        for part in ("encode", "decode"):
+            r = model[part]
+            assert r["seconds_median"] > 0 and r["flops"] > 0 and r["fraction_of_peak"] > 0
+            assert r["clips_per_s"] * model["tokens_per_clip"] == pytest.approx(r["tokens_per_s"], rel=0.01)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -164,3 +165,105 @@ def test_torchvision_next_to_the_cpu_torch_imports_and_matches_our_layouts():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, True]
+
+
+def _fid_reference_inception():
+    """pytorch-fid's construction, as its `fid_inception_v3` builds it: torchvision's Inception-v3 with the TF
+    graph's pools patched in (the oracle our layer-by-layer port is held against)."""
+    import torch.nn.functional as F
+    from torchvision.models import inception as tvi
+
+    def avg(x):
+        return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+    class A(tvi.InceptionA):
+        def forward(self, x):
+            b5 = self.branch5x5_2(self.branch5x5_1(x))
+            b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(avg(x))], 1)
+
+    class C(tvi.InceptionC):
+        def forward(self, x):
+            b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            d = self.branch7x7dbl_2(self.branch7x7dbl_1(x))
+            d = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(d)))
+            return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(avg(x))], 1)
+
+    class E(tvi.InceptionE):
+        def __init__(self, cin, max_pool):
+            super().__init__(cin)
+            self.max_pool = max_pool
+
+        def forward(self, x):
+            b3 = self.branch3x3_1(x)
+            b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+            d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+            pooled = F.max_pool2d(x, 3, 1, 1) if self.max_pool else avg(x)
+            return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pooled)], 1)
+
+    net = tvi.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=True)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = A(192, 32), A(256, 64), A(288, 64)
+    net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = (
+        C(768, 128),
+        C(768, 160),
+        C(768, 160),
+        C(768, 192),
+    )
+    net.Mixed_7b, net.Mixed_7c = E(1280, False), E(2048, True)
+    for m in net.modules():  # running statistics away from the identity, so BN is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _fid_reference_pool3(net, images):
+    x = 2 * images - 1  # pytorch-fid: (0, 1) -> (-1, 1); 299 x 299 already
+    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                 "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                 "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):  # fmt: skip
+        x = getattr(net, name)(x)
+    return x.mean(dim=(2, 3))
+
+
+def test_fid_inception_computes_what_pytorch_fid_computes():
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip(
+            "torchvision is not installed (it comes with the bench extra, which scripts/install.sh installs)"
+        )
+
+    torch.manual_seed(0)
+    reference = _fid_reference_inception()
+    ours = FIDInceptionV3()
+    ours.load_state_dict(reference.state_dict())
+    images = torch.rand(2, 3, 299, 299)
+    with torch.no_grad():
+        pool3, logits = ours.eval()(images)
+        expected = _fid_reference_pool3(reference, images)
+        assert torch.allclose(pool3, expected, atol=1e-6) and torch.allclose(
+            logits, reference.fc(expected), atol=1e-5
+        )
+
+
+def test_lpips_computes_what_the_lpips_package_computes_with_its_published_heads(tmp_path):
+    """The lpips package (bench extra) ships the v0.1 VGG heads: loaded through our path they give the package's
+    distances (its trunk random here: VGG16's ImageNet weights are not on the machine)."""
+    if importlib.util.find_spec("lpips") is None:
+        pytest.skip("the lpips package is not installed (it comes with the bench extra, scripts/install.sh)")
+    import lpips
+
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    slices = [reference.net.slice1, reference.net.slice2, reference.net.slice3, reference.net.slice4]
+    layers = [m for s in [*slices, reference.net.slice5] for m in s]
+    vgg = {}
+    for i, layer in enumerate(layers):  # the slices keep torchvision's `features` indices, in order
+        if isinstance(layer, torch.nn.Conv2d):
+            vgg[f"features.{i}.weight"], vgg[f"features.{i}.bias"] = layer.weight.data, layer.bias.data
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    heads = os.path.join(os.path.dirname(lpips.__file__), "weights", "v0.1", "vgg.pth")
+    ours = LPIPS.from_files(tmp_path / "vgg16.pth", heads)
+    a, b = torch.rand(4, 3, 64, 64) * 2 - 1, torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ours(a, b), reference(a, b).flatten(), rtol=1e-5)

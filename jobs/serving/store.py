@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from jobs.serving.api import FINISHED, Limits
 
-
 RUNNING_PROGRESS_CAP = 0.99  # the most progress a job shows before its video is stored
 
 
