@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -199,3 +200,15 @@ def test_tf1_bilinear_resize_samples_at_destination_times_scale():
     np.testing.assert_allclose(out[0, 0, 0].numpy(), [0, 5, 10, 15, 20, 25, 30, 30])
     down = resize_bilinear_tf1(row, 2)
     np.testing.assert_allclose(down[0, 0, 0].numpy(), [0, 20])  # sources 0 and 2: no averaging
+
+
+def test_frechet_benchmark_quick_writes_both_methods(tmp_path):
+    from benchmarks import frechet_distance as bench
+
+    out = tmp_path / "f.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dim"] == 64 and report["samples"] == 40 and "machine" in report
+    ours = report["methods"]["ours"]
+    assert ours["relative_error"] < 1e-9 and abs(ours["distance_to_itself"]) < 1e-9
+    assert math.isfinite(report["methods"]["pytorch_fid"]["value"])
