@@ -3,11 +3,9 @@
 The one place that knows how to load the peer on a CPU-only machine with no network. Three things stand in the
 way, each worked around here without changing what the peer computes:
 
-1. Its `cvivit.py` imports torchvision. The PyPI torchvision wheel is a CUDA build; its C++ ops library does not
-   load against the CPU torch, and torchvision's import then fails registering fake kernels for two ops that
-   never got defined ("operator torchvision::nms does not exist"). `declare_torchvision_ops` defines those two
-   schemas (nms, qnms) first, only when the library cannot load. The peer uses no torchvision op at inference:
-   torchvision is only its VGG16 perceptual loss, which we switch off.
+1. Its `cvivit.py` imports torchvision, a CUDA build on PyPI that imports next to our CPU torch only once
+   `modeling.torchvision_compat` has declared two op schemas (importing `modeling` does it). The peer uses no
+   torchvision op at inference: torchvision is only its VGG16 perceptual loss, which we switch off.
 2. `Phenaki.__init__` asks the Hugging Face hub for a T5 config to learn the text width, even when
    `text_embed_dim` is given (`default()` evaluates it eagerly). We enter our text width in its T5 config cache
    under a name of our own, so nothing is fetched (HF_HUB_OFFLINE=1 holds).
@@ -20,10 +18,7 @@ so both implementations sample from the same (1, L, Dt) text. Axes as in `modeli
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 from importlib import metadata
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import torch
@@ -31,11 +26,10 @@ from torch import nn
 
 from modeling.cvivit import CViViTConfig
 from modeling.maskgit import MaskGITConfig
+from modeling.torchvision_compat import declare_torchvision_ops
 
 PEER_DIST = "phenaki-pytorch"
 TEXT_ENCODER_NAME = "phenaki-ray-benchmark-text"  # our entry in the peer's T5 config cache (never fetched)
-TORCHVISION_FAKE_OPS = ("nms", "qnms")  # what torchvision's _meta_registrations registers unconditionally
-NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 
 
 def peer_version() -> str | None:
@@ -45,34 +39,6 @@ def peer_version() -> str | None:
         return None
 
 
-def declare_torchvision_ops() -> list[str]:
-    """Define torchvision::nms and ::qnms when torchvision's own op library cannot load (a CUDA torchvision
-    next to a CPU torch), so `import torchvision` succeeds. Returns the ops defined here ([] when the library
-    loaded, or torchvision is already imported or absent)."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    library = next(Path(spec.submodule_search_locations[0]).glob("_C*.so"), None)
-    if library is not None:
-        # torchvision loads the same file itself (loading twice is a no-op); failing here is the case we fix.
-        with contextlib.suppress(OSError, RuntimeError):
-            torch.ops.load_library(str(library))
-    defined = []
-    for op in TORCHVISION_FAKE_OPS:
-        if not _has_schema(op):
-            torch.library.define(f"torchvision::{op}", NMS_SCHEMA)
-            defined.append(op)
-    return defined
-
-
-def _has_schema(op: str) -> bool:
-    try:
-        torch._C._get_schema(f"torchvision::{op}", "")
-    except RuntimeError:
-        return False
-    return True
-
-
 def import_peer() -> ModuleType:
     """The `phenaki_pytorch` module, importable offline on a CPU torch; a clear error when it is not installed."""
     if peer_version() is None:
@@ -80,7 +46,7 @@ def import_peer() -> ModuleType:
             f"{PEER_DIST} is not installed: it is the project's `bench` extra. Run `bash scripts/install.sh` "
             "(or `pip install -c scripts/constraints.txt -e '.[bench]'`, which keeps the CPU torch)."
         )
-    declare_torchvision_ops()
+    declare_torchvision_ops()  # already run by `import modeling`; a no-op then
     import phenaki_pytorch
     import phenaki_pytorch.t5  # noqa: F401  (build_peer fills its config cache)
 
