@@ -66,7 +66,7 @@ def test_weight_files_that_are_not_the_network_are_refused(inception_file, tmp_p
         FIDInceptionV3.from_file(tmp_path / "payload.pth")
 
 
-def _lpips_files(tmp_path, seed=0):
+def lpips_files(tmp_path, seed=0):
     torch.manual_seed(seed)
     net = LPIPS()
     for lin in net.lins:  # the published heads are non-negative
@@ -82,7 +82,7 @@ def _lpips_files(tmp_path, seed=0):
 
 
 def test_lpips_is_a_distance_in_the_published_layout(tmp_path):
-    reference = _lpips_files(tmp_path)
+    reference = lpips_files(tmp_path)
     net = LPIPS.from_files(tmp_path / "vgg16-397923af.pth", tmp_path / "vgg.pth")
     a, b = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
     d = net(a, b)

@@ -185,9 +185,9 @@ def test_features_in_process_give_fvd_zero_for_a_set_against_itself(tmp_path, i3
 
 def test_paired_lpips_from_weight_files_is_zero_only_for_identical_clips(tmp_path):
     from pipelines.metrics import load_networks
-    from tests.test_feature_networks import _lpips_files
+    from tests.test_feature_networks import lpips_files
 
-    _lpips_files(tmp_path)
+    lpips_files(tmp_path)
     weights = MetricWeights(
         lpips_vgg=str(tmp_path / "vgg16-397923af.pth"), lpips_lin=str(tmp_path / "vgg.pth")
     )
@@ -216,12 +216,12 @@ def test_eval_cli_computes_every_metric_on_ray_data_with_small_random_networks(
     CLIP, each read from a file as a user's weights would be; a set against itself has FVD and FID ~ 0."""
     from jobs.cli import main
     from modeling.inception import FIDInceptionV3
-    from tests.test_feature_networks import _lpips_files, tiny_clip_dir
+    from tests.test_feature_networks import lpips_files, tiny_clip_dir
 
     torch.manual_seed(0)
     inception = tmp_path / "pt_inception.pth"
     torch.save(FIDInceptionV3().state_dict(), inception)
-    _lpips_files(tmp_path)
+    lpips_files(tmp_path)
     clip = tiny_clip_dir(tmp_path / "clip")
     files = _videos(tmp_path / "videos", 2, frames=16, size=32)
     results = tmp_path / "videos" / "results.json"
