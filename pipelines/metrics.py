@@ -339,6 +339,9 @@ def extract(
     from jobs.runtime import init_ray
     from pipelines.ray_utils import iter_rows_released
 
+    # Every network is built once here first: a file that holds the wrong network is then one clear error
+    # naming it, not a Ray task failure wrapped around the same message.
+    load_networks(weights)
     init_ray()
     blocks = max(1, min(len(unique), workers * 4))
     ds = ray.data.from_items([{"ref": r} for r in unique], override_num_blocks=blocks)
