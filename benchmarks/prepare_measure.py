@@ -173,14 +173,14 @@ def decode_only_run(paths: list[str], fps: float, num_frames: int, processes: in
 
 
 # --------------------------------------------------------------------------------------------- prepare
-def prepare_config(preset: str, *, samples_per_shard: int, num_workers: int):
+def prepare_config(preset: str, *, samples_per_shard: int, num_workers: int, video_format: str = "mp4"):
     from jobs.config import load_config
     from pipelines.prepare import PrepareConfig
 
     section = load_config(preset)["prepare"]
     return PrepareConfig(
         size=int(section["size"]), num_frames=int(section["num_frames"]), fps=float(section["fps"]),
-        samples_per_shard=samples_per_shard, num_workers=num_workers,
+        samples_per_shard=samples_per_shard, num_workers=num_workers, video_format=video_format,
     )  # fmt: skip
 
 
@@ -198,16 +198,26 @@ def prepare_run(webvid_csv: str, out: Path, cfg) -> dict:
         "seconds": seconds,
         "clips": manifest["num_samples"],
         "shards": len(manifest["shards"]),
+        # tar bytes (headers, captions and json included) per clip
+        "shard_bytes_per_clip": round(
+            sum(p.stat().st_size for p in out.glob("*.tar")) / manifest["num_samples"]
+        ),
         **mem.report(),
     }
 
 
 def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
-    """One record's cost, stage by stage, in this process (one core), over the first `count` records."""
+    """One record's cost, stage by stage, in this process (one core), over the first `count` records.
+
+    decode = the decode-only call (`decode_video` at the source size, fps resample included); resize = what
+    prepare's own call (`decode_video(size=)`: scaling and crop in the decoder's scaler) costs on top of it,
+    from the two calls' totals; encode = what makes the stored clip: `encode_mp4` with prepare's crf and x264
+    preset, or for video_format="npy" the .npy serialisation.
+    """
     from pipelines.clip_samples import cut_clips, fetch_record_bytes, record_samples
-    from pipelines.media import check_video_filters, clip_starts, probe_video, resize_center_crop
+    from pipelines.media import check_video_filters, clip_starts, probe_video
     from pipelines.prepare import dedupe_records
-    from pipelines.shards import write_shard
+    from pipelines.shards import RAW_CLIP_KEY, npy_bytes, write_shard
     from pipelines.sources import listing_policy, read_sources_with_stats
 
     # as prepare() does: the listing's own folder is where its local media may be read from
@@ -217,7 +227,7 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     record_samples(records[0], cfg)  # first-call costs (codec set-up, lazy imports) are not per record
     stages = {"fetch": 0.0, "probe": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}
     samples = []
-    for r in records:
+    for i, r in enumerate(records):
         t0 = time.perf_counter()
         data = fetch_record_bytes(r, cfg)
         t1 = time.perf_counter()
@@ -231,21 +241,31 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
         )
         (start,) = clip_starts(info.duration_s or 0.0, cfg.num_frames / cfg.fps, 1, mode=cfg.clip_mode)
         t2 = time.perf_counter()
-        decoded = decode_video(
-            data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits
-        )
-        t3 = time.perf_counter()
-        frames = resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)
+        decode_s, scaled_decode_s = 0.0, 0.0
+        for size in (None, cfg.size) if i % 2 else (cfg.size, None):  # alternate which call runs first
+            s0 = time.perf_counter()
+            decoded = decode_video(
+                data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, size=size, limits=cfg.limits
+            )
+            if size is None:
+                decode_s = time.perf_counter() - s0
+            else:
+                scaled_decode_s, clip = time.perf_counter() - s0, decoded
+        frames = cut_clips(clip.frames, cfg)
         t4 = time.perf_counter()
-        mp4 = encode_mp4(frames, cfg.fps, cfg.crf)
+        if cfg.video_format == "npy":
+            media = {RAW_CLIP_KEY: npy_bytes(frames)}
+        else:
+            media = {"mp4": encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)}
         t5 = time.perf_counter()
         for k, dt in zip(
             ("fetch", "probe", "decode", "resize", "encode"),
-            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+            (t1 - t0, t2 - t1, decode_s, scaled_decode_s - decode_s, t5 - t4),
             strict=True,
         ):
             stages[k] += dt
-        samples.append({"__key__": r.key, "mp4": mp4, "txt": r.caption, "json": {"start_sec": start}})
+        samples.append({"__key__": r.key, **media, "txt": r.caption, "json": {"start_sec": start}})
+    stages["resize"] = max(stages["resize"], 0.0)  # scaling down can cost less than the full-size RGB
     t0 = time.perf_counter()
     write_shard(str(scratch / "breakdown.tar"), samples)
     stages["tar_write"] = time.perf_counter() - t0
@@ -259,9 +279,14 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     total = sum(stages.values()) / n * 1000
     return {
         "records": n,
+        "video_format": cfg.video_format,
+        "x264_preset": cfg.x264_preset,
         "per_record_ms": {**ms, "total": round(total, 3)},
         "share": {k: round(v / n * 1000 / total, 3) for k, v in stages.items()},
         "record_samples_ms": round(whole / n * 1000, 3),  # the pipeline's own per-record function, end to end
+        # the stored clip (mp4 or .npy) alone, and the same frames as raw uint8 (T, H, W, 3) pixels
+        "clip_bytes_per_clip": round(sum(len(s.get("mp4") or s[RAW_CLIP_KEY]) for s in samples) / n),
+        "raw_bytes_per_clip": cfg.num_frames * cfg.size * cfg.size * 3,
         # What prepare / decode-only could reach if Ray and tar I/O were free: decode's share of the work.
         "ratio_ceiling": round(stages["decode"] / sum(stages.values()), 3),
     }

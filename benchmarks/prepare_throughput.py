@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=8, help="shards per corpus (balanced over the workers)")
     parser.add_argument("--breakdown-records", type=int, default=24)
     parser.add_argument(
+        "--video-format", choices=("mp4", "npy"), default="mp4",
+        help="how prepare stores video clips (PrepareConfig.video_format): H.264 mp4, or raw frames.npy",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true", help="a few tiny videos, one run, debug tokenizer only"
     )
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="corpora (reused) and outputs")
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "goal_ratio": GOAL_RATIO,
             "corpora": corpora,
             "presets": presets,
+            "video_format": args.video_format,
         },
         "prepare": {},
         "tokenize": {},
@@ -179,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             prep_runs: dict[int, list[dict]] = {w: [] for w in args.workers}
             for run in range(args.runs):
                 for w in args.workers:  # interleaved, so drifting machine load hits both alike
-                    cfg = prepare_config(presets[name], samples_per_shard=per_shard, num_workers=w)
+                    cfg = prepare_config(
+                        presets[name],
+                        samples_per_shard=per_shard,
+                        num_workers=w,
+                        video_format=args.video_format,
+                    )
                     decode_runs[w].append(decode_only_run(paths, cfg.fps, cfg.num_frames, w))
                     prep_runs[w].append(
                         prepare_run(corpus["webvid_csv"], outputs / f"{name}-w{w}-r{run}", cfg)
@@ -190,7 +200,16 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             section["config"] = {
-                k: getattr(cfg, k) for k in ("size", "num_frames", "fps", "crf", "samples_per_shard")
+                k: getattr(cfg, k)
+                for k in (
+                    "size",
+                    "num_frames",
+                    "fps",
+                    "video_format",
+                    "crf",
+                    "x264_preset",
+                    "samples_per_shard",
+                )
             }
             section["decode_only"] = {
                 str(w): {**summarise(r), "frames": r[0]["frames"],
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 for w, r in decode_runs.items()
             }  # fmt: skip
             section["prepare"] = {
-                str(w): {**summarise(r, ("shards", "worker_titles")),
+                str(w): {**summarise(r, ("shards", "worker_titles", "shard_bytes_per_clip")),
                          "peak_rss_mib_max": max((x["peak_rss_mib_max"] or 0.0) for x in r) or None,
                          "peak_rss_mib_per_worker_last_run": r[-1]["peak_rss_mib_per_worker"],
                          "cpu_s_median": cpu_median(r),

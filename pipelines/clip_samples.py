@@ -4,7 +4,8 @@ Per record: check the caption (empty, not UTF-8, absurdly long), fetch the bytes
 (`pipelines.fetch`: scheme allowlist, private-address blocking, timeouts, retries, size cap) or, for a
 WebDataset source, read the one tar member (`pipelines.wds_source`), probe the header against the decode limits
 (pixels, streams, demuxer) and the filters (duration, resolution, aspect), then decode each clip with a seek
-to its start, resample to `fps`, resize + centre-crop and re-encode (H.264 mp4 / JPEG).
+to its start, resample to `fps`, resize + centre-crop (in the decoder's scaler for videos) and re-encode
+(H.264 mp4 / JPEG).
 
 Every failure is a `SkipSample(reason, detail)`; the reasons are the keys of the manifest's `skips`.
 """
@@ -29,6 +30,7 @@ from pipelines.media import (
     probe_video,
     resize_center_crop,
 )
+from pipelines.shards import RAW_CLIP_KEY
 from pipelines.sources import SourceRecord
 from pipelines.wds_source import is_tar_member_url, read_tar_member
 
@@ -126,22 +128,34 @@ def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict
         )
         clips = []
         for start in starts:
+            # resized in the decoder's scaler (frames arrive size x size), not after it: see decode_video
             decoded = decode_video(
-                data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits
+                data,
+                fps=cfg.fps,
+                max_frames=cfg.num_frames,
+                start_sec=start,
+                size=cfg.size,
+                limits=cfg.limits,
             )
-            clips.append((start, resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)))
-        encoded = [(start, encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)) for start, frames in clips]
+            clips.append((start, cut_clips(decoded.frames, cfg)))
+        if cfg.video_format == "npy":  # stored as decoded: no re-encode (shards.write_shard makes the .npy)
+            encoded = [(start, (RAW_CLIP_KEY, frames)) for start, frames in clips]
+        else:
+            encoded = [
+                (start, ("mp4", encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)))
+                for start, frames in clips
+            ]
     except MediaError as e:  # its reason: undecodable, or which decode limit was hit
         raise SkipSample(e.reason, f"{r.url}: {e}") from e
     multi = cfg.clips_per_video > 1
     return [
         {
             "__key__": f"{r.key}-c{j:03d}" if multi else r.key,
-            "mp4": mp4,
+            media[0]: media[1],
             "txt": r.caption,
             "json": sample_json(r, cfg, cfg.num_frames, cfg.fps, j, round(start, 6)),
         }
-        for j, (start, mp4) in enumerate(encoded)
+        for j, (start, media) in enumerate(encoded)
     ]
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "check_video_filters",
     "clip_starts",
     "decode_image",
+    "decode_raw_clip",
     "decode_video",
     "encode_jpeg",
     "encode_mp4",
@@ -112,8 +113,9 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "medium") -> bytes:
     """(T, H, W, 3) uint8 -> MP4 bytes (H.264 libx264, yuv420p, constant `fps`, x264 `preset`).
 
-    The preset trades encode time for file size at the same quality (crf): `prepare` uses "veryfast",
-    ~3x faster than "medium" for ~10-20% larger clips, because re-encoding dominated its per-clip cost.
+    The preset trades encode time for file size at the same quality (crf): `prepare` uses "superfast",
+    several times faster than "medium" for ~10-20% larger clips, because re-encoding is a large part of its
+    per-clip cost (`PrepareConfig.x264_preset`).
 
     Same frames -> same bytes (content hashes, caches and the synthetic data set rely on it), which
     takes two settings: one x264 thread, and no macroblock-tree rate control. With mbtree on, this
@@ -271,12 +273,36 @@ def _after_keyframe(
         raise _Overshoot("no keyframe after seeking")
 
 
+def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the short side `size` and the aspect kept (long side rounded, at least `size`)."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def _frame_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
+    """A decoded frame -> (H, W, 3) uint8 RGB, or with `size` -> (size, size, 3): the short side scaled to
+    `size` and the centre cropped, as `resize_center_crop` frames it.
+
+    The scaling runs in FFmpeg's swscale together with the YUV -> RGB conversion, in C: on 320x240 sources
+    Pillow's bicubic cost about half as much as decoding the frames (benchmarks/prepare_throughput.py). The
+    area filter averages over the source pixels each output pixel covers when shrinking (no aliasing); the
+    pixels differ from Pillow's bicubic by a few levels (the filter, and the long side rounded to whole pixels).
+    """
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    width, height = scaled_size(frame.width, frame.height, size)
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size])
+
+
 def _resample(
     timed: Iterator[tuple[float, av.VideoFrame]],
     src_rate: float | None,
     fps: float | None,
     max_frames: int | None,
     start_sec: float,
+    size: int | None,
     budget: _Budget,
 ) -> tuple[list[np.ndarray], float | None]:
     """Returns (frames, presentation time of the last decoded frame, relative to the first)."""
@@ -297,11 +323,11 @@ def _resample(
     for rel, frame in timed:
         if fps is None:
             if rel + TIME_EPS >= start_sec:
-                emit(frame.to_ndarray(format="rgb24"))
+                emit(_frame_rgb(frame, size))
         else:
             # This frame starts after the next output time(s): those show the held frame.
             while held is not None and len(out) < full and start_sec + len(out) / fps < rel - TIME_EPS:
-                held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
+                held_rgb = held_rgb if held_rgb is not None else _frame_rgb(held[1], size)
                 emit(held_rgb)
             held, held_rgb = (rel, frame), None
         if len(out) >= full:
@@ -310,7 +336,7 @@ def _resample(
         # The last frame stays on screen for one frame duration, then the video ends.
         end = held[0] + 1.0 / (src_rate or fps)
         while len(out) < full and start_sec + len(out) / fps < end - TIME_EPS:
-            held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
+            held_rgb = held_rgb if held_rgb is not None else _frame_rgb(held[1], size)
             emit(held_rgb)
     return out, rel
 
@@ -322,6 +348,7 @@ def _decode_seeking(
     fps: float | None,
     max_frames: int | None,
     start_sec: float,
+    size: int | None,
     budget: _Budget,
 ) -> tuple[list[np.ndarray], float | None] | None:
     """`_resample` from start_sec via a keyframe seek; None when only a decode from the start is exact.
@@ -342,7 +369,7 @@ def _decode_seeking(
         try:
             container.seek(math.floor(target / stream.time_base), stream=stream, backward=True)
             timed = _after_keyframe(_frames(container, stream, budget), t0, start_sec)
-            return _resample(timed, src_rate, fps, max_frames, start_sec, budget)
+            return _resample(timed, src_rate, fps, max_frames, start_sec, size, budget)
         except _Overshoot:
             continue
         except av.error.ExitError:
@@ -358,6 +385,7 @@ def decode_video(
     fps: float | None = None,
     max_frames: int | None = None,
     start_sec: float = 0.0,
+    size: int | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> DecodedVideo:
     """Decode a video to RGB frames.
@@ -368,6 +396,8 @@ def decode_video(
     end of the source (last pts + one frame duration). At most `max_frames` frames are returned.
     With `start_sec` > 0 the decoder seeks to the keyframe before it; the frames are the same as
     decoding from the start (it falls back to that when a seek cannot guarantee it).
+    With `size`, each frame comes out (size, size, 3): short side scaled to `size`, centre cropped, in
+    the decoder's scaler (`_frame_rgb`) rather than after it.
     Raises `MediaLimitError` when `limits` refuse the input, `MediaError` when it is undecodable.
     """
     if fps is not None and fps <= 0:
@@ -376,12 +406,14 @@ def decode_video(
         raise MediaError(f"max_frames must be positive, got {max_frames}")
     if start_sec < 0:
         raise MediaError(f"start_sec must be >= 0, got {start_sec}")
+    if size is not None and size <= 0:
+        raise MediaError(f"size must be positive, got {size}")
     budget = _Budget(limits)
     with open_video(src, limits) as (container, stream):
         # No frame threading: at our sizes its start-up costs more than it saves, and loaders
         # already decode many videos in parallel.
         src_rate = stream_rate(stream)
-        args = (src_rate, fps, max_frames, start_sec, budget)
+        args = (src_rate, fps, max_frames, start_sec, size, budget)
         try:
             if start_sec <= 0:
                 got = _resample(_timed(_frames(container, stream, budget), src_rate), *args)
@@ -398,6 +430,31 @@ def decode_video(
     if not out:
         raise MediaError(f"no frames decoded (start_sec={start_sec}, stream duration {duration:.3f}s)")
     return DecodedVideo(frames=np.stack(out), fps=float(fps or src_rate or 0.0), duration=duration)
+
+
+def decode_raw_clip(data: bytes, max_frames: int | None = None) -> np.ndarray:
+    """A clip-shard `frames.npy` member (`pipelines.shards.RAW_CLIP_KEY`) -> (T, H, W, 3) uint8, the first
+    `max_frames` frames. Raises `MediaError` for bytes that are not such an array (shards may come from anywhere:
+    no pickles, and the header's shape must match the bytes before anything is allocated)."""
+    from pipelines.shards import load_npy
+
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):  # what np.save writes
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(buf)
+    except (ValueError, EOFError) as e:
+        raise MediaError(f"cannot read frames.npy: {e}") from e
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8 or shape[0] == 0:
+        raise MediaError(f"frames.npy must hold (T, H, W, 3) uint8 frames with T > 0, got {shape} {dtype}")
+    if math.prod(shape) != len(data) - buf.tell():
+        raise MediaError(f"frames.npy of shape {shape} holds {len(data) - buf.tell()} bytes of pixels")
+    frames = load_npy(data)
+    return frames[:max_frames] if max_frames is not None else frames
 
 
 # ----------------------------------------------------------------------------- images
