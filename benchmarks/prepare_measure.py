@@ -209,13 +209,15 @@ def prepare_run(webvid_csv: str, out: Path, cfg) -> dict:
 def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     """One record's cost, stage by stage, in this process (one core), over the first `count` records.
 
-    decode = the decode-only call (`decode_video` at the source size, fps resample included); resize = what
-    prepare's own call (`decode_video(size=)`: scaling and crop in the decoder's scaler) costs on top of it,
-    from the two calls' totals; encode = what makes the stored clip: `encode_mp4` with prepare's crf and x264
-    preset, or for video_format="npy" the .npy serialisation.
+    decode = the decode-only call (`decode_video` at the source size from the clip start, fps resample
+    included); resize = what prepare's own call (`decode_video_clips`: header, filters and clip plan, then the
+    clip scaled and cropped in the decoder's scaler) costs on top of it, from the two calls' totals (alternating
+    which runs first); encode = what makes the stored clip: `encode_mp4` with prepare's crf and x264 preset,
+    or for video_format="npy" the .npy serialisation. probe = opening the container and reading the header
+    alone: both decode calls include it, so it is reported but not added to the total.
     """
-    from pipelines.clip_samples import cut_clips, fetch_record_bytes, record_samples
-    from pipelines.media import check_video_filters, clip_starts, probe_video
+    from pipelines.clip_samples import clip_plan, cut_clips, fetch_record_bytes, record_samples
+    from pipelines.media import decode_video_clips
     from pipelines.prepare import dedupe_records
     from pipelines.shards import RAW_CLIP_KEY, npy_bytes, write_shard
     from pipelines.sources import listing_policy, read_sources_with_stats
@@ -225,32 +227,32 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     records, _ = dedupe_records(read_sources_with_stats([webvid_csv], policy=cfg.fetch)[0])
     records = records[:count]
     record_samples(records[0], cfg)  # first-call costs (codec set-up, lazy imports) are not per record
-    stages = {"fetch": 0.0, "probe": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}
+    stages = {"fetch": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}
+    probe_s = 0.0
     samples = []
     for i, r in enumerate(records):
         t0 = time.perf_counter()
         data = fetch_record_bytes(r, cfg)
         t1 = time.perf_counter()
-        info = probe_video(data, cfg.limits)
-        check_video_filters(
-            info,
-            min_duration_s=cfg.min_duration_s,
-            max_duration_s=cfg.max_duration_s,
-            min_side=cfg.min_side,
-            max_aspect=cfg.max_aspect,
-        )
-        (start,) = clip_starts(info.duration_s or 0.0, cfg.num_frames / cfg.fps, 1, mode=cfg.clip_mode)
-        t2 = time.perf_counter()
-        decode_s, scaled_decode_s = 0.0, 0.0
-        for size in (None, cfg.size) if i % 2 else (cfg.size, None):  # alternate which call runs first
+        info, _ = decode_video_clips(data, lambda _: [], limits=cfg.limits)
+        probe_s += time.perf_counter() - t1
+        (start,) = clip_plan(r, dataclasses.replace(cfg, clips_per_video=1))(info)
+        decode_s, prepare_s = 0.0, 0.0
+        for ours in (False, True) if i % 2 else (True, False):
             s0 = time.perf_counter()
-            decoded = decode_video(
-                data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, size=size, limits=cfg.limits
-            )
-            if size is None:
-                decode_s = time.perf_counter() - s0
+            if ours:
+                _, [(start, clip)] = decode_video_clips(
+                    data,
+                    clip_plan(r, cfg),
+                    fps=cfg.fps,
+                    max_frames=cfg.num_frames,
+                    size=cfg.size,
+                    limits=cfg.limits,
+                )
+                prepare_s = time.perf_counter() - s0
             else:
-                scaled_decode_s, clip = time.perf_counter() - s0, decoded
+                decode_video(data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits)
+                decode_s = time.perf_counter() - s0
         frames = cut_clips(clip.frames, cfg)
         t4 = time.perf_counter()
         if cfg.video_format == "npy":
@@ -259,8 +261,8 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
             media = {"mp4": encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)}
         t5 = time.perf_counter()
         for k, dt in zip(
-            ("fetch", "probe", "decode", "resize", "encode"),
-            (t1 - t0, t2 - t1, decode_s, scaled_decode_s - decode_s, t5 - t4),
+            ("fetch", "decode", "resize", "encode"),
+            (t1 - t0, decode_s, prepare_s - decode_s, t5 - t4),
             strict=True,
         ):
             stages[k] += dt
@@ -276,6 +278,7 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     whole = time.perf_counter() - t0
     n = len(records)
     ms = {k: round(v / n * 1000, 3) for k, v in stages.items()}
+    ms["probe"] = round(probe_s / n * 1000, 3)
     total = sum(stages.values()) / n * 1000
     return {
         "records": n,

@@ -12,6 +12,7 @@ Every failure is a `SkipSample(reason, detail)`; the reasons are the keys of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,15 +20,15 @@ import numpy as np
 from pipelines.fetch import FetchError, fetch_bytes
 from pipelines.media import (
     MediaError,
+    VideoInfo,
     check_image_filters,
     check_video_filters,
     clip_starts,
     decode_image,
-    decode_video,
+    decode_video_clips,
     encode_jpeg,
     encode_mp4,
     probe_image,
-    probe_video,
     resize_center_crop,
 )
 from pipelines.shards import RAW_CLIP_KEY
@@ -112,9 +113,10 @@ def sample_json(
     }
 
 
-def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
-    try:
-        info = probe_video(data, cfg.limits)
+def clip_plan(r: SourceRecord, cfg: PrepareConfig) -> Callable[[VideoInfo], list[float]]:
+    """A video's header -> its clip starts (seconds), or a SkipSample when a filter refuses it."""
+
+    def plan(info: VideoInfo) -> list[float]:
         if reason := check_video_filters(
             info,
             min_duration_s=cfg.min_duration_s,
@@ -123,21 +125,20 @@ def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict
             max_aspect=cfg.max_aspect,
         ):
             raise SkipSample(reason, f"{r.url}: {info.width}x{info.height}, {info.duration_s} s")
-        starts = clip_starts(
+        return clip_starts(
             info.duration_s or 0.0, cfg.num_frames / cfg.fps, cfg.clips_per_video, mode=cfg.clip_mode
         )
-        clips = []
-        for start in starts:
-            # resized in the decoder's scaler (frames arrive size x size), not after it: see decode_video
-            decoded = decode_video(
-                data,
-                fps=cfg.fps,
-                max_frames=cfg.num_frames,
-                start_sec=start,
-                size=cfg.size,
-                limits=cfg.limits,
-            )
-            clips.append((start, cut_clips(decoded.frames, cfg)))
+
+    return plan
+
+
+def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
+    try:
+        # one open for the header and the first clip; frames come out size x size from the decoder's scaler
+        _, decoded = decode_video_clips(
+            data, clip_plan(r, cfg), fps=cfg.fps, max_frames=cfg.num_frames, size=cfg.size, limits=cfg.limits
+        )
+        clips = [(start, cut_clips(d.frames, cfg)) for start, d in decoded]
         if cfg.video_format == "npy":  # stored as decoded: no re-encode (shards.write_shard makes the .npy)
             encoded = [(start, (RAW_CLIP_KEY, frames)) for start, frames in clips]
         else:

@@ -16,7 +16,9 @@ from pipelines.media import (
     MediaError,
     decode_raw_clip,
     decode_video,
+    decode_video_clips,
     encode_mp4,
+    probe_video,
     resize_center_crop,
 )
 from pipelines.media import scaled_size as media_scaled_size
@@ -161,3 +163,25 @@ def test_clip_loader_reads_npy_and_mp4_shards_alike(tmp_path: Path, source_mp4: 
     assert loader.frame_shape == (5, 32, 32)
     raw = samples[0][RAW_CLIP_KEY]  # the npy clips reach the loader exactly as prepare decoded them
     assert sum(np.array_equal(v, raw) for v in loader.videos) == 3
+
+
+def test_decode_video_clips_is_probe_then_decode_per_start(source_mp4: bytes) -> None:
+    info, clips = decode_video_clips(source_mp4, lambda info: [0.0, 0.75], fps=8.0, max_frames=5, size=32)
+    assert info == probe_video(source_mp4)
+    assert [start for start, _ in clips] == [0.0, 0.75]
+    for start, clip in clips:
+        alone = decode_video(source_mp4, fps=8.0, max_frames=5, start_sec=start, size=32)
+        assert np.array_equal(clip.frames, alone.frames) and clip.duration == alone.duration
+
+
+def test_decode_video_clips_decodes_nothing_when_the_plan_refuses(source_mp4: bytes) -> None:
+    seen = []
+
+    def refuse(info):
+        seen.append((info.width, info.height))
+        raise ValueError("too small")
+
+    with pytest.raises(ValueError, match="too small"):
+        decode_video_clips(source_mp4, refuse, fps=8.0, max_frames=5)
+    assert seen == [(128, 96)]
+    assert decode_video_clips(source_mp4, lambda info: [])[1] == []
