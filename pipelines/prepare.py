@@ -78,8 +78,8 @@ class PrepareConfig:
     min_frames: int | None = None
     crf: int = 18  # H.264 quality of the re-encoded clips
     # x264 speed vs size at that crf: "superfast" measured ~30% faster than "veryfast" with clips as large
-    # (-10% at 128 px, +3% at 32 px) and PSNR within 0.25 dB; "ultrafast" (no CABAC) was not faster at 128 px
-    # and made clips ~55% larger; "medium" makes ~15% smaller, ~4x slower (docs/data.md).
+    # (-10% at 128 px, +3% at 32 px) and PSNR within 0.25 dB; "ultrafast" (no CABAC) was ~10% faster at 128 px,
+    # slower at 32 px, and made clips 50-75% larger; "medium" makes ~15% smaller, ~4x slower (docs/data.md).
     x264_preset: str = "superfast"
     # how a video clip is stored: "mp4" (H.264, crf and x264_preset below; ~26 KB per 11 x 128^2 clip) or "npy"
     # (the frames unencoded under `frames.npy`: no re-encode and lossless, ~20x larger shards; docs/data.md)
