@@ -11,8 +11,8 @@ Scraped media is untrusted: decoding only ever runs the demuxers / Pillow plugin
 frame sizes from headers before allocating pixels, and bounds frames, streams and wall time.
 
 Where things live: this module holds the codecs proper (encoding, frame decoding with seeking,
-resampling and the per-call decode budget, image decoding, GIFs); `resize_center_crop` is
-`modeling.pixels`', re-exported here. The limits, error
+resampling and the per-call decode budget, GIFs); `resize_center_crop` is `modeling.pixels`' and the
+image codecs (`decode_image`, `encode_jpeg`) are `pipelines.media_image`'s, both re-exported here. The limits, error
 types, format-restricted opening, header probing (`probe_video` / `probe_image`), skip filters
 and `clip_starts` live in `pipelines.media_probe`, which decides everything knowable before pixels
 are decoded; they are re-exported here (see `__all__`), so callers keep importing from this module.
@@ -31,10 +31,12 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
 
 # Public names are re-exported (`__all__`); the private ones are the openers and helpers the decoders share.
-from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
+from pipelines.media_image import decode_image, encode_jpeg  # re-exported: the image codecs
 from pipelines.media_probe import (
     DEFAULT_LIMITS,
     LIMIT_REASONS,
@@ -48,7 +50,6 @@ from pipelines.media_probe import (
     check_pixels,
     check_video_filters,
     clip_starts,
-    open_image,
     open_video,
     probe_image,
     probe_video,
@@ -507,60 +508,6 @@ def decode_raw_clip(data: bytes, max_frames: int | None = None) -> np.ndarray:
         raise MediaError(f"frames.npy of shape {shape} holds {len(data) - buf.tell()} bytes of pixels")
     frames = load_npy(data)
     return frames[:max_frames] if max_frames is not None else frames
-
-
-# ----------------------------------------------------------------------------- images
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise MediaError(f"expected (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def decode_image(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """JPEG / PNG / WEBP / GIF / BMP (bytes or path; `limits.image_formats`) -> (H, W, 3) uint8 RGB.
-
-    EXIF orientation is applied (phones store portrait photos as rotated landscape pixels).
-    Transparent images are composited on white: their RGB under alpha 0 is arbitrary (often
-    black), which would otherwise show up as junk around the subject. Animated images: frame 0.
-    """
-    with open_image(src, limits) as im:
-        try:
-            im.load()  # truncated / corrupt data fails here (LOAD_TRUNCATED_IMAGES left as it is)
-            return _to_rgb(_exif_upright(im))
-        except MediaError:
-            raise
-        except Exception as e:
-            raise MediaError(f"cannot decode {im.format} image: {type(e).__name__}: {e}") from e
-
-
-def _exif_upright(im: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # malformed EXIF: the pixels are still good, keep them as stored
-        return im
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> (H, W, 3) uint8."""
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    elif im.mode.startswith("I") or im.mode == "F":
-        # 16-bit grey (PNG "I;16") or 32-bit int / float: convert("RGB") would clip at 255, not
-        # scale. "I;16*" is scaled 0..65535 -> 0..255; "I" / "F" only when values exceed 8 bits.
-        grey = np.asarray(im, dtype=np.float32)
-        if im.mode.startswith("I;16") or (grey.size and grey.max() > 255):
-            grey = grey / 257.0
-        grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:
