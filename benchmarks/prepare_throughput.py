@@ -11,11 +11,14 @@ Two corpora, made once under --work and reused by later runs with the same setti
 
 Per corpus and worker count (1 and 2), in the same run on the same cores:
   decode-only  a spawn `multiprocessing.Pool` of that many processes, warmed up, reads each file and makes
-               exactly the `decode_video(data, fps=, max_frames=, start_sec=0)` call prepare makes -> clips/s;
+               the `decode_video(data, fps=, max_frames=, start_sec=0)` call that decodes the frames prepare
+               keeps, at the source size -> clips/s; once at nice 0 and once at the niceness Ray gives its
+               workers (15), which matters only when other work shares the machine;
   prepare      `pipelines.prepare.prepare` into a fresh directory with `num_workers` = that many, on a local
                Ray started once (`init_ray(num_cpus=2)` unless one is already connected; it is shut down
-               only if it was started here): Ray Data scheduling, fetch, probe, decode, resize, H.264
-               re-encode and tar write, all included -> clips/s.
+               only if it was started here): Ray Data scheduling, fetch, probe, decode with resize in the
+               decoder's scaler, H.264 re-encode (or with --video-format npy none) and tar write, all
+               included -> clips/s, and the shards' bytes per clip.
 The report gives prepare / decode-only per worker count (the goal is >= 0.7), the 1 -> 2 scaling of both,
 and one record's cost split in-process (fetch, probe, decode, resize, encode, tar write), so a ratio below
 the goal comes with where the time goes. Then `pipelines.tokenize.tokenize` over the synthetic clips with
