@@ -137,7 +137,15 @@ class WorkerWatch:
 
 
 # --------------------------------------------------------------------------------------------- decode-only
-def _warm(_: int) -> int:
+# Ray starts its worker processes at this niceness (its `worker_niceness` setting, 15 unless RAY_worker_niceness
+# says otherwise), so its raylet and GCS stay responsive. On an idle machine it changes nothing; on one shared
+# with other work a nice-15 worker gets a small share of a core next to nice-0 processes, so a decode-only pool
+# at nice 0 would be measured on more CPU than prepare's tasks get. Both niceness values are measured.
+RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", "15"))  # noqa: SIM112 (Ray's name)
+
+
+def _warm(niceness: int) -> int:
+    os.nice(max(0, niceness - os.nice(0)))  # raising one's own niceness needs no privilege
     time.sleep(0.2)  # hold the process so each of the pool's processes gets one
     return os.getpid()
 
@@ -153,10 +161,12 @@ def _decode_only(task: tuple[str, float, int]) -> tuple[int, int, int]:
     return os.getpid(), vm_hwm_bytes(os.getpid()) or 0, int(frames.shape[0])
 
 
-def decode_only_run(paths: list[str], fps: float, num_frames: int, processes: int) -> dict:
+def decode_only_run(paths: list[str], fps: float, num_frames: int, processes: int, niceness: int = 0) -> dict:
+    """`processes` spawn processes at `niceness` (0, or RAY_WORKER_NICENESS to match Ray's workers) decode
+    every file as prepare's decode call does; -> seconds, clips, frames, peak RSS per process."""
     tasks = [(p, fps, num_frames) for p in paths]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.map(_warm, range(processes), chunksize=1)  # start-up and imports are not decoding
+        pool.map(_warm, [niceness] * processes, chunksize=1)  # start-up and imports are not decoding
         start = time.perf_counter()
         # Chunks of a few files: little dispatch cost per file, still about 8 chunks per process to balance.
         results = pool.map(_decode_only, tasks, chunksize=max(1, len(tasks) // (8 * processes)))
@@ -173,14 +183,14 @@ def decode_only_run(paths: list[str], fps: float, num_frames: int, processes: in
 
 
 # --------------------------------------------------------------------------------------------- prepare
-def prepare_config(preset: str, *, samples_per_shard: int, num_workers: int):
+def prepare_config(preset: str, *, samples_per_shard: int, num_workers: int, video_format: str = "mp4"):
     from jobs.config import load_config
     from pipelines.prepare import PrepareConfig
 
     section = load_config(preset)["prepare"]
     return PrepareConfig(
         size=int(section["size"]), num_frames=int(section["num_frames"]), fps=float(section["fps"]),
-        samples_per_shard=samples_per_shard, num_workers=num_workers,
+        samples_per_shard=samples_per_shard, num_workers=num_workers, video_format=video_format,
     )  # fmt: skip
 
 
@@ -198,16 +208,28 @@ def prepare_run(webvid_csv: str, out: Path, cfg) -> dict:
         "seconds": seconds,
         "clips": manifest["num_samples"],
         "shards": len(manifest["shards"]),
+        # tar bytes (headers, captions and json included) per clip
+        "shard_bytes_per_clip": round(
+            sum(p.stat().st_size for p in out.glob("*.tar")) / manifest["num_samples"]
+        ),
         **mem.report(),
     }
 
 
 def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
-    """One record's cost, stage by stage, in this process (one core), over the first `count` records."""
-    from pipelines.clip_samples import cut_clips, fetch_record_bytes, record_samples
-    from pipelines.media import check_video_filters, clip_starts, probe_video, resize_center_crop
+    """One record's cost, stage by stage, in this process (one core), over the first `count` records.
+
+    decode = the decode-only call (`decode_video` at the source size from the clip start, fps resample
+    included); resize = what prepare's own call (`decode_video_clips`: header, filters and clip plan, then the
+    clip scaled and cropped in the decoder's scaler) costs on top of it, from the two calls' totals (alternating
+    which runs first); encode = what makes the stored clip: `encode_mp4` with prepare's crf and x264 preset,
+    or for video_format="npy" the .npy serialisation. probe = opening the container and reading the header
+    alone: both decode calls include it, so it is reported but not added to the total.
+    """
+    from pipelines.clip_samples import clip_plan, cut_clips, fetch_record_bytes, record_samples
+    from pipelines.media import decode_video_clips
     from pipelines.prepare import dedupe_records
-    from pipelines.shards import write_shard
+    from pipelines.shards import RAW_CLIP_KEY, npy_bytes, write_shard
     from pipelines.sources import listing_policy, read_sources_with_stats
 
     # as prepare() does: the listing's own folder is where its local media may be read from
@@ -215,37 +237,47 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     records, _ = dedupe_records(read_sources_with_stats([webvid_csv], policy=cfg.fetch)[0])
     records = records[:count]
     record_samples(records[0], cfg)  # first-call costs (codec set-up, lazy imports) are not per record
-    stages = {"fetch": 0.0, "probe": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}
+    stages = {"fetch": 0.0, "decode": 0.0, "resize": 0.0, "encode": 0.0, "tar_write": 0.0}
+    probe_s = 0.0
     samples = []
-    for r in records:
+    for i, r in enumerate(records):
         t0 = time.perf_counter()
         data = fetch_record_bytes(r, cfg)
         t1 = time.perf_counter()
-        info = probe_video(data, cfg.limits)
-        check_video_filters(
-            info,
-            min_duration_s=cfg.min_duration_s,
-            max_duration_s=cfg.max_duration_s,
-            min_side=cfg.min_side,
-            max_aspect=cfg.max_aspect,
-        )
-        (start,) = clip_starts(info.duration_s or 0.0, cfg.num_frames / cfg.fps, 1, mode=cfg.clip_mode)
-        t2 = time.perf_counter()
-        decoded = decode_video(
-            data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits
-        )
-        t3 = time.perf_counter()
-        frames = resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)
+        info, _ = decode_video_clips(data, lambda _: [], limits=cfg.limits)
+        probe_s += time.perf_counter() - t1
+        (start,) = clip_plan(r, dataclasses.replace(cfg, clips_per_video=1))(info)
+        decode_s, prepare_s = 0.0, 0.0
+        for ours in (False, True) if i % 2 else (True, False):
+            s0 = time.perf_counter()
+            if ours:
+                _, [(start, clip)] = decode_video_clips(
+                    data,
+                    clip_plan(r, cfg),
+                    fps=cfg.fps,
+                    max_frames=cfg.num_frames,
+                    size=cfg.size,
+                    limits=cfg.limits,
+                )
+                prepare_s = time.perf_counter() - s0
+            else:
+                decode_video(data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits)
+                decode_s = time.perf_counter() - s0
+        frames = cut_clips(clip.frames, cfg)
         t4 = time.perf_counter()
-        mp4 = encode_mp4(frames, cfg.fps, cfg.crf)
+        if cfg.video_format == "npy":
+            media = {RAW_CLIP_KEY: npy_bytes(frames)}
+        else:
+            media = {"mp4": encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)}
         t5 = time.perf_counter()
         for k, dt in zip(
-            ("fetch", "probe", "decode", "resize", "encode"),
-            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+            ("fetch", "decode", "resize", "encode"),
+            (t1 - t0, decode_s, prepare_s - decode_s, t5 - t4),
             strict=True,
         ):
             stages[k] += dt
-        samples.append({"__key__": r.key, "mp4": mp4, "txt": r.caption, "json": {"start_sec": start}})
+        samples.append({"__key__": r.key, **media, "txt": r.caption, "json": {"start_sec": start}})
+    stages["resize"] = max(stages["resize"], 0.0)  # scaling down can cost less than the full-size RGB
     t0 = time.perf_counter()
     write_shard(str(scratch / "breakdown.tar"), samples)
     stages["tar_write"] = time.perf_counter() - t0
@@ -256,12 +288,18 @@ def record_breakdown(webvid_csv: str, cfg, count: int, scratch: Path) -> dict:
     whole = time.perf_counter() - t0
     n = len(records)
     ms = {k: round(v / n * 1000, 3) for k, v in stages.items()}
+    ms["probe"] = round(probe_s / n * 1000, 3)
     total = sum(stages.values()) / n * 1000
     return {
         "records": n,
+        "video_format": cfg.video_format,
+        "x264_preset": cfg.x264_preset,
         "per_record_ms": {**ms, "total": round(total, 3)},
         "share": {k: round(v / n * 1000 / total, 3) for k, v in stages.items()},
         "record_samples_ms": round(whole / n * 1000, 3),  # the pipeline's own per-record function, end to end
+        # the stored clip (mp4 or .npy) alone, and the same frames as raw uint8 (T, H, W, 3) pixels
+        "clip_bytes_per_clip": round(sum(len(s.get("mp4") or s[RAW_CLIP_KEY]) for s in samples) / n),
+        "raw_bytes_per_clip": cfg.num_frames * cfg.size * cfg.size * 3,
         # What prepare / decode-only could reach if Ray and tar I/O were free: decode's share of the work.
         "ratio_ceiling": round(stages["decode"] / sum(stages.values()), 3),
     }

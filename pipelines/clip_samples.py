@@ -4,13 +4,15 @@ Per record: check the caption (empty, not UTF-8, absurdly long), fetch the bytes
 (`pipelines.fetch`: scheme allowlist, private-address blocking, timeouts, retries, size cap) or, for a
 WebDataset source, read the one tar member (`pipelines.wds_source`), probe the header against the decode limits
 (pixels, streams, demuxer) and the filters (duration, resolution, aspect), then decode each clip with a seek
-to its start, resample to `fps`, resize + centre-crop and re-encode (H.264 mp4 / JPEG).
+to its start, resample to `fps`, resize + centre-crop (in the decoder's scaler for videos) and re-encode
+(H.264 mp4 / JPEG).
 
 Every failure is a `SkipSample(reason, detail)`; the reasons are the keys of the manifest's `skips`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,17 +20,18 @@ import numpy as np
 from pipelines.fetch import FetchError, fetch_bytes
 from pipelines.media import (
     MediaError,
+    VideoInfo,
     check_image_filters,
     check_video_filters,
     clip_starts,
     decode_image,
-    decode_video,
+    decode_video_clips,
     encode_jpeg,
     encode_mp4,
     probe_image,
-    probe_video,
     resize_center_crop,
 )
+from pipelines.shards import RAW_CLIP_KEY
 from pipelines.sources import SourceRecord
 from pipelines.wds_source import is_tar_member_url, read_tar_member
 
@@ -110,9 +113,10 @@ def sample_json(
     }
 
 
-def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
-    try:
-        info = probe_video(data, cfg.limits)
+def clip_plan(r: SourceRecord, cfg: PrepareConfig) -> Callable[[VideoInfo], list[float]]:
+    """A video's header -> its clip starts (seconds), or a SkipSample when a filter refuses it."""
+
+    def plan(info: VideoInfo) -> list[float]:
         if reason := check_video_filters(
             info,
             min_duration_s=cfg.min_duration_s,
@@ -121,27 +125,38 @@ def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict
             max_aspect=cfg.max_aspect,
         ):
             raise SkipSample(reason, f"{r.url}: {info.width}x{info.height}, {info.duration_s} s")
-        starts = clip_starts(
+        return clip_starts(
             info.duration_s or 0.0, cfg.num_frames / cfg.fps, cfg.clips_per_video, mode=cfg.clip_mode
         )
-        clips = []
-        for start in starts:
-            decoded = decode_video(
-                data, fps=cfg.fps, max_frames=cfg.num_frames, start_sec=start, limits=cfg.limits
-            )
-            clips.append((start, resize_center_crop(cut_clips(decoded.frames, cfg), cfg.size)))
-        encoded = [(start, encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)) for start, frames in clips]
+
+    return plan
+
+
+def video_samples(r: SourceRecord, data: bytes, cfg: PrepareConfig) -> list[dict]:
+    try:
+        # one open for the header and the first clip; frames come out size x size from the decoder's scaler
+        _, decoded = decode_video_clips(
+            data, clip_plan(r, cfg), fps=cfg.fps, max_frames=cfg.num_frames, size=cfg.size, limits=cfg.limits
+        )
+        clips = [(start, cut_clips(d.frames, cfg)) for start, d in decoded]
+        if cfg.video_format == "npy":  # stored as decoded: no re-encode (shards.write_shard makes the .npy)
+            encoded = [(start, (RAW_CLIP_KEY, frames)) for start, frames in clips]
+        else:
+            encoded = [
+                (start, ("mp4", encode_mp4(frames, cfg.fps, cfg.crf, cfg.x264_preset)))
+                for start, frames in clips
+            ]
     except MediaError as e:  # its reason: undecodable, or which decode limit was hit
         raise SkipSample(e.reason, f"{r.url}: {e}") from e
     multi = cfg.clips_per_video > 1
     return [
         {
             "__key__": f"{r.key}-c{j:03d}" if multi else r.key,
-            "mp4": mp4,
+            media[0]: media[1],
             "txt": r.caption,
             "json": sample_json(r, cfg, cfg.num_frames, cfg.fps, j, round(start, 6)),
         }
-        for j, (start, mp4) in enumerate(encoded)
+        for j, (start, media) in enumerate(encoded)
     ]
 
 

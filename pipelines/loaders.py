@@ -27,10 +27,18 @@ import torch
 
 from modeling.pixels import frames_to_video
 from pipelines.shard_scan import ShardScan, scan_dataset
+from pipelines.shards import RAW_CLIP_KEY
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
+VIDEO_EXTS = (
+    "mp4",
+    "webm",
+    "mkv",
+    "avi",
+    "mov",
+    RAW_CLIP_KEY,
+)  # RAW_CLIP_KEY: unencoded frames (prepare's npy)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SAMPLE_KINDS = ("video", "image")
 KIND_ID = {"video": 0, "image": 1}
@@ -114,13 +122,20 @@ class ClipLoaderConfig:
 
 def _decode_clip(sample: dict, kind: str, num_frames: int | None) -> np.ndarray | None:
     """(T, H, W, 3) uint8, or None when a video is shorter than `num_frames`."""
-    from pipelines.media import decode_image, decode_video  # PyAV only where clips are decoded
+    from pipelines.media import (
+        decode_image,
+        decode_raw_clip,
+        decode_video,
+    )  # PyAV only where clips are decoded
 
     if kind == "image":
         ext = next(e for e in IMAGE_EXTS if e in sample)
         return decode_image(sample[ext])[None]
     ext = next(e for e in VIDEO_EXTS if e in sample)
-    frames = decode_video(sample[ext], max_frames=num_frames).frames
+    if ext == RAW_CLIP_KEY:
+        frames = decode_raw_clip(sample[ext], num_frames)
+    else:
+        frames = decode_video(sample[ext], max_frames=num_frames).frames
     if num_frames is not None:
         if frames.shape[0] < num_frames:
             return None

@@ -11,8 +11,8 @@ Scraped media is untrusted: decoding only ever runs the demuxers / Pillow plugin
 frame sizes from headers before allocating pixels, and bounds frames, streams and wall time.
 
 Where things live: this module holds the codecs proper (encoding, frame decoding with seeking,
-resampling and the per-call decode budget, image decoding, GIFs); `resize_center_crop` is
-`modeling.pixels`', re-exported here. The limits, error
+resampling and the per-call decode budget, GIFs); `resize_center_crop` is `modeling.pixels`' and the
+image codecs (`decode_image`, `encode_jpeg`) are `pipelines.media_image`'s, both re-exported here. The limits, error
 types, format-restricted opening, header probing (`probe_video` / `probe_image`), skip filters
 and `clip_starts` live in `pipelines.media_probe`, which decides everything knowable before pixels
 are decoded; they are re-exported here (see `__all__`), so callers keep importing from this module.
@@ -24,17 +24,19 @@ import io
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
 
 # Public names are re-exported (`__all__`); the private ones are the openers and helpers the decoders share.
-from modeling.pixels import resize_center_crop  # re-exported: the one resize lives with the pixel conversions
+from pipelines.media_image import decode_image, encode_jpeg  # re-exported: the image codecs
 from pipelines.media_probe import (
     DEFAULT_LIMITS,
     LIMIT_REASONS,
@@ -48,12 +50,12 @@ from pipelines.media_probe import (
     check_pixels,
     check_video_filters,
     clip_starts,
-    open_image,
     open_video,
     probe_image,
     probe_video,
     stream_duration,
     stream_rate,
+    video_info,
 )
 
 __all__ = [
@@ -69,7 +71,9 @@ __all__ = [
     "check_video_filters",
     "clip_starts",
     "decode_image",
+    "decode_raw_clip",
     "decode_video",
+    "decode_video_clips",
     "encode_jpeg",
     "encode_mp4",
     "encode_mp4_file",
@@ -112,8 +116,9 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "medium") -> bytes:
     """(T, H, W, 3) uint8 -> MP4 bytes (H.264 libx264, yuv420p, constant `fps`, x264 `preset`).
 
-    The preset trades encode time for file size at the same quality (crf): `prepare` uses "veryfast",
-    ~3x faster than "medium" for ~10-20% larger clips, because re-encoding dominated its per-clip cost.
+    The preset trades encode time for file size at the same quality (crf): `prepare` uses "superfast",
+    several times faster than "medium" for ~10-20% larger clips, because re-encoding is a large part of its
+    per-clip cost (`PrepareConfig.x264_preset`).
 
     Same frames -> same bytes (content hashes, caches and the synthetic data set rely on it), which
     takes two settings: one x264 thread, and no macroblock-tree rate control. With mbtree on, this
@@ -271,12 +276,36 @@ def _after_keyframe(
         raise _Overshoot("no keyframe after seeking")
 
 
+def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the short side `size` and the aspect kept (long side rounded, at least `size`)."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def _frame_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
+    """A decoded frame -> (H, W, 3) uint8 RGB, or with `size` -> (size, size, 3): the short side scaled to
+    `size` and the centre cropped, as `resize_center_crop` frames it.
+
+    The scaling runs in FFmpeg's swscale together with the YUV -> RGB conversion, in C: on 320x240 sources
+    Pillow's bicubic cost about half as much as decoding the frames (benchmarks/prepare_throughput.py). The
+    area filter averages over the source pixels each output pixel covers when shrinking (no aliasing); the
+    pixels differ from Pillow's bicubic by a few levels (the filter, and the long side rounded to whole pixels).
+    """
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    width, height = scaled_size(frame.width, frame.height, size)
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size])
+
+
 def _resample(
     timed: Iterator[tuple[float, av.VideoFrame]],
     src_rate: float | None,
     fps: float | None,
     max_frames: int | None,
     start_sec: float,
+    size: int | None,
     budget: _Budget,
 ) -> tuple[list[np.ndarray], float | None]:
     """Returns (frames, presentation time of the last decoded frame, relative to the first)."""
@@ -297,11 +326,11 @@ def _resample(
     for rel, frame in timed:
         if fps is None:
             if rel + TIME_EPS >= start_sec:
-                emit(frame.to_ndarray(format="rgb24"))
+                emit(_frame_rgb(frame, size))
         else:
             # This frame starts after the next output time(s): those show the held frame.
             while held is not None and len(out) < full and start_sec + len(out) / fps < rel - TIME_EPS:
-                held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
+                held_rgb = held_rgb if held_rgb is not None else _frame_rgb(held[1], size)
                 emit(held_rgb)
             held, held_rgb = (rel, frame), None
         if len(out) >= full:
@@ -310,7 +339,7 @@ def _resample(
         # The last frame stays on screen for one frame duration, then the video ends.
         end = held[0] + 1.0 / (src_rate or fps)
         while len(out) < full and start_sec + len(out) / fps < end - TIME_EPS:
-            held_rgb = held_rgb if held_rgb is not None else held[1].to_ndarray(format="rgb24")
+            held_rgb = held_rgb if held_rgb is not None else _frame_rgb(held[1], size)
             emit(held_rgb)
     return out, rel
 
@@ -322,6 +351,7 @@ def _decode_seeking(
     fps: float | None,
     max_frames: int | None,
     start_sec: float,
+    size: int | None,
     budget: _Budget,
 ) -> tuple[list[np.ndarray], float | None] | None:
     """`_resample` from start_sec via a keyframe seek; None when only a decode from the start is exact.
@@ -342,7 +372,7 @@ def _decode_seeking(
         try:
             container.seek(math.floor(target / stream.time_base), stream=stream, backward=True)
             timed = _after_keyframe(_frames(container, stream, budget), t0, start_sec)
-            return _resample(timed, src_rate, fps, max_frames, start_sec, budget)
+            return _resample(timed, src_rate, fps, max_frames, start_sec, size, budget)
         except _Overshoot:
             continue
         except av.error.ExitError:
@@ -358,6 +388,7 @@ def decode_video(
     fps: float | None = None,
     max_frames: int | None = None,
     start_sec: float = 0.0,
+    size: int | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> DecodedVideo:
     """Decode a video to RGB frames.
@@ -368,90 +399,115 @@ def decode_video(
     end of the source (last pts + one frame duration). At most `max_frames` frames are returned.
     With `start_sec` > 0 the decoder seeks to the keyframe before it; the frames are the same as
     decoding from the start (it falls back to that when a seek cannot guarantee it).
+    With `size`, each frame comes out (size, size, 3): short side scaled to `size`, centre cropped, in
+    the decoder's scaler (`_frame_rgb`) rather than after it.
     Raises `MediaLimitError` when `limits` refuse the input, `MediaError` when it is undecodable.
     """
+    _check_decode_args(fps, max_frames, start_sec, size)
+    budget = _Budget(limits)
+    with open_video(src, limits) as (container, stream):
+        return _decode_opened(container, stream, src, fps, max_frames, start_sec, size, limits, budget)
+
+
+def _check_decode_args(fps: float | None, max_frames: int | None, start_sec: float, size: int | None) -> None:
     if fps is not None and fps <= 0:
         raise MediaError(f"fps must be positive, got {fps}")
     if max_frames is not None and max_frames <= 0:
         raise MediaError(f"max_frames must be positive, got {max_frames}")
     if start_sec < 0:
         raise MediaError(f"start_sec must be >= 0, got {start_sec}")
-    budget = _Budget(limits)
-    with open_video(src, limits) as (container, stream):
-        # No frame threading: at our sizes its start-up costs more than it saves, and loaders
-        # already decode many videos in parallel.
-        src_rate = stream_rate(stream)
-        args = (src_rate, fps, max_frames, start_sec, budget)
-        try:
-            if start_sec <= 0:
-                got = _resample(_timed(_frames(container, stream, budget), src_rate), *args)
-            elif (got := _decode_seeking(container, stream, *args)) is None:
-                # The seek could not be made exact and this container was read from: start afresh.
-                with open_video(src, limits) as (fresh, fresh_stream):
-                    got = _resample(_timed(_frames(fresh, fresh_stream, budget), src_rate), *args)
-        except av.error.ExitError as e:
-            raise MediaLimitError("decode_timeout", f"FFmpeg interrupted after {limits.max_decode_s}s") from e
-        except av.FFmpegError as e:
-            raise MediaError(f"cannot decode video: {e}") from e
-        out, last_time = got
-        duration = stream_duration(container, stream, last_time, src_rate) or 0.0
+    if size is not None and size <= 0:
+        raise MediaError(f"size must be positive, got {size}")
+
+
+def _decode_opened(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    src: bytes | str | os.PathLike,
+    fps: float | None,
+    max_frames: int | None,
+    start_sec: float,
+    size: int | None,
+    limits: DecodeLimits,
+    budget: _Budget,
+) -> DecodedVideo:
+    """`decode_video` on a container `open_video` opened from `src` and nothing has read from yet."""
+    # No frame threading: at our sizes its start-up costs more than it saves, and loaders
+    # already decode many videos in parallel.
+    src_rate = stream_rate(stream)
+    args = (src_rate, fps, max_frames, start_sec, size, budget)
+    try:
+        if start_sec <= 0:
+            got = _resample(_timed(_frames(container, stream, budget), src_rate), *args)
+        elif (got := _decode_seeking(container, stream, *args)) is None:
+            # The seek could not be made exact and this container was read from: start afresh.
+            with open_video(src, limits) as (fresh, fresh_stream):
+                got = _resample(_timed(_frames(fresh, fresh_stream, budget), src_rate), *args)
+    except av.error.ExitError as e:
+        raise MediaLimitError("decode_timeout", f"FFmpeg interrupted after {limits.max_decode_s}s") from e
+    except av.FFmpegError as e:
+        raise MediaError(f"cannot decode video: {e}") from e
+    out, last_time = got
+    duration = stream_duration(container, stream, last_time, src_rate) or 0.0
     if not out:
         raise MediaError(f"no frames decoded (start_sec={start_sec}, stream duration {duration:.3f}s)")
     return DecodedVideo(frames=np.stack(out), fps=float(fps or src_rate or 0.0), duration=duration)
 
 
-# ----------------------------------------------------------------------------- images
+def decode_video_clips(
+    src: bytes | str | os.PathLike,
+    plan: Callable[[VideoInfo], list[float]],
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    size: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> tuple[VideoInfo, list[tuple[float, DecodedVideo]]]:
+    """Probe a video and decode the clips `plan(info)` starts (seconds), opening it once for the probe and
+    the first clip: `probe_video` then `decode_video` per start, without demuxing the header twice (about a
+    tenth of prepare's per-video work on 320x240 sources). `plan` may raise to refuse the video from its
+    header; nothing is decoded then. Returns the header and (start, clip) per start, each clip what
+    `decode_video(src, start_sec=start, ...)` returns."""
+    _check_decode_args(fps, max_frames, 0.0, size)
+    budget = _Budget(limits)
+    with open_video(src, limits) as (container, stream):
+        info = video_info(container, stream)
+        starts = plan(info)
+        if not starts:
+            return info, []
+        _check_decode_args(fps, max_frames, starts[0], size)
+        first = _decode_opened(container, stream, src, fps, max_frames, starts[0], size, limits, budget)
+    # later clips seek from a fresh open, as decode_video does (the first clip's reads moved this one)
+    rest = [
+        (s, decode_video(src, fps=fps, max_frames=max_frames, start_sec=s, size=size, limits=limits))
+        for s in starts[1:]
+    ]
+    return info, [(starts[0], first), *rest]
 
 
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise MediaError(f"expected (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+def decode_raw_clip(data: bytes, max_frames: int | None = None) -> np.ndarray:
+    """A clip-shard `frames.npy` member (`pipelines.shards.RAW_CLIP_KEY`) -> (T, H, W, 3) uint8, the first
+    `max_frames` frames. Raises `MediaError` for bytes that are not such an array (shards may come from anywhere:
+    no pickles, and the header's shape must match the bytes before anything is allocated)."""
+    from pipelines.shards import load_npy
 
-
-def decode_image(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """JPEG / PNG / WEBP / GIF / BMP (bytes or path; `limits.image_formats`) -> (H, W, 3) uint8 RGB.
-
-    EXIF orientation is applied (phones store portrait photos as rotated landscape pixels).
-    Transparent images are composited on white: their RGB under alpha 0 is arbitrary (often
-    black), which would otherwise show up as junk around the subject. Animated images: frame 0.
-    """
-    with open_image(src, limits) as im:
-        try:
-            im.load()  # truncated / corrupt data fails here (LOAD_TRUNCATED_IMAGES left as it is)
-            return _to_rgb(_exif_upright(im))
-        except MediaError:
-            raise
-        except Exception as e:
-            raise MediaError(f"cannot decode {im.format} image: {type(e).__name__}: {e}") from e
-
-
-def _exif_upright(im: Image.Image) -> Image.Image:
+    buf = io.BytesIO(data)
     try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # malformed EXIF: the pixels are still good, keep them as stored
-        return im
-
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> (H, W, 3) uint8."""
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-    elif im.mode.startswith("I") or im.mode == "F":
-        # 16-bit grey (PNG "I;16") or 32-bit int / float: convert("RGB") would clip at 255, not
-        # scale. "I;16*" is scaled 0..65535 -> 0..255; "I" / "F" only when values exceed 8 bits.
-        grey = np.asarray(im, dtype=np.float32)
-        if im.mode.startswith("I;16") or (grey.size and grey.max() > 255):
-            grey = grey / 257.0
-        grey = np.clip(np.round(grey), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):  # what np.save writes
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(buf)
+    except (ValueError, EOFError) as e:
+        raise MediaError(f"cannot read frames.npy: {e}") from e
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8 or shape[0] == 0:
+        raise MediaError(f"frames.npy must hold (T, H, W, 3) uint8 frames with T > 0, got {shape} {dtype}")
+    if math.prod(shape) != len(data) - buf.tell():
+        raise MediaError(f"frames.npy of shape {shape} holds {len(data) - buf.tell()} bytes of pixels")
+    frames = load_npy(data)
+    return frames[:max_frames] if max_frames is not None else frames
 
 
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float) -> Path:

@@ -285,15 +285,20 @@ def probe_video(src: bytes | str | os.PathLike, limits: DecodeLimits = DEFAULT_L
     """Header facts for filters, without decoding frames; applies the format, stream-count and pixel
     limits (raises `MediaLimitError` / `MediaError` exactly as `decode_video` would on opening)."""
     with open_video(src, limits) as (container, stream):
-        return VideoInfo(
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            fps=stream_rate(stream),
-            duration_s=stream_duration(container, stream, None, None),
-            num_streams=len(container.streams),
-            format_name=container.format.name,
-            codec=stream.codec_context.name,
-        )
+        return video_info(container, stream)
+
+
+def video_info(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> VideoInfo:
+    """The header facts of an opened video (`open_video`); reads no packets."""
+    return VideoInfo(
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        fps=stream_rate(stream),
+        duration_s=stream_duration(container, stream, None, None),
+        num_streams=len(container.streams),
+        format_name=container.format.name,
+        codec=stream.codec_context.name,
+    )
 
 
 @contextmanager

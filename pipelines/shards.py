@@ -75,6 +75,11 @@ def sanitize_key(s: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- numpy
+# A clip-shard video stored unencoded: (T, H, W, 3) uint8 frames in .npy (`PrepareConfig.video_format="npy"`),
+# instead of an `mp4` member. Named here, not in pipelines.media, so readers can sort samples without PyAV.
+RAW_CLIP_KEY = "frames.npy"
+
+
 def npy_bytes(arr: np.ndarray) -> bytes:
     """Serialise an array in .npy format (no pickle)."""
     buf = io.BytesIO()

@@ -39,6 +39,7 @@ import numpy as np
 from pipelines.shard_scan import SHA256_FIELD, BadShardError, scan_shard
 from pipelines.sharded_job import FAILURE_KEY, ShardPlan, map_shards, run_sharded_job, shard_totals
 from pipelines.shards import (
+    RAW_CLIP_KEY,
     PlanMismatchError,
     absolute_uri,
     join_uri,
@@ -117,13 +118,16 @@ def decode_clip(
     `images=False` skips stills. Raises ClipSkip for clips that cannot be used, MediaError for undecodable bytes.
     """
     from modeling.cvivit import usable_frames
-    from pipelines.media import decode_image, decode_video, resize_center_crop
+    from pipelines.media import decode_image, decode_raw_clip, decode_video, resize_center_crop
 
     usable = usable or (lambda n: usable_frames(n, temporal_patch))
     meta = json.loads(sample["json"]) if "json" in sample else {}
     caption = sample.get("txt", b"").decode("utf-8")
-    if "mp4" in sample:
-        frames = decode_video(sample["mp4"], max_frames=want_frames).frames
+    if "mp4" in sample or RAW_CLIP_KEY in sample:
+        if "mp4" in sample:
+            frames = decode_video(sample["mp4"], max_frames=want_frames).frames
+        else:  # prepared with video_format="npy": the frames as decoded, no codec
+            frames = decode_raw_clip(sample[RAW_CLIP_KEY], want_frames)
         if want_frames is not None and frames.shape[0] < want_frames:
             raise ClipSkip(SKIP_TOO_FEW_FRAMES, f"{frames.shape[0]} frames < {want_frames}")
         keep = usable(frames.shape[0])

@@ -34,6 +34,8 @@ def test_prepare_throughput_quick(tmp_path, ray_local):
             # A worker that finished between two polls may be missed; what is reported is a real RSS.
             assert all(_positive(v) for v in prep["peak_rss_mib_per_worker_last_run"].values())
             assert _positive(s["ratio_prepare_over_decode_only"][w])
+            assert _positive(s["decode_only_at_ray_niceness"][w]["clips_per_s"])
+            assert _positive(s["ratio_prepare_over_decode_only_at_ray_niceness"][w])
         assert _positive(s["scaling_1_to_2"]["decode_only"]) and _positive(s["scaling_1_to_2"]["prepare"])
         b = s["breakdown_in_process"]
         for stage in ("fetch", "probe", "decode", "resize", "encode", "tar_write", "total"):

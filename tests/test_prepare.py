@@ -94,7 +94,7 @@ def test_prepare_counts_resume_and_idempotence(tmp_path, ray_local) -> None:
     assert m["num_records"] == 11
     assert m["counts"] == {"video": 4, "image": 2}
     assert m["skips"] == {"empty_caption": 1, "missing": 1, "too_few_frames": 1, "undecodable": 2}
-    assert m["num_samples"] == 6 and m["schema_version"] == 2
+    assert m["num_samples"] == 6 and m["schema_version"] == 3
     assert m["config"]["size"] == 32
     assert {e["reason"] for e in m["skipped_examples"]} == set(m["skips"])
     # 11 records sorted by key ("laion-..." < "webvid-..."), 3 per shard -> 4 shards; the last holds
