@@ -7,8 +7,8 @@ reconstruction of fresh clips the tokenizer never saw, the same way it reads gen
 
 The clips are every (colour, shape, motion) of the synthetic world (6 x 3 x 4 = 72, purple included,
 held-out triples included), rendered with a seed no training set uses, and brought to the tokenizer's
-input the way `phenaki prepare` brings real data: H.264 at 64x64 (as `phenaki synth` writes it), decode,
-resize + centre-crop, H.264 again (as prepare writes shards), decode.
+input the way `phenaki prepare` brings real data: H.264 at 64x64 (as `phenaki synth` writes it), decode with
+prepare's decoder-side resize + centre-crop, H.264 again with prepare's settings (as it writes shards), decode.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.detector import detect
-from pipelines.media import decode_video, encode_mp4, resize_center_crop
+from pipelines.media import decode_video, encode_mp4
+from pipelines.prepare import PrepareConfig
 from pipelines.synth import MOTIONS, PALETTE, SHAPES, sample_video
 
 ALL_TRIPLES: tuple[tuple[str, str, str], ...] = tuple(itertools.product(PALETTE, SHAPES, MOTIONS))
+PREPARE = PrepareConfig()  # the shard encoding settings prepare uses by default
 FIDELITY_SEED = 99  # `phenaki synth` and the demo use seed 0; tests use small seeds
 SOURCE_FRAMES, SOURCE_SIZE, FPS = 24, 64, 8  # what `phenaki synth` renders
 
@@ -41,8 +43,9 @@ def fidelity_clips(size: int, num_frames: int, repeats: int = 1, seed: int = FID
     for r, (k, truth) in itertools.product(range(repeats), enumerate(ALL_TRIPLES)):
         rng = np.random.default_rng([seed, r, k])
         source = sample_video(rng, *truth, num_frames=SOURCE_FRAMES, size=SOURCE_SIZE)
-        decoded = decode_video(encode_mp4(source, FPS)).frames[:num_frames]
-        clips.append(decode_video(encode_mp4(resize_center_crop(decoded, size), FPS)).frames)
+        # prepare's path: its decoder scales and crops (`decode_video(size=)`), its x264 settings re-encode
+        decoded = decode_video(encode_mp4(source, FPS), max_frames=num_frames, size=size).frames
+        clips.append(decode_video(encode_mp4(decoded, FPS, PREPARE.crf, PREPARE.x264_preset)).frames)
         truths.append(truth)
     return FidelityClips(np.stack(clips), tuple(truths))
 
