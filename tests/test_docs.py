@@ -81,7 +81,8 @@ def magvit_recipe(tmp_path_factory):
 @pytest.mark.ray
 def test_magvit_recipe(magvit_recipe):
     """Sources -> 16-frame clip shards -> 3D-VQ (its reconstructions read by the detector) -> a token cache with
-    COMMIT's condition tokens -> COMMIT -> the ten tasks as files."""
+    COMMIT's condition tokens -> COMMIT -> the ten tasks as files, and each task's detector figures and PSNR /
+    SSIM against the clips it was given."""
     from pipelines.media import decode_video
 
     cwd, log = magvit_recipe
@@ -94,11 +95,13 @@ def test_magvit_recipe(magvit_recipe):
     # `phenaki eval --tokenizer` read 72 fresh clips' reconstructions with the detector
     assert re.search(r"object fidelity of out/magvit/tokenizer: one clean object \d+/72", log)
     assert '"clips": 72' in log
+    assert re.search(r"^reconstructions: PSNR \d+\.\d+ dB · SSIM", log, re.M)  # and the paired metrics
     for task in ("fp", "fi", "opc", "opv", "oph", "opd", "ipc", "ipd", "cg", "cfp"):
         assert decode_video(str(out / "tasks" / f"{task}.mp4")).frames.shape == (16, 32, 32, 3), task
-        assert re.search(rf"^ *{task}: one clean object \d+/72, colour", log, re.M), (
-            task
-        )  # `phenaki eval --checkpoint`
+        line = re.search(rf"^ *{task}: one clean object \d+/72, colour.*$", log, re.M)
+        assert line, task  # `phenaki eval --checkpoint`: the detector per task, then its paired metrics
+        if task != "cg":  # cg is given no pixels, so no clip is owed PSNR / SSIM
+            assert re.search(r"PSNR \d+\.\d+ dB · SSIM -?\d\.\d{4}", line.group(0)), line.group(0)
 
 
 @pytest.mark.slow
