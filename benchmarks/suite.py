@@ -8,6 +8,7 @@ and running them one subprocess each so that one failing does not lose the other
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -170,9 +171,19 @@ def record_outcomes(results_dir: Path, outcomes: list[Outcome]) -> Path:
     the earlier entries)."""
     path = results_dir / RUNS_FILE
     runs = read_outcomes(results_dir)
-    runs.update({o.name: asdict(o) for o in outcomes})
+    for o in outcomes:  # as a reader would type them in the checkout: no machine's absolute paths
+        entry = asdict(o)
+        entry["command"] = ["python", *(portable(a) for a in o.command[1:])]
+        entry["log"] = portable(o.log)
+        runs[o.name] = entry
     path.write_text(json.dumps(runs, indent=2) + "\n")
     return path
+
+
+def portable(arg: str) -> str:
+    """A path under the checkout as a path relative to it; anything else unchanged."""
+    root = str(BENCHMARKS_DIR.parent) + os.sep
+    return arg[len(root) :] if arg.startswith(root) else arg
 
 
 def read_outcomes(results_dir: Path) -> dict[str, dict]:

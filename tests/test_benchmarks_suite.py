@@ -179,6 +179,9 @@ def test_quick_run_through_the_suite_and_a_failure_is_recorded(tmp_path) -> None
     suite.record_outcomes(results, [ok, failed])
     assert {k: v["ok"] for k, v in suite.read_outcomes(results).items()} == {
         "tokenizer_throughput": True, "serve_batching": False}  # fmt: skip
+    recorded = suite.read_outcomes(results)["tokenizer_throughput"]  # as typed in the checkout
+    assert recorded["command"][:3] == ["python", "-m", "benchmarks.tokenizer_throughput"]
+    assert not any(str(suite.BENCHMARKS_DIR.parent) in a for a in [*recorded["command"], recorded["log"]])
     report.render(results, out, quick=True)
     text = out.read_text()
     assert "quick pass" in text and "cvivit_demo" in text and "### Last suite run" in text
