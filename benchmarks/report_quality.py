@@ -134,4 +134,26 @@ def build(results: dict[str, Loaded], plots: Path) -> list[Section]:
         detector_section(results.get("detector_accuracy"), results.get("shape_reading"), plots),
         ablation(results.get("image_ablation"), plots),
         magvit(results.get("magvit_quality"), plots),
+        metrics_maths(results.get("frechet_distance")),
     ]
+
+
+def metrics_maths(loaded: Loaded | None) -> Section:
+    """The Fréchet distance behind FID / FVD against pytorch-fid's (`benchmarks.frechet_distance`)."""
+    title = "Metrics: the Fréchet distance behind FID and FVD"
+    baseline = "pytorch-fid's calculate_frechet_distance (scipy sqrtm), same sets"
+    if loaded is None:
+        return missing_section("metrics", title, "frechet_distance", [
+            ("Fréchet distance error and time", baseline, "error against the exact value")])  # fmt: skip
+    d = loaded.data
+    ours, ref = d["methods"]["ours"], d["methods"]["pytorch_fid"]
+    setting = f"{d['dim']} dimensions, {d['samples']} samples a set (singular covariances)"
+    rows = [
+        row(loaded, f"relative error against the exact distance ({setting})",
+            f"{ours['relative_error']:.1e}; a set against itself {ours['distance_to_itself']:.1e}",
+            baseline, f"pytorch-fid: {ref['relative_error']:.1e}; against itself {ref['distance_to_itself']:.1e}"),
+        row(loaded, f"time of one distance ({setting})", f"{ours['seconds_median']:.2f} s",
+            f"{baseline}: {ref['seconds_median']:.2f} s", f"{d['speedup_median']:.1f}x faster"),
+    ]  # fmt: skip
+    body = "The exact value comes from the Gram identity (see the benchmark's docstring); docs/metrics.md has the protocols."
+    return Section("metrics", title, rows, body)

@@ -58,6 +58,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--steps", "20", "--work", "{work}"), ("--quick", "--work", "{work}"), 6, 3),
     Benchmark("serve_batching", "serve latency, batched / unbatched throughput, shedding, autoscaling",
               ("--runs", "3"), ("--quick",), 3, 2),
+    Benchmark("frechet_distance", "the Fréchet distance behind FID / FVD against pytorch-fid's: error and time",
+              ("--runs", "3"), ("--quick",), 1, 0.2),
     Benchmark("detector_accuracy", "the adherence detector on ground-truth renders",
               ("--seeds", "4"), ("--seeds", "1"), 1.5, 0.5),
     Benchmark("shape_reading", "the detector's shape reading against blur and a person's labels",

@@ -13,7 +13,7 @@ from benchmarks import report, suite
 from benchmarks.__main__ import main
 
 SECTIONS = {"sampling", "tokenizer", "peer", "prepare", "training", "serve", "demo", "demo_quality", "detector",
-            "ablation", "magvit", "gpu"}  # fmt: skip
+            "ablation", "magvit", "metrics", "gpu"}  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
