@@ -38,8 +38,11 @@ def test_prepare_throughput_quick(tmp_path, ray_local):
             assert _positive(s["ratio_prepare_over_decode_only_at_ray_niceness"][w])
         assert _positive(s["scaling_1_to_2"]["decode_only"]) and _positive(s["scaling_1_to_2"]["prepare"])
         b = s["breakdown_in_process"]
-        for stage in ("fetch", "probe", "decode", "resize", "encode", "tar_write", "total"):
+        for stage in ("fetch", "probe", "decode", "encode", "tar_write", "total"):
             assert _positive(b["per_record_ms"][stage]), (name, stage)
+        # resize is prepare's decode call less the decode-only one: scaling inside the decoder can cost less than
+        # converting full-size frames, so it is clamped at 0 and may be exactly that
+        assert b["per_record_ms"]["resize"] >= 0, name
         assert 0 < b["ratio_ceiling"] < 1
     assert s["config"]["size"] == 128 and s["config"]["num_frames"] == 11  # web_like: the cvivit-paper preset
     tok = report["tokenize"]["debug"]
